@@ -1,0 +1,44 @@
+# The front door: `make demo` and `make test` each bootstrap .venv from the machine's python3.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export DAGSTER_HOME := $(CURDIR)
+export FEEDBACK_PIPELINE_DATA_DIR ?= $(CURDIR)/data
+
+.PHONY: install demo test lint format dev simulate status validate clean
+
+# Reinstall only when the project's metadata changed (idempotent bootstrap).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m feedback_pipeline.demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+validate: $(STAMP)
+	$(BIN)/dagster definitions validate -m feedback_pipeline.definitions
+
+dev: $(STAMP)
+	$(BIN)/dagster dev -m feedback_pipeline.definitions -h 127.0.0.1 -p 3000
+
+status: $(STAMP)
+	$(BIN)/feedback-pipeline status
+
+clean:
+	rm -rf data/warehouse.duckdb data/warehouse.duckdb.wal data/dagster data/mlflow.db data/mlartifacts

@@ -1,0 +1,313 @@
+"""The landing data contract (DESIGN section 4) as data, compiled to set-based DuckDB SQL.
+
+Each record kind is a list of ``FieldSpec``; ``validation_sql`` turns it into one SELECT that
+types every field and yields, per record, either typed columns or the first broken rule as a
+human-readable ``reason``. No Python runs per record.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+FieldType = Literal["string", "timestamp", "number", "bool", "features", "enum", "label"]
+
+NUMERIC_JSON_TYPES = "('DOUBLE', 'BIGINT', 'UBIGINT', 'HUGEINT')"
+SQL_TYPES = {
+    "string": "VARCHAR",
+    "enum": "VARCHAR",
+    "timestamp": "TIMESTAMP",
+    "number": "DOUBLE",
+    "bool": "BOOLEAN",
+    "label": "INTEGER",
+    "features": "JSON",
+}
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    type: FieldType
+    required: bool = False
+    choices: tuple[str, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    default: str | None = None  # value used when the field is absent
+
+
+@dataclass(frozen=True)
+class RecordRule:
+    """A rule across fields: ``broken_when`` is SQL over the typed columns."""
+
+    broken_when: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    kind: str  # landing folder name
+    table: str
+    id_field: str
+    fields: tuple[FieldSpec, ...]
+    rules: tuple[RecordRule, ...] = field(default_factory=tuple)
+
+    @property
+    def columns(self) -> list[str]:
+        return [f.name for f in self.fields]
+
+
+EVENT_TYPES = ("accept", "reject", "undo", "modify", "export", "outcome")
+OUTCOMES = ("win", "loss", "breakeven")
+ENVIRONMENTS = ("prod", "dev")
+
+PREDICTIONS = KindSpec(
+    kind="predictions",
+    table="raw.predictions",
+    id_field="prediction_id",
+    fields=(
+        FieldSpec("prediction_id", "string", required=True),
+        FieldSpec("predicted_at", "timestamp", required=True),
+        FieldSpec("confidence", "number", required=True, low=0.0, high=1.0),
+        FieldSpec("features", "features", required=True),
+        FieldSpec("entity_id", "string"),
+        FieldSpec("model_version", "string"),
+        FieldSpec("environment", "enum", choices=ENVIRONMENTS, default="prod"),
+        FieldSpec("rule_confidence", "number", low=0.0, high=1.0),
+        FieldSpec("ml_enhanced", "bool"),
+    ),
+)
+
+FEEDBACK = KindSpec(
+    kind="feedback",
+    table="raw.feedback_events",
+    id_field="event_id",
+    fields=(
+        FieldSpec("event_id", "string", required=True),
+        FieldSpec("prediction_id", "string", required=True),
+        FieldSpec("event_type", "enum", required=True, choices=EVENT_TYPES),
+        FieldSpec("occurred_at", "timestamp", required=True),
+        FieldSpec("outcome", "enum", choices=OUTCOMES),
+        FieldSpec("return_pct", "number"),
+        FieldSpec("modified_value", "number"),
+        FieldSpec("environment", "enum", choices=ENVIRONMENTS),
+        FieldSpec("source", "string"),
+        FieldSpec("notes", "string"),
+    ),
+    rules=(
+        RecordRule(
+            "event_type = 'outcome' AND outcome IS NULL",
+            "outcome is required when event_type is 'outcome'",
+        ),
+        RecordRule(
+            "event_type <> 'outcome' AND outcome IS NOT NULL",
+            "outcome is only allowed when event_type is 'outcome'",
+        ),
+    ),
+)
+
+BASELINE = KindSpec(
+    kind="baseline",
+    table="raw.baseline_examples",
+    id_field="example_id",
+    fields=(
+        FieldSpec("example_id", "string", required=True),
+        FieldSpec("as_of", "timestamp", required=True),
+        FieldSpec("label", "label", required=True),
+        FieldSpec("features", "features", required=True),
+        FieldSpec("entity_id", "string"),
+        FieldSpec("source", "string"),
+    ),
+)
+
+KINDS: dict[str, KindSpec] = {spec.kind: spec for spec in (PREDICTIONS, FEEDBACK, BASELINE)}
+
+
+def _q(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _string_value(j: str) -> str:
+    return f"CASE WHEN json_type({j}) = 'VARCHAR' THEN json_extract_string({j}, '$') END"
+
+
+def _number_value(j: str, lenient: bool) -> str:
+    text_cast = (
+        f" WHEN json_type({j}) = 'VARCHAR' THEN TRY_CAST(json_extract_string({j}, '$') AS DOUBLE)"
+        if lenient
+        else ""
+    )
+    return f"CASE WHEN json_type({j}) IN {NUMERIC_JSON_TYPES} THEN {j}::DOUBLE{text_cast} END"
+
+
+def _features_json(j: str, lenient: bool) -> str:
+    """The features object as JSON; CSV carries it as JSON text inside a string cell."""
+    if not lenient:
+        return j
+    return (
+        f"CASE WHEN json_type({j}) = 'VARCHAR' "
+        f"THEN TRY_CAST(json_extract_string({j}, '$') AS JSON) ELSE {j} END"
+    )
+
+
+def _typed_value(spec: FieldSpec, j: str, lenient: bool) -> str:
+    if spec.type in ("string", "enum"):
+        return _string_value(j)
+    if spec.type == "number":
+        return _number_value(j, lenient)
+    if spec.type == "label":
+        return f"TRY_CAST({_number_value(j, lenient)} AS INTEGER)"
+    if spec.type == "timestamp":
+        return f"(TRY_CAST({_string_value(j)} AS TIMESTAMPTZ) AT TIME ZONE 'UTC')"
+    if spec.type == "bool":
+        text_cast = (
+            f" WHEN json_type({j}) = 'VARCHAR' "
+            f"THEN TRY_CAST(json_extract_string({j}, '$') AS BOOLEAN)"
+            if lenient
+            else ""
+        )
+        return f"CASE WHEN json_type({j}) = 'BOOLEAN' THEN {j}::BOOLEAN{text_cast} END"
+    if spec.type == "features":
+        fj = _features_json(j, lenient)
+        return f"CASE WHEN json_type({fj}) = 'OBJECT' THEN {fj} END"
+    raise ValueError(f"unknown field type {spec.type}")
+
+
+def _field_checks(spec: FieldSpec, lenient: bool) -> list[tuple[str, str]]:
+    """(broken_when, reason) pairs for one field, in the order they are reported."""
+    j, v, name = f"j_{spec.name}", f"v_{spec.name}", spec.name
+    present = f"({j} IS NOT NULL AND json_type({j}) <> 'NULL')"
+    checks: list[tuple[str, str]] = []
+    if spec.required:
+        blank = f" OR {v} = ''" if spec.type in ("string", "enum") else ""
+        checks.append((f"NOT {present}{blank}", f"missing required field {name}"))
+    type_words = {
+        "string": "a string",
+        "enum": "a string",
+        "timestamp": "an ISO-8601 timestamp",
+        "number": "a number",
+        "bool": "true or false",
+        "label": "0 or 1",
+        "features": "an object of name -> number or null",
+    }
+    if spec.type == "features":
+        # Set-based and cheap: after a key, a value that opens with a quote, bracket, brace or
+        # true/false is not a number; NaN/Infinity (and 1e999) make the values' sum non-finite.
+        values = f"TRY_CAST(json_extract({v}, '$.*') AS DOUBLE[])"
+        checks.append(
+            (
+                f"{present} AND {v} IS NULL",
+                f"{name} must be an object of name -> number or null",
+            )
+        )
+        checks.append((f"{v}::VARCHAR = '{{}}'", f"{name} must not be empty"))
+        checks.append(
+            (
+                f"regexp_matches({v}::VARCHAR, '\":\\s*[\"\\[{{tfTF]')",
+                f"{name} values must be numbers or null",
+            )
+        )
+        checks.append(
+            (
+                f"NOT isfinite(coalesce(list_sum({values}), 0))",
+                f"{name} values must be finite (no NaN or Infinity)",
+            )
+        )
+        return checks
+    checks.append((f"{present} AND {v} IS NULL", f"{name} must be {type_words[spec.type]}"))
+    if spec.type == "number":
+        checks.append((f"NOT isfinite({v})", f"{name} must be a finite number"))
+    if spec.type == "timestamp":
+        checks.append((f"NOT isfinite({v})", f"{name} must be a finite timestamp"))
+    if spec.type == "label":
+        checks.append(
+            (f"{v} NOT IN (0, 1) OR {_number_value(j, lenient)} <> {v}", f"{name} must be 0 or 1")
+        )
+    if spec.low is not None and spec.high is not None:
+        checks.append(
+            (
+                f"{v} < {spec.low} OR {v} > {spec.high}",
+                f"{name} out of range [{spec.low:g}, {spec.high:g}]",
+            )
+        )
+    if spec.choices:
+        allowed = ", ".join(_q(c) for c in spec.choices)
+        checks.append(
+            (f"{v} NOT IN ({allowed})", f"{name} must be one of {', '.join(spec.choices)}")
+        )
+    return checks
+
+
+def validation_sql(spec: KindSpec, docs_relation: str, lenient: bool = False) -> str:
+    """One SELECT over ``docs_relation(line_no, raw_text, doc JSON, parse_error)``.
+
+    Returns ``line_no, raw_text, reason, record_hash`` and the typed columns of ``spec``;
+    ``reason`` is NULL for valid records. ``lenient`` accepts numbers and booleans written as
+    text (CSV cells).
+    """
+    structure = "{" + ", ".join(f'"{f.name}": "JSON"' for f in spec.fields) + "}"
+    extracted = ",\n        ".join(f"doc_fields.{f.name} AS j_{f.name}" for f in spec.fields)
+    typed = ",\n        ".join(
+        f"{_typed_value(f, f'j_{f.name}', lenient)} AS v_{f.name}" for f in spec.fields
+    )
+    checks: list[tuple[str, str]] = [
+        ("parse_error IS NOT NULL", "__parse_error__"),
+        ("json_type(doc) <> 'OBJECT'", "record is not a JSON object"),
+    ]
+    for f in spec.fields:
+        checks.extend(_field_checks(f, lenient))
+    rule_checks = [(_rename_to_values(rule.broken_when, spec), rule.reason) for rule in spec.rules]
+    checks.extend(rule_checks)
+    whens = "\n            ".join(
+        f"WHEN {cond} THEN {'parse_error' if reason == '__parse_error__' else _q(reason)}"
+        for cond, reason in checks
+    )
+    outputs = []
+    for f in spec.fields:
+        value = f"v_{f.name}"
+        if f.default is not None:
+            value = f"coalesce({value}, {_q(f.default)})"
+        outputs.append(f"{value}::{SQL_TYPES[f.type]} AS {f.name}")
+    hash_parts = []
+    for f in spec.fields:
+        col = f"v_{f.name}" if f.default is None else f"coalesce(v_{f.name}, {_q(f.default)})"
+        hash_parts.append(f"coalesce(({col})::VARCHAR, '\\N')")
+    record_hash = "md5(concat_ws(chr(31), " + ", ".join(hash_parts) + "))"
+    return f"""
+WITH parsed AS (
+    SELECT line_no, raw_text, doc, parse_error,
+           CASE WHEN json_type(doc) = 'OBJECT'
+                THEN json_transform(doc, '{structure}') END AS doc_fields
+    FROM {docs_relation}
+), extracted AS (
+    SELECT line_no, raw_text, doc, parse_error,
+        {extracted}
+    FROM parsed
+), typed AS (
+    SELECT *,
+        {typed}
+    FROM extracted
+), judged AS (
+    SELECT *,
+        CASE
+            {whens}
+        END AS reason
+    FROM typed
+)
+SELECT line_no, raw_text, reason,
+       CASE WHEN reason IS NULL THEN {record_hash} END AS record_hash,
+       {", ".join(outputs)}
+FROM judged
+"""
+
+
+def _rename_to_values(condition: str, spec: KindSpec) -> str:
+    """Record rules are written over field names; inside the query fields are ``v_<name>``.
+
+    Quoted SQL string literals are left alone.
+    """
+    names = "|".join(sorted((f.name for f in spec.fields), key=len, reverse=True))
+    parts = re.split(r"('(?:[^']|'')*')", condition)
+    return "".join(
+        part if part.startswith("'") else re.sub(rf"\b({names})\b", r"v_\1", part) for part in parts
+    )

@@ -1,0 +1,20 @@
+"""Assembles the one ``defs``: assets, checks, jobs and the local resources."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from feedback_pipeline.assets import assets
+from feedback_pipeline.checks import asset_checks
+from feedback_pipeline.jobs import jobs
+from feedback_pipeline.resources import local_resources
+from feedback_pipeline.settings import default_data_dir
+
+defs = dg.Definitions(
+    assets=assets,
+    asset_checks=asset_checks,
+    jobs=jobs,
+    resources=local_resources(default_data_dir()),
+    # One DuckDB file has one writer: steps run in one process, one after another.
+    executor=dg.in_process_executor,
+)

@@ -1,0 +1,101 @@
+"""Turn feedback events into one label per prediction (DESIGN section 5), point in time.
+
+The policy is data (``LabelingSettings.policy``): each signal (a trade outcome or a human event
+type) maps to a label, a strength and a source. Resolution per prediction:
+
+* any outcome event decides (outcomes override every human signal); the latest outcome wins;
+* otherwise the latest human signal wins; on equal timestamps ``undo`` beats ``reject`` beats
+  ``modify`` beats ``export`` beats ``accept``, so an undo always beats the accept it retracts;
+* a signal whose policy label is null (e.g. ``breakeven`` when excluded) is ignored;
+* only events with ``occurred_at <= as_of`` and predictions with ``predicted_at <= as_of`` count,
+  and only the configured environments (feedback without one inherits its prediction's).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import duckdb
+import pyarrow as pa
+
+from feedback_pipeline.settings import POLICY_SIGNALS, LabelingSettings
+
+LABELED_OUTCOMES = "labeled.labeled_outcomes"
+
+# Tie-break among events at the same instant: later in this tuple wins.
+HUMAN_PRECEDENCE = ("accept", "export", "modify", "reject", "undo")
+
+
+def policy_table(labeling: LabelingSettings) -> pa.Table:
+    """The label policy as a relation: signal, label, strength, source, precedence."""
+    signals = list(POLICY_SIGNALS)
+    rules = [labeling.policy[s] for s in signals]
+    precedence = [HUMAN_PRECEDENCE.index(s) + 1 if s in HUMAN_PRECEDENCE else 0 for s in signals]
+    return pa.table(
+        {
+            "signal": signals,
+            "label": pa.array([r.label for r in rules], pa.int32()),
+            "strength": [float(r.strength) for r in rules],
+            "label_source": [r.source for r in rules],
+            "precedence": precedence,
+        }
+    )
+
+
+LABELS_SQL = f"""
+CREATE OR REPLACE TABLE {LABELED_OUTCOMES} AS
+WITH eligible_predictions AS (
+    SELECT * FROM raw.predictions
+    WHERE predicted_at <= $as_of AND list_contains($environments, environment)
+), signals AS (
+    SELECT f.event_id, f.prediction_id, f.occurred_at, f.return_pct,
+           CASE WHEN f.event_type = 'outcome' THEN f.outcome ELSE f.event_type END AS signal,
+           count(*) OVER (PARTITION BY f.prediction_id) AS feedback_events
+    FROM raw.feedback_events f
+    JOIN eligible_predictions p USING (prediction_id)
+    WHERE f.occurred_at <= $as_of
+      AND list_contains($environments, coalesce(f.environment, p.environment))
+), deciding AS (
+    SELECT s.*, pol.label, pol.strength, pol.label_source
+    FROM signals s JOIN label_policy pol USING (signal)
+    WHERE pol.label IS NOT NULL
+    QUALIFY row_number() OVER (
+        PARTITION BY s.prediction_id
+        ORDER BY (pol.label_source = 'outcome') DESC, s.occurred_at DESC,
+                 pol.precedence DESC, s.event_id DESC
+    ) = 1
+)
+SELECT p.prediction_id, p.entity_id, p.predicted_at, p.environment, p.model_version,
+       p.confidence, p.rule_confidence, p.ml_enhanced, p.features,
+       d.label::INTEGER AS label, d.label_source, d.strength, d.occurred_at AS labeled_at,
+       d.signal AS deciding_signal, d.event_id AS deciding_event_id, d.return_pct,
+       d.feedback_events
+FROM deciding d JOIN eligible_predictions p USING (prediction_id)
+ORDER BY p.predicted_at, p.prediction_id
+"""
+
+
+def build_labeled_outcomes(
+    con: duckdb.DuckDBPyConnection, labeling: LabelingSettings, as_of: datetime
+) -> int:
+    """(Re)build ``labeled.labeled_outcomes`` as of ``as_of`` (naive UTC); returns its row count.
+
+    A full rebuild from the raw tables, so it is idempotent and late predictions (orphan
+    feedback) are matched as soon as they land.
+    """
+    con.register("label_policy", policy_table(labeling))
+    try:
+        con.execute(LABELS_SQL, {"as_of": as_of, "environments": list(labeling.environments)})
+    finally:
+        con.unregister("label_policy")
+    return con.execute(f"SELECT count(*) FROM {LABELED_OUTCOMES}").fetchall()[0][0]
+
+
+def orphan_feedback_count(con: duckdb.DuckDBPyConnection) -> int:
+    """Feedback events whose prediction has not landed yet (kept, matched later)."""
+    return con.execute(
+        """
+        SELECT count(*) FROM raw.feedback_events f
+        WHERE NOT EXISTS (SELECT 1 FROM raw.predictions p WHERE p.prediction_id = f.prediction_id)
+        """
+    ).fetchall()[0][0]

@@ -1,0 +1,115 @@
+"""Read-only summaries of the warehouse for asset metadata, the CLI and the demo."""
+
+from __future__ import annotations
+
+import duckdb
+import pandas as pd
+
+from feedback_pipeline.contract import KINDS
+from feedback_pipeline.labeling import LABELED_OUTCOMES
+from feedback_pipeline.warehouse import table_exists
+
+TABLES = (
+    "raw.predictions",
+    "raw.feedback_events",
+    "raw.baseline_examples",
+    "raw.rejected_records",
+    "raw.ingested_files",
+    LABELED_OUTCOMES,
+)
+
+
+def markdown(frame: pd.DataFrame, max_rows: int = 20) -> str:
+    """A markdown table for Dagster metadata; ``(none)`` for an empty frame."""
+    if frame.empty:
+        return "(none)"
+    return frame.head(max_rows).to_markdown(index=False)
+
+
+def table_counts(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    rows = [
+        (name, con.execute(f"SELECT count(*) FROM {name}").fetchall()[0][0])
+        for name in TABLES
+        if table_exists(con, name)
+    ]
+    return pd.DataFrame(rows, columns=["table", "rows"])
+
+
+def rejects_by_reason(con: duckdb.DuckDBPyConnection, kind: str | None = None) -> pd.DataFrame:
+    where = "WHERE kind = $kind" if kind else ""
+    params = {"kind": kind} if kind else {}
+    return con.execute(
+        f"""
+        SELECT kind, reason, count(*) AS records
+        FROM raw.rejected_records {where}
+        GROUP BY ALL ORDER BY records DESC, kind, reason
+        """,
+        params,
+    ).df()
+
+
+def file_accounting(con: duckdb.DuckDBPyConnection, kind: str) -> pd.DataFrame:
+    """Per file: read = accepted + duplicates + rejected, as stored in the manifest."""
+    return con.execute(
+        """
+        SELECT path, status, records_read AS read, accepted, duplicates, rejected, error
+        FROM raw.ingested_files WHERE kind = ? ORDER BY path
+        """,
+        [kind],
+    ).df()
+
+
+def accounting_violations(con: duckdb.DuckDBPyConnection, kind: str) -> pd.DataFrame:
+    """Files whose manifest disagrees with itself or with the rows actually stored."""
+    spec = KINDS[kind]
+    return con.execute(
+        f"""
+        WITH manifest AS (
+            SELECT path, sum(records_read) AS read, sum(accepted) AS accepted,
+                   sum(duplicates) AS duplicates, sum(rejected) AS rejected
+            FROM raw.ingested_files WHERE kind = $kind GROUP BY path
+        ), stored AS (
+            SELECT source_file AS path, count(*) AS stored_rows
+            FROM {spec.table} GROUP BY source_file
+        ), rejected AS (
+            SELECT source_file AS path, count(*) AS stored_rejects
+            FROM raw.rejected_records WHERE kind = $kind GROUP BY source_file
+        )
+        SELECT m.*, coalesce(s.stored_rows, 0) AS stored_rows,
+               coalesce(r.stored_rejects, 0) AS stored_rejects
+        FROM manifest m
+        LEFT JOIN stored s USING (path) LEFT JOIN rejected r USING (path)
+        WHERE m.read <> m.accepted + m.duplicates + m.rejected
+           OR m.accepted <> coalesce(s.stored_rows, 0)
+           OR m.rejected <> coalesce(r.stored_rejects, 0)
+        ORDER BY path
+        """,
+        {"kind": kind},
+    ).df()
+
+
+def preview(con: duckdb.DuckDBPyConnection, table: str, order_by: str, rows: int = 5) -> str:
+    frame = con.execute(f"SELECT * FROM {table} ORDER BY {order_by} LIMIT {int(rows)}").df()
+    return markdown(frame.drop(columns=["record_hash"], errors="ignore"))
+
+
+def labels_by_source_and_environment(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    if not table_exists(con, LABELED_OUTCOMES):
+        return pd.DataFrame(columns=["label_source", "environment", "rows", "positive_rate"])
+    return con.execute(
+        f"""
+        SELECT label_source, environment, count(*) AS rows,
+               round(avg(label), 3) AS positive_rate, round(avg(strength), 3) AS mean_strength
+        FROM {LABELED_OUTCOMES} GROUP BY ALL ORDER BY ALL
+        """
+    ).df()
+
+
+def feedback_counts(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    return con.execute(
+        """
+        SELECT event_type, coalesce(outcome, '') AS outcome, count(*) AS events,
+               count(*) FILTER (WHERE environment = 'dev') AS marked_dev
+        FROM raw.feedback_events GROUP BY ALL ORDER BY ALL
+        """
+    ).df()

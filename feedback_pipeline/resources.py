@@ -1,0 +1,56 @@
+"""Every outside system behind a ConfigurableResource, with a local (embedded) variant."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+
+from feedback_pipeline import warehouse
+from feedback_pipeline.settings import SETTINGS_ENV_VAR, Settings, load_settings
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """The DuckDB warehouse file (DESIGN section 3: ``$DATA_DIR/warehouse.duckdb``)."""
+
+    path: str
+
+    @contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        con = warehouse.connect(self.path, read_only=read_only)
+        try:
+            yield con
+        finally:
+            con.close()
+
+
+class LandingZoneResource(dg.ConfigurableResource):
+    """Where files land: ``<path>/{predictions,feedback,baseline}/``."""
+
+    path: str
+
+    @property
+    def root(self) -> Path:
+        return Path(self.path)
+
+
+class SettingsResource(dg.ConfigurableResource):
+    """The deployment's settings file (``$FEEDBACK_PIPELINE_SETTINGS``); defaults when unset."""
+
+    settings_file: str | None = None
+
+    def load(self) -> Settings:
+        return load_settings(self.settings_file)
+
+
+def local_resources(data_dir: Path) -> dict[str, dg.ConfigurableResource]:
+    """The embedded defaults: everything under one data directory."""
+    return {
+        "warehouse": WarehouseResource(path=str(data_dir / "warehouse.duckdb")),
+        "landing_zone": LandingZoneResource(path=str(data_dir / "landing")),
+        "settings": SettingsResource(settings_file=os.environ.get(SETTINGS_ENV_VAR) or None),
+    }
