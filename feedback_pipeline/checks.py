@@ -1,6 +1,5 @@
 """Blocking asset checks: the accounting invariant of ingestion and the sanity of labels."""
 
-
 import dagster as dg
 
 from feedback_pipeline import reporting

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
 
 from feedback_pipeline.assets import assets
@@ -10,11 +12,17 @@ from feedback_pipeline.jobs import jobs
 from feedback_pipeline.resources import local_resources
 from feedback_pipeline.settings import default_data_dir
 
-defs = dg.Definitions(
-    assets=assets,
-    asset_checks=asset_checks,
-    jobs=jobs,
-    resources=local_resources(default_data_dir()),
-    # One DuckDB file has one writer: steps run in one process, one after another.
-    executor=dg.in_process_executor,
-)
+
+def build_defs(data_dir: Path) -> dg.Definitions:
+    """The project's Definitions over one data directory (tests use a tmp one)."""
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=asset_checks,
+        jobs=jobs,
+        resources=local_resources(data_dir),
+        # One DuckDB file has one writer: steps run in one process, one after another.
+        executor=dg.in_process_executor,
+    )
+
+
+defs = build_defs(default_data_dir())

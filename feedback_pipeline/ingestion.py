@@ -344,32 +344,33 @@ def ingest_file(
     if already_ingested(con, rel_path, content_hash):
         return FileResult(spec.kind, rel_path, "skipped")
     fmt = file_format(path)
+    result: FileResult | None = None
+    if fmt is None:
+        result = FileResult(
+            spec.kind,
+            rel_path,
+            "unsupported",
+            error=f"unsupported file extension {''.join(path.suffixes) or '(none)'!r}; "
+            f"expected one of {', '.join(FORMATS)}",
+        )
+    else:
+        try:  # parsing only reads, so it runs before the transaction that writes
+            stage_docs(con, path, data, fmt)
+        except UnreadableFile as error:
+            result = FileResult(spec.kind, rel_path, "unreadable", error=str(error))
     with transaction(con):
-        if fmt is None:
-            result = FileResult(
-                spec.kind,
-                rel_path,
-                "unsupported",
-                error=f"unsupported file extension {''.join(path.suffixes) or '(none)'!r}; "
-                f"expected one of {', '.join(FORMATS)}",
+        if result is None:
+            con.execute(
+                "CREATE OR REPLACE TEMP TABLE judged AS "
+                + validation_sql(spec, "docs", lenient=fmt == "csv")
             )
-        else:
-            try:
-                stage_docs(con, path, data, fmt)
-            except UnreadableFile as error:
-                result = FileResult(spec.kind, rel_path, "unreadable", error=str(error))
-            else:
-                con.execute(
-                    f"CREATE OR REPLACE TEMP TABLE judged AS "
-                    f"{validation_sql(spec, 'docs', lenient=fmt == 'csv')}"
-                )
-                _classify(con, spec)
-                read, accepted, duplicates, rejected = _count_verdicts(con)
-                _insert_accepted(con, spec, rel_path)
-                _insert_rejected(con, spec, rel_path, content_hash)
-                result = FileResult(
-                    spec.kind, rel_path, "ingested", read, accepted, duplicates, rejected
-                )
+            _classify(con, spec)
+            read, accepted, duplicates, rejected = _count_verdicts(con)
+            _insert_accepted(con, spec, rel_path)
+            _insert_rejected(con, spec, rel_path, content_hash)
+            result = FileResult(
+                spec.kind, rel_path, "ingested", read, accepted, duplicates, rejected
+            )
         write_manifest(con, result, content_hash, fmt, len(data))
     return result
 

@@ -394,13 +394,23 @@ def _write_table(
         )
         con.execute(f"COPY (SELECT {columns} FROM records) TO '{path}' (FORMAT csv, HEADER)")
     else:
+        parquet_types = {
+            "features": "MAP(VARCHAR, DOUBLE)",
+            "confidence": "DOUBLE",
+            "rule_confidence": "DOUBLE",
+            "return_pct": "DOUBLE",
+            "modified_value": "DOUBLE",
+            "label": "INTEGER",
+            "ml_enhanced": "BOOLEAN",
+            "predicted_at": "TIMESTAMPTZ",
+            "occurred_at": "TIMESTAMPTZ",
+            "as_of": "TIMESTAMPTZ",
+        }
         columns = ", ".join(
-            f"TRY_CAST(record->'$.{f}' AS MAP(VARCHAR, DOUBLE)) AS {f}"
-            if f == "features"
-            else f"TRY_CAST(record->>'$.{f}' AS DOUBLE) AS {f}"
-            if f in ("confidence", "rule_confidence", "return_pct", "modified_value")
-            else f"TRY_CAST(record->>'$.{f}' AS INTEGER) AS {f}"
-            if f == "label"
+            f"TRY_CAST(record->'$.{f}' AS {parquet_types[f]}) AS {f}"
+            if parquet_types.get(f, "").startswith("MAP")
+            else f"TRY_CAST(record->>'$.{f}' AS {parquet_types[f]}) AS {f}"
+            if f in parquet_types
             else f"record->>'$.{f}' AS {f}"
             for f in fields
         )

@@ -1,6 +1,5 @@
 """Stage 1: landing files -> ``raw.*`` tables (DESIGN section 4)."""
 
-
 import dagster as dg
 import pandas as pd
 

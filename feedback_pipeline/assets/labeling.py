@@ -1,6 +1,5 @@
 """Stage 2: feedback events -> one label per prediction (DESIGN section 5)."""
 
-
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,7 +13,7 @@ from feedback_pipeline.labeling import (
     orphan_feedback_count,
 )
 from feedback_pipeline.resources import SettingsResource, WarehouseResource
-from feedback_pipeline.settings import with_overrides
+from feedback_pipeline.settings import SettingsError, with_overrides
 
 
 class LabelingConfig(dg.Config):
@@ -50,7 +49,10 @@ def labeled_outcomes(
     settings: SettingsResource,
 ) -> dg.MaterializeResult:
     """One row per prediction with a decisive feedback event: ``labeled.labeled_outcomes``."""
-    labeling = with_overrides(settings.load(), config.settings_overrides).labeling
+    try:
+        labeling = with_overrides(settings.load(), config.settings_overrides).labeling
+    except SettingsError as error:
+        raise dg.Failure(description=str(error)) from None
     as_of = parse_as_of(config.as_of)
     with warehouse.connect() as con:
         rows = build_labeled_outcomes(con, labeling, as_of)

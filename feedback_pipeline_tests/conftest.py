@@ -1,0 +1,89 @@
+"""Shared fixtures: a real DuckDB file, a landing zone and a Dagster instance in tmp dirs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from feedback_pipeline import warehouse
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    (tmp_path / "landing").mkdir()
+    return tmp_path
+
+
+@pytest.fixture
+def landing(data_dir: Path) -> Path:
+    return data_dir / "landing"
+
+
+@pytest.fixture
+def con(data_dir: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    connection = warehouse.connect(data_dir / "warehouse.duckdb")
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def write_landing(landing: Path) -> Callable[..., Path]:
+    """Write a landing file: records (dicts, or raw str/bytes lines) or raw file bytes."""
+
+    def write(kind: str, name: str, records: list | bytes, newline: str = "\n") -> Path:
+        path = landing / kind / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(records, bytes):
+            path.write_bytes(records)
+            return path
+        lines = [
+            r if isinstance(r, bytes) else (r if isinstance(r, str) else json.dumps(r)).encode()
+            for r in records
+        ]
+        path.write_bytes(b"".join(line + newline.encode() for line in lines))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
+    home = tmp_path / "dagster"
+    home.mkdir()
+    with dg.instance_for_test(temp_dir=str(home)) as test_instance:
+        yield test_instance
+
+
+def prediction(pid: str, **overrides) -> dict:
+    record = {
+        "prediction_id": pid,
+        "predicted_at": "2026-01-05T10:00:00Z",
+        "confidence": 0.6,
+        "features": {"momentum": 0.5, "volatility": -1.0},
+        "entity_id": "AAPL",
+        "environment": "prod",
+    }
+    record.update(overrides)
+    return {k: v for k, v in record.items() if v is not ...}
+
+
+def feedback(eid: str, pid: str, event_type: str, at: str, **overrides) -> dict:
+    record = {"event_id": eid, "prediction_id": pid, "event_type": event_type, "occurred_at": at}
+    record.update(overrides)
+    return {k: v for k, v in record.items() if v is not ...}
+
+
+def baseline(eid: str, **overrides) -> dict:
+    record = {
+        "example_id": eid,
+        "as_of": "2026-01-05T23:00:00Z",
+        "label": 1,
+        "features": {"momentum": 0.1},
+    }
+    record.update(overrides)
+    return {k: v for k, v in record.items() if v is not ...}

@@ -1,0 +1,54 @@
+"""The ``feedback-pipeline`` CLI: simulate, then status after ingestion."""
+
+from __future__ import annotations
+
+from feedback_pipeline.cli import main
+from feedback_pipeline.ingestion import ingest_kind
+from feedback_pipeline.labeling import build_labeled_outcomes
+from feedback_pipeline.settings import LabelingSettings
+from feedback_pipeline_tests.test_labeling import FAR_FUTURE
+
+
+def test_simulate_then_status(data_dir, con, capsys):
+    assert (
+        main(
+            [
+                "--data-dir",
+                str(data_dir),
+                "simulate",
+                "--days",
+                "3",
+                "--predictions-per-day",
+                "40",
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
+    assert "120 predictions" in capsys.readouterr().out
+    for kind in ("predictions", "feedback", "baseline"):
+        ingest_kind(con, data_dir / "landing", kind)
+    build_labeled_outcomes(con, LabelingSettings(), FAR_FUTURE)
+    con.close()
+
+    assert main(["--data-dir", str(data_dir), "status"]) == 0
+    out = capsys.readouterr().out
+    for section in (
+        "## Tables",
+        "## Rejected records by reason",
+        "## Labels by source and environment",
+        "## Feedback events",
+    ):
+        assert section in out
+    assert "| raw.predictions" in out
+
+
+def test_status_without_warehouse_says_what_to_do(tmp_path, capsys):
+    assert main(["--data-dir", str(tmp_path), "status"]) == 1
+    assert "make demo" in capsys.readouterr().out
+
+
+def test_simulate_rejects_bad_arguments(tmp_path, capsys):
+    assert main(["--data-dir", str(tmp_path), "simulate", "--bad-rate", "2"]) == 2
+    assert "bad_rate" in capsys.readouterr().err

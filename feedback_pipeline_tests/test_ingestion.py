@@ -1,0 +1,239 @@
+"""Ingestion: exactly once, nothing lost, robust to broken files (DESIGN section 4)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import duckdb
+import pytest
+
+from feedback_pipeline import ingestion, reporting
+from feedback_pipeline.contract import KINDS
+from feedback_pipeline.ingestion import ingest_file, ingest_kind
+from feedback_pipeline_tests.conftest import feedback, prediction
+
+PREDICTIONS = KINDS["predictions"]
+
+
+def count(con: duckdb.DuckDBPyConnection, sql: str) -> int:
+    return con.execute(sql).fetchall()[0][0]
+
+
+def manifest(con: duckdb.DuckDBPyConnection, path: str) -> tuple:
+    return con.execute(
+        "SELECT status, records_read, accepted, duplicates, rejected FROM raw.ingested_files "
+        "WHERE path = ?",
+        [path],
+    ).fetchall()[0]
+
+
+def test_broken_lines_never_take_the_good_lines_down(con, landing, write_landing):
+    body = (
+        json.dumps(prediction("a")).encode()
+        + b"\r\n"  # CRLF
+        + json.dumps(prediction("b", confidence=float("nan"))).encode()
+        + b"\n"  # bare NaN
+        + b"\n"  # blank line: not a record
+        + b'{"prediction_id": "caf\xe9"}\n'  # invalid UTF-8
+        + json.dumps(prediction("c")).encode()
+        + b"\n"
+        + b'{"prediction_id": "d", "predicted_at": "2026-01'  # truncated last line
+    )
+    path = write_landing("predictions", "mixed.jsonl", body)
+
+    result = ingest_file(con, landing, path, PREDICTIONS)
+
+    assert (result.status, result.records_read, result.accepted, result.rejected) == (
+        "ingested",
+        5,
+        2,
+        3,
+    )
+    reasons = con.execute(
+        "SELECT line_number, reason FROM raw.rejected_records ORDER BY line_number"
+    ).fetchall()
+    assert reasons == [
+        (2, "confidence must be a finite number"),
+        (4, "invalid UTF-8"),
+        (6, "truncated last line (malformed JSON)"),
+    ]
+    assert con.execute(
+        "SELECT prediction_id, source_line FROM raw.predictions ORDER BY 1"
+    ).fetchall() == [("a", 1), ("c", 5)]
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "status", "error_part"),
+    [
+        ("empty.jsonl", b"", "ingested", None),
+        ("notes.txt", b"hello\n", "unsupported", "unsupported file extension '.txt'"),
+        ("noext", b"{}\n", "unsupported", "unsupported file extension '(none)'"),
+        ("broken.parquet", b"PAR1 not really", "unreadable", "not a readable parquet file"),
+        ("broken.jsonl.gz", b"\x1f\x8b\x08garbage", "unreadable", "not a readable gzip file"),
+    ],
+)
+def test_unparseable_files_are_recorded_not_crashed_on(
+    con, landing, write_landing, name, body, status, error_part
+):
+    path = write_landing("predictions", name, body)
+    result = ingest_file(con, landing, path, PREDICTIONS)
+    assert result.status == status
+    assert result.records_read == 0
+    if error_part:
+        assert error_part in result.error
+    assert count(con, "SELECT count(*) FROM raw.ingested_files") == 1
+
+
+def test_truncated_gzip_keeps_its_complete_lines(con, landing, write_landing):
+    lines = b"".join(json.dumps(prediction(f"p{i}")).encode() + b"\n" for i in range(200))
+    compressed = gzip.compress(lines)
+    path = write_landing("predictions", "cut.jsonl.gz", compressed[: len(compressed) * 3 // 4])
+    result = ingest_file(con, landing, path, PREDICTIONS)
+    assert result.status == "ingested"
+    assert result.accepted > 0
+    assert result.records_read == result.accepted + result.rejected
+    assert result.rejected <= 1  # at most the line cut in half
+
+
+def test_csv_and_parquet_land_with_the_same_rules(con, landing, write_landing):
+    csv = (
+        b"prediction_id,predicted_at,confidence,features,ml_enhanced\n"
+        b'c1,2026-01-05T10:00:00Z,0.5,"{""a"": 1}",true\n'
+        b'c2,2026-01-05T10:00:00Z,1.5,"{""a"": 1}",false\n'
+        b"c3,2026-01-05\n"
+        b'c4,2026-01-05T11:00:00Z,0.25,"{""a"": 2}",\n'
+    )
+    csv_path = write_landing("predictions", "batch.csv", csv)
+    result = ingest_file(con, landing, csv_path, PREDICTIONS)
+    assert (result.records_read, result.accepted, result.rejected) == (4, 2, 2)
+    rejected = con.execute(
+        "SELECT line_number, reason FROM raw.rejected_records ORDER BY 1"
+    ).fetchall()
+    assert rejected[0] == (3, "confidence out of range [0, 1]")
+    assert rejected[1][0] == 4 and rejected[1][1].startswith("unparseable CSV line")
+
+    parquet_path = landing / "predictions" / "batch.parquet"
+    con.execute(
+        f"""COPY (SELECT 'q1' AS prediction_id, TIMESTAMP '2026-01-05 10:00:00' AS predicted_at,
+                 0.7 AS confidence, MAP {{'a': 1.0}} AS features
+            UNION ALL SELECT 'q2', TIMESTAMP '2026-01-05 10:00:00', 7.0, MAP {{'a': 1.0}})
+            TO '{parquet_path}' (FORMAT parquet)"""
+    )
+    result = ingest_file(con, landing, parquet_path, PREDICTIONS)
+    assert (result.records_read, result.accepted, result.rejected) == (2, 1, 1)
+    assert count(con, "SELECT count(*) FROM raw.predictions WHERE prediction_id = 'q1'") == 1
+
+
+def test_exact_repeats_are_duplicates_and_changed_content_is_a_conflict(
+    con, landing, write_landing
+):
+    first = write_landing("predictions", "day1.jsonl", [prediction("a"), prediction("b")])
+    second = write_landing(
+        "predictions",
+        "day2.jsonl",
+        [prediction("a"), prediction("b", confidence=0.9), prediction("c"), prediction("c")],
+    )
+    ingest_file(con, landing, first, PREDICTIONS)
+    result = ingest_file(con, landing, second, PREDICTIONS)
+
+    assert (result.records_read, result.accepted, result.duplicates, result.rejected) == (
+        4,
+        1,
+        2,
+        1,
+    )
+    reason, detail = con.execute("SELECT reason, detail FROM raw.rejected_records").fetchall()[0]
+    assert reason == "conflicting duplicate: prediction_id already ingested, other content"
+    assert "predictions/day1.jsonl" in detail
+    stored = con.execute("SELECT prediction_id, confidence FROM raw.predictions ORDER BY 1")
+    assert stored.fetchall() == [("a", 0.6), ("b", 0.6), ("c", 0.6)]
+
+
+def test_accounting_invariant_holds_for_every_file(con, landing, write_landing):
+    write_landing("predictions", "a.jsonl", [prediction("a"), prediction("a"), "{", "[1]"])
+    write_landing("predictions", "b.jsonl", [prediction("a", confidence=0.1), prediction("z")])
+    write_landing("predictions", "c.txt", [prediction("q")])
+    results = ingest_kind(con, landing, "predictions")
+    for result in results:
+        assert result.records_read == result.accepted + result.duplicates + result.rejected
+    assert reporting.accounting_violations(con, "predictions").empty
+    assert manifest(con, "predictions/a.jsonl") == ("ingested", 4, 1, 1, 2)
+    assert manifest(con, "predictions/b.jsonl") == ("ingested", 2, 1, 0, 1)
+
+
+def test_accounting_check_detects_rows_that_went_missing(con, landing, write_landing):
+    write_landing("predictions", "a.jsonl", [prediction("a"), prediction("b")])
+    ingest_kind(con, landing, "predictions")
+    con.execute("DELETE FROM raw.predictions WHERE prediction_id = 'b'")
+    violations = reporting.accounting_violations(con, "predictions")
+    assert violations["path"].tolist() == ["predictions/a.jsonl"]
+
+
+def test_rerun_adds_nothing(con, landing, write_landing):
+    write_landing("predictions", "a.jsonl", [prediction("a"), "{"])
+    write_landing("predictions", "x.txt", b"junk")
+    first = ingest_kind(con, landing, "predictions")
+    tables = ("raw.predictions", "raw.rejected_records", "raw.ingested_files")
+    before = [count(con, f"SELECT count(*) FROM {t}") for t in tables]
+
+    second = ingest_kind(con, landing, "predictions")
+
+    assert [r.status for r in first] == ["ingested", "unsupported"]
+    assert [r.status for r in second] == ["skipped", "skipped"]
+    assert [count(con, f"SELECT count(*) FROM {t}") for t in tables] == before
+
+
+def test_a_changed_file_is_ingested_again_and_repeats_count_as_duplicates(
+    con, landing, write_landing
+):
+    write_landing("predictions", "a.jsonl", [prediction("a")])
+    ingest_kind(con, landing, "predictions")
+    write_landing("predictions", "a.jsonl", [prediction("a"), prediction("b")])
+    (result,) = ingest_kind(con, landing, "predictions")
+    assert (result.status, result.accepted, result.duplicates) == ("ingested", 1, 1)
+    assert count(con, "SELECT count(*) FROM raw.predictions") == 2
+    assert reporting.accounting_violations(con, "predictions").empty
+
+
+def test_failure_halfway_through_a_file_leaves_nothing_and_rerun_completes(
+    con, landing, write_landing, monkeypatch
+):
+    write_landing("predictions", "a.jsonl", [prediction(f"p{i}") for i in range(50)] + ["{"])
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    # Accepted and rejected rows are already inserted when the manifest is written.
+    monkeypatch.setattr(ingestion, "write_manifest", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        ingest_kind(con, landing, "predictions")
+    for table in ("raw.predictions", "raw.rejected_records", "raw.ingested_files"):
+        assert count(con, f"SELECT count(*) FROM {table}") == 0
+
+    monkeypatch.undo()
+    (result,) = ingest_kind(con, landing, "predictions")
+    assert (result.accepted, result.rejected) == (50, 1)
+    assert count(con, "SELECT count(*) FROM raw.predictions") == 50
+
+
+def test_orphan_feedback_is_kept_and_counted_until_its_prediction_lands(
+    con, landing, write_landing
+):
+    write_landing("feedback", "f.jsonl", [feedback("e1", "late", "reject", "2026-01-05T12:00:00Z")])
+    ingest_kind(con, landing, "feedback")
+    assert count(con, "SELECT count(*) FROM raw.feedback_events") == 1
+    from feedback_pipeline.labeling import orphan_feedback_count
+
+    assert orphan_feedback_count(con) == 1
+    write_landing("predictions", "p.jsonl", [prediction("late")])
+    ingest_kind(con, landing, "predictions")
+    assert orphan_feedback_count(con) == 0
+
+
+def test_split_lines_numbers_every_line_and_skips_blank_ones():
+    table = ingestion.split_lines(b"a\n\nb\r\n\r\nc")
+    assert table.column("line_no").to_pylist() == [1, 3, 5]
+    assert table.column("line").to_pylist() == [b"a\n", b"b\r\n", b"c"]
+    assert ingestion.split_lines(b"").num_rows == 0
+    assert ingestion.split_lines(b"\xef\xbb\xbfx\n").column("line").to_pylist() == [b"x\n"]
