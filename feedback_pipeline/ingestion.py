@@ -110,12 +110,14 @@ def _jsonl_docs(con: duckdb.DuckDBPyConnection, data: bytes) -> None:
     valid_utf8 = is_utf8(data)  # the common case skips per-line decoding in SQL
     lines = split_lines(data, as_text=valid_utf8)
     last_line = lines.column("line_no")[-1].as_py() if lines.num_rows else 0
-    con.register("landing_lines", lines)
+    # Small record batches let DuckDB parse and validate one file on all cores.
+    batches = lines.to_batches(max_chunksize=4096)
+    con.register("landing_lines", pa.Table.from_batches(batches, schema=lines.schema))
     # The JSON parser ignores the trailing CR/LF; raw text is trimmed only for rejected lines.
     text = "line" if valid_utf8 else "TRY(decode(line))"
     raw = "line" if valid_utf8 else "coalesce(TRY(decode(line)), line::VARCHAR)"
     con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE docs AS
+        CREATE OR REPLACE TEMP VIEW docs AS
         WITH parsed AS (
             SELECT line_no, {raw} AS raw_text, {text} IS NULL AS bad_utf8,
                    TRY_CAST({text} AS JSON) AS doc
@@ -130,8 +132,7 @@ def _jsonl_docs(con: duckdb.DuckDBPyConnection, data: bytes) -> None:
                    ELSE 'malformed JSON'
                END AS parse_error
         FROM parsed
-    """)
-    con.unregister("landing_lines")
+    """)  # a view over the registered lines: validation reads them in parallel
 
 
 def _csv_docs(con: duckdb.DuckDBPyConnection, path: Path) -> None:
@@ -199,7 +200,8 @@ def _parquet_docs(con: duckdb.DuckDBPyConnection, path: Path) -> None:
 
 
 def stage_docs(con: duckdb.DuckDBPyConnection, path: Path, data: bytes, fmt: str) -> None:
-    """Create temp table ``docs(line_no, raw_text, doc, parse_error)`` for one file."""
+    """Create temp relation ``docs(line_no, raw_text, doc, parse_error)`` for one file."""
+    drop_staging(con)
     if fmt == "jsonl":
         _jsonl_docs(con, data)
     elif fmt == "jsonl.gz":
@@ -210,6 +212,17 @@ def stage_docs(con: duckdb.DuckDBPyConnection, path: Path, data: bytes, fmt: str
         _parquet_docs(con, path)
     else:
         raise ValueError(f"unknown format {fmt}")
+
+
+def drop_staging(con: duckdb.DuckDBPyConnection) -> None:
+    """Forget the previous file's staging relations and its registered lines."""
+    kinds = con.execute(
+        "SELECT table_type FROM information_schema.tables "
+        "WHERE table_name = 'docs' AND table_catalog = 'temp'"
+    ).fetchall()
+    for (table_type,) in kinds:
+        con.execute("DROP VIEW docs" if table_type == "VIEW" else "DROP TABLE docs")
+    con.unregister("landing_lines")
 
 
 def _classify(con: duckdb.DuckDBPyConnection, spec: KindSpec) -> None:
@@ -372,6 +385,7 @@ def ingest_file(
                 spec.kind, rel_path, "ingested", read, accepted, duplicates, rejected
             )
         write_manifest(con, result, content_hash, fmt, len(data))
+    drop_staging(con)
     return result
 
 
