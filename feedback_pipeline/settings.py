@@ -79,6 +79,86 @@ class LabelingSettings(_Strict):
         return data
 
 
+Family = Literal["xgboost", "logistic_regression", "random_forest"]
+FAMILIES: tuple[Family, ...] = ("xgboost", "logistic_regression", "random_forest")
+
+
+class TrainingSettings(_Strict):
+    """DESIGN section 6: how the blended training set is built and split."""
+
+    outcome_weight: float = Field(default=2.0, ge=0.1, le=10.0)
+    lookback_days: int = Field(default=90, ge=1, le=3650)
+    use_outcomes: bool = Field(
+        default=True, description="false = baseline rows only (the plain market-data retrain)"
+    )
+    holdout_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
+    maturity_days: float = Field(
+        default=10.0, ge=0.0, le=365.0,
+        description="holdout rows are predictions at least this old, so outcomes had time to land",
+    )
+    validation_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
+
+
+def _default_hyperparameters() -> dict[str, dict[str, Any]]:
+    return {
+        "xgboost": {
+            "n_estimators": 200,
+            "max_depth": 4,
+            "learning_rate": 0.1,
+            "subsample": 0.9,
+            "min_child_weight": 1.0,
+        },
+        "logistic_regression": {"C": 1.0},
+        "random_forest": {"n_estimators": 200, "max_depth": 8, "min_samples_leaf": 5},
+    }
+
+
+class ModelSettings(_Strict):
+    """DESIGN section 7: which families run and with what hyperparameters."""
+
+    families: list[Family] = Field(default_factory=lambda: ["xgboost"], min_length=1)
+    hyperparameters: dict[Family, dict[str, Any]] = Field(default_factory=_default_hyperparameters)
+    seed: int = 42
+    search_budget: int = Field(
+        default=4, ge=1, le=50, description="candidates per family in a full retrain's search"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_hyperparameters(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("hyperparameters"), dict):
+            merged = _default_hyperparameters()
+            for family, params in data["hyperparameters"].items():
+                if family in merged and isinstance(params, dict):
+                    merged[family] = {**merged[family], **params}
+                else:
+                    merged[family] = params
+            data = {**data, "hyperparameters": merged}
+        return data
+
+
+class GateSettings(_Strict):
+    """DESIGN section 8: the promotion policy as data."""
+
+    min_accuracy_gain: float = Field(default=0.02, ge=0.0, le=1.0)
+    min_f1_gain: float = Field(default=0.03, ge=0.0, le=1.0)
+    max_auc_drop: float = Field(default=0.01, ge=0.0, le=1.0)
+    min_holdout_rows: int = Field(default=200, ge=1)
+    require_significance: bool = True
+    cold_start_min_auc: float = Field(default=0.55, ge=0.0, le=1.0)
+    bootstrap_samples: int = Field(default=500, ge=50, le=10000)
+    confidence_level: float = Field(default=0.95, gt=0.5, lt=1.0)
+    threshold: float = Field(default=0.5, gt=0.0, lt=1.0, description="decision threshold")
+    mode: Literal["enforce", "dry_run"] = "enforce"
+
+
+class FullRetrainSettings(_Strict):
+    """The monthly full retrain: every family, a wider window, a small search."""
+
+    families: list[Family] = Field(default_factory=lambda: list(FAMILIES), min_length=1)
+    lookback_days: int = Field(default=365, ge=1, le=3650)
+
+
 class Settings(_Strict):
     """Every tunable of the pipeline, with its default."""
 
@@ -86,6 +166,10 @@ class Settings(_Strict):
         default=None, description="Feature names; null = the numeric features present in data."
     )
     labeling: LabelingSettings = Field(default_factory=LabelingSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    models: ModelSettings = Field(default_factory=ModelSettings)
+    gate: GateSettings = Field(default_factory=GateSettings)
+    full_retrain: FullRetrainSettings = Field(default_factory=FullRetrainSettings)
 
 
 def _format_validation_error(error: ValidationError, origin: str) -> str:

@@ -84,6 +84,22 @@ CREATE TABLE IF NOT EXISTS raw.baseline_examples (
     source_line BIGINT,
     ingested_at TIMESTAMP NOT NULL
 );
+CREATE TABLE IF NOT EXISTS ops.retraining_events (
+    event_id VARCHAR PRIMARY KEY,
+    recorded_at TIMESTAMP NOT NULL,
+    action VARCHAR NOT NULL,          -- retrain | rollback | forced_promotion | failed_retrain
+    trigger VARCHAR,
+    as_of TIMESTAMP,
+    old_version VARCHAR,              -- champion before
+    new_version VARCHAR,              -- champion after (= old_version when nothing moved)
+    challenger_version VARCHAR,
+    promoted BOOLEAN NOT NULL,
+    mode VARCHAR,
+    reason VARCHAR NOT NULL,
+    metrics JSON,
+    deltas JSON,
+    dagster_run_id VARCHAR
+);
 """
 
 

@@ -1,0 +1,153 @@
+"""MLflow: every challenger is a run and a version of ``feedback_model`` (DESIGN section 7).
+
+Models are logged as a small pyfunc that returns the probability that a prediction is good, so
+every family loads and predicts the same way: ``models:/feedback_model@champion``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+MODEL_NAME = "feedback_model"
+EXPERIMENT = "feedback_pipeline"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+class ProbabilityModel(mlflow.pyfunc.PythonModel):
+    """Wraps a fitted classifier; ``predict`` returns ``probability`` (of a good prediction)."""
+
+    def __init__(self, estimator: Any, features: list[str]):
+        self.estimator = estimator
+        self.features = list(features)
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        frame = pd.DataFrame(model_input)[self.features].astype("float64")
+        return pd.DataFrame({"probability": self.estimator.predict_proba(frame)[:, 1]})
+
+
+@dataclass(frozen=True)
+class RegisteredChallenger:
+    version: str
+    run_id: str
+    family: str
+
+
+def _requirements() -> list[str]:
+    names = ("mlflow", "pandas", "scikit-learn", "xgboost", "cloudpickle")
+    return [f"{name}=={package_version(name)}" for name in names]
+
+
+class Registry:
+    """The MLflow tracking store and model registry."""
+
+    def __init__(self, tracking_uri: str, artifact_root: str):
+        self.tracking_uri = tracking_uri
+        self.artifact_root = artifact_root
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    def experiment_id(self) -> str:
+        experiment = self.client.get_experiment_by_name(EXPERIMENT)
+        if experiment is not None:
+            return experiment.experiment_id
+        Path(self.artifact_root).mkdir(parents=True, exist_ok=True)
+        return self.client.create_experiment(
+            EXPERIMENT, artifact_location=Path(self.artifact_root).resolve().as_uri()
+        )
+
+    def log_challenger(
+        self,
+        estimator: Any,
+        family: str,
+        features: list[str],
+        example: pd.DataFrame,
+        params: dict[str, Any],
+        metrics: dict[str, float],
+        tags: dict[str, str],
+        model_card: str,
+    ) -> RegisteredChallenger:
+        """One run with params, metrics, tags, model card and model; a new registered version."""
+        python_model = ProbabilityModel(estimator, features)
+        example = example[features].astype("float64").head(5)
+        signature = infer_signature(example, python_model.predict(None, example))
+        with mlflow.start_run(
+            experiment_id=self.experiment_id(), run_name=f"{family}-{tags.get('as_of', '')}"
+        ) as run:
+            mlflow.log_params({k: _param(v) for k, v in params.items()})
+            mlflow.log_metrics({k: v for k, v in metrics.items() if _finite(v)})
+            mlflow.set_tags(tags)
+            mlflow.log_text(model_card, "model_card.md")
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=python_model,
+                signature=signature,
+                input_example=example,
+                registered_model_name=MODEL_NAME,
+                pip_requirements=_requirements(),
+            )
+        version = str(info.registered_model_version)
+        for key, value in tags.items():
+            self.client.set_model_version_tag(MODEL_NAME, version, key, value)
+        self.client.set_model_version_tag(MODEL_NAME, version, "family", family)
+        return RegisteredChallenger(version, run.info.run_id, family)
+
+    def alias_version(self, alias: str) -> str | None:
+        try:
+            return str(self.client.get_model_version_by_alias(MODEL_NAME, alias).version)
+        except MlflowException:
+            return None
+
+    def version_tags(self, version: str) -> dict[str, str]:
+        return dict(self.client.get_model_version(MODEL_NAME, version).tags)
+
+    def run_id(self, version: str) -> str:
+        return self.client.get_model_version(MODEL_NAME, version).run_id
+
+    def versions(self) -> list[str]:
+        found = self.client.search_model_versions(f"name = '{MODEL_NAME}'")
+        return sorted((str(v.version) for v in found), key=int)
+
+    def load(self, version: str) -> mlflow.pyfunc.PyFuncModel:
+        return mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{version}")
+
+    def predict_probability(self, version: str, X: pd.DataFrame) -> pd.Series:
+        return self.load(version).predict(X)["probability"]
+
+    def set_alias(self, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(MODEL_NAME, alias, version)
+
+    def tag_version(self, version: str, key: str, value: str) -> None:
+        self.client.set_model_version_tag(MODEL_NAME, version, key, value)
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            if _finite(value):
+                self.client.log_metric(run_id, key, value)
+
+    def log_report(self, run_id: str, report: dict, markdown: str, figures: dict) -> None:
+        self.client.log_text(
+            run_id, json.dumps(report, indent=2, default=str), "evaluation/report.json"
+        )
+        self.client.log_text(run_id, markdown, "evaluation/report.md")
+        for name, figure in figures.items():
+            self.client.log_figure(run_id, figure, f"evaluation/{name}.png")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and value == value and abs(value) != float("inf")
+
+
+def _param(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, dict | list) else str(value)

@@ -1,0 +1,354 @@
+"""The retrain loop without Dagster: challengers -> evaluation report -> champion decision.
+
+Assets in ``feedback_pipeline.assets.retraining`` are thin wrappers around these functions;
+the CLI's ``rollback`` and ``promote`` use them too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import duckdb
+import matplotlib
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_curve
+
+from feedback_pipeline import ledger
+from feedback_pipeline.evaluation import (
+    bootstrap_deltas,
+    classification_metrics,
+    majority_accuracy,
+)
+from feedback_pipeline.promotion import Decision, decide
+from feedback_pipeline.registry import CHALLENGER, CHAMPION, Registry
+from feedback_pipeline.settings import GateSettings, Settings
+from feedback_pipeline.training import train_family
+from feedback_pipeline.training_set import load_info, load_split
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+Progress = Callable[[str], None]
+
+
+def _table(rows: list[dict] | pd.DataFrame) -> str:
+    frame = pd.DataFrame(rows)
+    return frame.to_markdown(index=False, floatfmt=".4f") if len(frame) else "(none)"
+
+
+def model_card(
+    family: str,
+    params: dict,
+    info: dict,
+    counts: pd.DataFrame,
+    validation: dict[str, float],
+    extra: str = "",
+) -> str:
+    return "\n\n".join(
+        [
+            f"# feedback_model challenger: {family}",
+            f"Data window: {info['window_start']} .. {info['as_of']} (as_of), training-set hash "
+            f"`{info['content_hash']}`, data watermark {info['data_watermark']}.",
+            f"Features: {', '.join(info['features'])}",
+            "## Hyperparameters\n\n" + _table([params]),
+            "## Rows per split and source\n\n" + _table(counts),
+            "## Validation metrics (weighted)\n\n" + _table([validation]),
+            extra,
+        ]
+    )
+
+
+def split_counts(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    return con.execute(
+        "SELECT split, source, count(*) AS rows FROM training.training_set GROUP BY ALL "
+        "ORDER BY ALL"
+    ).df()
+
+
+def train_challengers(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    settings: Settings,
+    families: list[str],
+    search: bool,
+    tags: dict[str, str],
+    progress: Progress = print,
+) -> list[dict[str, Any]]:
+    """Fit one challenger per family on ``train``, pick hyperparameters on ``validation``,
+    log each as an MLflow run and register it as a new version of ``feedback_model``."""
+    info = load_info(con)
+    features = info["features"]
+    train = load_split(con, "train", features)
+    validation = load_split(con, "validation", features)
+    counts = split_counts(con)
+    if len(train) == 0 or len(validation) == 0:
+        raise ValueError(
+            f"training set too small: {len(train)} train and {len(validation)} validation rows"
+        )
+    budget = settings.models.search_budget if search else 1
+    challengers = []
+    for family in families:
+        progress(f"training {family} on {len(train):,} rows ({budget} candidate(s))")
+        fitted = train_family(
+            family,
+            settings.models.hyperparameters.get(family, {}),
+            train,
+            validation,
+            settings.models.seed,
+            budget,
+            settings.gate.threshold,
+        )
+        params = {
+            "family": family,
+            **fitted.params,
+            "outcome_weight": settings.training.outcome_weight,
+            "lookback_days": info["settings"]["lookback_days"],
+            "use_outcomes": info["settings"]["use_outcomes"],
+            "as_of": str(info["as_of"]),
+            "seed": settings.models.seed,
+            "candidates_tried": fitted.candidates_tried,
+        }
+        metrics = {f"validation_{k}": v for k, v in fitted.validation_metrics.items()}
+        metrics.update({"rows_train": len(train), "rows_validation": len(validation)})
+        version_tags = {
+            **tags,
+            "as_of": str(info["as_of"]),
+            "training_set_hash": info["content_hash"],
+            "data_watermark": str(info["data_watermark"]),
+            "features": json.dumps(features),
+        }
+        card = model_card(family, fitted.params, info, counts, fitted.validation_metrics)
+        registered = registry.log_challenger(
+            fitted.estimator, family, features, validation.X, params, metrics, version_tags, card
+        )
+        progress(
+            f"{family}: registered version {registered.version} "
+            f"(validation log loss {fitted.validation_metrics['log_loss']:.4f})"
+        )
+        challengers.append(
+            {
+                "version": registered.version,
+                "run_id": registered.run_id,
+                "family": family,
+                "params": fitted.params,
+                "validation": fitted.validation_metrics,
+            }
+        )
+    return challengers
+
+
+def _figures(y: np.ndarray, probabilities: dict[str, np.ndarray]) -> dict[str, Any]:
+    roc, ax = plt.subplots(figsize=(5, 5))
+    for label, p in probabilities.items():
+        fpr, tpr, _ = roc_curve(y, p)
+        ax.plot(fpr, tpr, label=label)
+    ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC on holdout")
+    ax.legend(loc="lower right")
+    calibration, ax = plt.subplots(figsize=(5, 5))
+    bins = np.linspace(0, 1, 11)
+    for label, p in probabilities.items():
+        which = np.clip(np.digitize(p, bins) - 1, 0, 9)
+        counts = np.bincount(which, minlength=10)
+        seen = counts > 0
+        mean_p = np.bincount(which, weights=p, minlength=10)[seen] / counts[seen]
+        rate = np.bincount(which, weights=y, minlength=10)[seen] / counts[seen]
+        ax.plot(mean_p, rate, marker="o", label=label)
+    ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
+    ax.set(xlabel="predicted probability", ylabel="observed rate", title="Calibration")
+    ax.legend(loc="upper left")
+    return {"roc": roc, "calibration": calibration}
+
+
+def report_markdown(report: dict) -> str:
+    rows = [
+        {"model": f"{c['family']} v{c['version']}", **c["holdout"]} for c in report["challengers"]
+    ]
+    if report["champion_metrics"]:
+        rows.insert(
+            0, {"model": f"champion v{report['champion_version']}", **report["champion_metrics"]}
+        )
+    deltas = [{"metric": m, **d} for m, d in (report["deltas"] or {}).items()]
+    decision = report["decision"]
+    return "\n\n".join(
+        [
+            f"## Holdout ({report['holdout_rows']} outcome/explicit rows, unweighted)",
+            _table(rows),
+            f"Best challenger on validation: v{report['best_version']}. Majority-class accuracy: "
+            f"{report['majority_accuracy']:.4f}.",
+            "## Challenger minus champion (bootstrap interval)",
+            _table(deltas),
+            f"## Decision: {'PROMOTE' if decision['promote'] else 'KEEP CHAMPION'}"
+            f"{' (dry run)' if report['mode'] == 'dry_run' else ''}",
+            decision["reason"],
+        ]
+    )
+
+
+def evaluate(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    challengers: list[dict[str, Any]],
+    gate: GateSettings,
+    seed: int,
+    progress: Progress = print,
+) -> dict[str, Any]:
+    """Score the challengers and the current champion on the same holdout and decide."""
+    info = load_info(con)
+    holdout = load_split(con, "holdout", info["features"])
+    best = min(challengers, key=lambda c: c["validation"]["log_loss"])
+    champion_version = registry.alias_version(CHAMPION)
+    scorable = len(holdout) > 0
+    probabilities: dict[str, np.ndarray] = {}
+    for challenger in challengers:
+        p = (
+            registry.predict_probability(challenger["version"], holdout.X).to_numpy()
+            if scorable
+            else np.array([])
+        )
+        probabilities[f"{challenger['family']} v{challenger['version']}"] = p
+        challenger["holdout"] = (
+            classification_metrics(holdout.y, p, gate.threshold) if scorable else {}
+        )
+        registry.log_metrics(
+            challenger["run_id"], {f"holdout_{k}": v for k, v in challenger["holdout"].items()}
+        )
+    champion_metrics = deltas = None
+    if champion_version is not None and scorable:
+        p_champion = registry.predict_probability(champion_version, holdout.X).to_numpy()
+        probabilities[f"champion v{champion_version}"] = p_champion
+        champion_metrics = classification_metrics(holdout.y, p_champion, gate.threshold)
+        p_best = probabilities[f"{best['family']} v{best['version']}"]
+        deltas = bootstrap_deltas(
+            holdout.y,
+            p_best,
+            p_champion,
+            gate.threshold,
+            gate.bootstrap_samples,
+            gate.confidence_level,
+            seed,
+        )
+    decision: Decision = (
+        decide(
+            gate,
+            len(holdout),
+            best.get("holdout", {}),
+            champion_metrics if champion_version is not None else None,
+            deltas,
+            majority_accuracy(holdout.y),
+        )
+        if scorable
+        else decide(gate, 0, {}, None, None, float("nan"))
+    )
+    progress(f"decision: {decision.reason}")
+    report = {
+        "as_of": str(info["as_of"]),
+        "training_set_hash": info["content_hash"],
+        "features": info["features"],
+        "holdout_rows": len(holdout),
+        "majority_accuracy": majority_accuracy(holdout.y) if scorable else float("nan"),
+        "challengers": challengers,
+        "best_version": best["version"],
+        "best_run_id": best["run_id"],
+        "champion_version": champion_version,
+        "champion_metrics": champion_metrics,
+        "deltas": deltas,
+        "decision": decision.as_dict(),
+        "mode": gate.mode,
+        "gate": gate.model_dump(),
+    }
+    markdown = report_markdown(report)
+    figures = _figures(holdout.y, probabilities) if scorable and len(set(holdout.y)) == 2 else {}
+    registry.log_report(best["run_id"], report, markdown, figures)
+    for figure in figures.values():
+        plt.close(figure)
+    report["markdown"] = markdown
+    return report
+
+
+def apply_decision(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    report: dict[str, Any],
+    trigger: str,
+    dagster_run_id: str | None,
+) -> dict[str, Any]:
+    """Move the aliases as decided and append the decision to the ledger, promoted or not."""
+    decision = report["decision"]
+    old = registry.alias_version(CHAMPION)
+    best = report["best_version"]
+    now = datetime.now().isoformat(timespec="seconds")
+    if report["mode"] == "enforce":
+        registry.set_alias(CHALLENGER, best)
+    if decision["applied"]:
+        registry.set_alias(CHAMPION, best)
+        registry.tag_version(best, "promoted_at", now)
+        if old is not None and old != best:
+            registry.tag_version(old, "retired_at", now)
+            registry.tag_version(old, "replaced_by", best)
+    new = best if decision["applied"] else old
+    best_metrics = next(c["holdout"] for c in report["challengers"] if c["version"] == best)
+    ledger.append_event(
+        con,
+        "retrain",
+        decision["reason"],
+        bool(decision["applied"]),
+        old,
+        new,
+        trigger=trigger,
+        as_of=datetime.fromisoformat(report["as_of"]),
+        challenger_version=best,
+        mode=report["mode"],
+        metrics={"challenger": best_metrics, "champion": report["champion_metrics"]},
+        deltas=report["deltas"],
+        dagster_run_id=dagster_run_id,
+    )
+    return {
+        "old_version": old,
+        "new_version": new,
+        "promoted": bool(decision["applied"]),
+        "reason": decision["reason"],
+    }
+
+
+def rollback(
+    con: duckdb.DuckDBPyConnection, registry: Registry, reason: str, to_version: str | None = None
+) -> tuple[str | None, str]:
+    """Point ``champion`` back at the previous champion (or ``to_version``); ledger it."""
+    current = registry.alias_version(CHAMPION)
+    if to_version is None:
+        previous = con.execute(
+            f"""SELECT old_version FROM {ledger.LEDGER}
+                WHERE new_version = ? AND old_version IS NOT NULL AND old_version <> new_version
+                ORDER BY recorded_at DESC LIMIT 1""",
+            [current],
+        ).fetchall()
+        if not previous:
+            raise ValueError(
+                f"no previous champion recorded before version {current}; pass --to VERSION"
+            )
+        to_version = previous[0][0]
+    return _move_champion(con, registry, to_version, reason, "rollback", current)
+
+
+def force_promote(
+    con: duckdb.DuckDBPyConnection, registry: Registry, version: str, reason: str
+) -> tuple[str | None, str]:
+    return _move_champion(
+        con, registry, version, reason, "forced_promotion", registry.alias_version(CHAMPION)
+    )
+
+
+def _move_champion(con, registry, version, reason, action, current):
+    if not reason or not reason.strip():
+        raise ValueError("--reason is required")
+    if str(version) not in registry.versions():
+        raise ValueError(f"feedback_model has no version {version}")
+    registry.set_alias(CHAMPION, str(version))
+    registry.tag_version(str(version), "promoted_at", datetime.now().isoformat(timespec="seconds"))
+    ledger.append_event(con, action, reason, True, current, str(version), trigger="cli")
+    return current, str(version)
