@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)
 export FEEDBACK_PIPELINE_DATA_DIR ?= $(CURDIR)/data
 
-.PHONY: install demo test lint format dev simulate status validate clean
+.PHONY: install demo test lint format dev mlflow status validate clean
 
 # Reinstall only when the project's metadata changed (idempotent bootstrap).
 $(STAMP): pyproject.toml
@@ -36,6 +36,10 @@ validate: $(STAMP)
 
 dev: $(STAMP)
 	$(BIN)/dagster dev -m feedback_pipeline.definitions -h 127.0.0.1 -p 3000
+
+mlflow: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(FEEDBACK_PIPELINE_DATA_DIR)/mlflow.db \
+		--default-artifact-root $(FEEDBACK_PIPELINE_DATA_DIR)/mlartifacts --host 127.0.0.1 --port 5000
 
 status: $(STAMP)
 	$(BIN)/feedback-pipeline status

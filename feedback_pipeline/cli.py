@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from datetime import date
 from pathlib import Path
 
-from feedback_pipeline import reporting, warehouse
-from feedback_pipeline.labeling import orphan_feedback_count
+import pandas as pd
+
+from feedback_pipeline import ledger, reporting, retraining, warehouse
+from feedback_pipeline.labeling import LABELED_OUTCOMES, orphan_feedback_count
+from feedback_pipeline.registry import CHAMPION, local_registry
 from feedback_pipeline.settings import default_data_dir
 from feedback_pipeline.simulator import SimulationConfig, simulate
+from feedback_pipeline.warehouse import table_exists
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -33,15 +38,50 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def champion_summary(data_dir: Path, con) -> tuple[str, pd.DataFrame | None]:
+    """The champion's version, family, watermark and holdout metrics; labels since watermark."""
+    if not (data_dir / "mlflow.db").exists() and "MLFLOW_TRACKING_URI" not in os.environ:
+        return "no model registry yet: run `make demo` or retrain_job", None
+    registry = local_registry(data_dir)
+    version = registry.alias_version(CHAMPION)
+    if version is None:
+        return "no champion yet", None
+    tags = registry.version_tags(version)
+    metrics = {
+        k.removeprefix("holdout_"): round(v, 4)
+        for k, v in registry.run_metrics(version).items()
+        if k.startswith("holdout_")
+    }
+    watermark = tags.get("data_watermark")
+    since = None
+    if watermark and watermark != "None" and table_exists(con, LABELED_OUTCOMES):
+        since = con.execute(
+            f"SELECT count(*) FROM {LABELED_OUTCOMES} WHERE labeled_at > ?::TIMESTAMP",
+            [watermark],
+        ).fetchall()[0][0]
+    line = (
+        f"champion: feedback_model version {version} ({tags.get('family', '?')}), trained "
+        f"as of {tags.get('as_of')}, data watermark {watermark}; labels since watermark: "
+        f"{since}"
+    )
+    return line, pd.DataFrame([metrics]) if metrics else None
+
+
 def print_status(data_dir: Path) -> int:
-    """Counts per table, rejects by reason, labels by source and environment, feedback counts."""
+    """Champion, last decisions, table counts, rejects, labels and feedback counts."""
     path = data_dir / "warehouse.duckdb"
     if not path.exists():
         print(f"no warehouse at {path} yet: run `make demo` or the ingest_job first")
         return 1
     con = warehouse.connect(path, read_only=True)
     try:
+        champion_line, champion_metrics = champion_summary(data_dir, con)
         sections = [
+            ("Champion holdout metrics", champion_metrics),
+            (
+                "Last decisions",
+                ledger.recent_events(con, 5) if table_exists(con, ledger.LEDGER) else None,
+            ),
             ("Tables", reporting.table_counts(con)),
             ("Rejected records by reason", reporting.rejects_by_reason(con)),
             ("Labels by source and environment", reporting.labels_by_source_and_environment(con)),
@@ -50,10 +90,25 @@ def print_status(data_dir: Path) -> int:
         orphans = orphan_feedback_count(con)
     finally:
         con.close()
-    print(f"warehouse: {path}\n")
+    print(f"warehouse: {path}\n{champion_line}\n")
     for title, frame in sections:
-        print(f"## {title}\n\n{reporting.markdown(frame, max_rows=40)}\n")
+        if frame is not None:
+            print(f"## {title}\n\n{reporting.markdown(frame, max_rows=40)}\n")
     print(f"orphan feedback events (prediction not landed yet): {orphans}")
+    return 0
+
+
+def _move(args: argparse.Namespace) -> int:
+    con = warehouse.connect(args.data_dir / "warehouse.duckdb")
+    try:
+        registry = local_registry(args.data_dir)
+        if args.command == "rollback":
+            old, new = retraining.rollback(con, registry, args.reason, args.to)
+        else:
+            old, new = retraining.force_promote(con, registry, args.version, args.reason)
+    finally:
+        con.close()
+    print(f"champion: version {old} -> {new} ({args.command}, recorded in {ledger.LEDGER})")
     return 0
 
 
@@ -80,8 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--format", choices=["jsonl", "csv", "parquet"], default="jsonl")
     sim.set_defaults(handler=_simulate)
 
-    status = commands.add_parser("status", help="what is in the warehouse")
+    status = commands.add_parser("status", help="champion, decisions, what is in the warehouse")
     status.set_defaults(handler=lambda args: print_status(args.data_dir))
+
+    rollback = commands.add_parser("rollback", help="move champion back to the previous one")
+    rollback.add_argument("--reason", required=True, help="why (recorded in the ledger)")
+    rollback.add_argument("--to", default=None, help="a specific version instead")
+    rollback.set_defaults(handler=_move)
+
+    promote = commands.add_parser("promote", help="force a version to champion")
+    promote.add_argument("version")
+    promote.add_argument("--reason", required=True, help="why (recorded in the ledger)")
+    promote.set_defaults(handler=_move)
     return parser
 
 

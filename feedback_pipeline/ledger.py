@@ -54,7 +54,8 @@ def recent_events(con: duckdb.DuckDBPyConnection, limit: int = 10) -> pd.DataFra
     return con.execute(
         f"""
         SELECT strftime(recorded_at, '%Y-%m-%d %H:%M:%S') AS recorded_at, action, trigger,
-               old_version, new_version, challenger_version, promoted, mode, reason
+               coalesce(old_version, '-') AS old_version, coalesce(new_version, '-') AS new_version,
+               challenger_version, promoted, mode, reason
         FROM {LEDGER} ORDER BY recorded_at DESC LIMIT {int(limit)}
         """
     ).df()

@@ -7,6 +7,7 @@ every family loads and predicts the same way: ``models:/feedback_model@champion`
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -103,6 +104,19 @@ class Registry:
         self.client.set_model_version_tag(MODEL_NAME, version, "family", family)
         return RegisteredChallenger(version, run.info.run_id, family)
 
+    def find_version(self, tag: str, value: str) -> RegisteredChallenger | None:
+        """The newest version carrying ``tag=value`` (e.g. the same fit key), if any."""
+        for model_version in sorted(
+            self.client.search_model_versions(f"name = '{MODEL_NAME}'"),
+            key=lambda v: -int(v.version),
+        ):
+            if model_version.tags.get(tag) == value:
+                family = model_version.tags.get("family", "")
+                return RegisteredChallenger(
+                    str(model_version.version), model_version.run_id, family
+                )
+        return None
+
     def alias_version(self, alias: str) -> str | None:
         try:
             return str(self.client.get_model_version_by_alias(MODEL_NAME, alias).version)
@@ -114,6 +128,9 @@ class Registry:
 
     def run_id(self, version: str) -> str:
         return self.client.get_model_version(MODEL_NAME, version).run_id
+
+    def run_metrics(self, version: str) -> dict[str, float]:
+        return dict(self.client.get_run(self.run_id(version)).data.metrics)
 
     def versions(self) -> list[str]:
         found = self.client.search_model_versions(f"name = '{MODEL_NAME}'")
@@ -143,6 +160,17 @@ class Registry:
         self.client.log_text(run_id, markdown, "evaluation/report.md")
         for name, figure in figures.items():
             self.client.log_figure(run_id, figure, f"evaluation/{name}.png")
+
+
+def default_tracking_uri(data_dir: Path) -> str:
+    """``$MLFLOW_TRACKING_URI``, else a sqlite store in the data directory."""
+    return (
+        os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(data_dir / 'mlflow.db').resolve()}"
+    )
+
+
+def local_registry(data_dir: Path) -> Registry:
+    return Registry(default_tracking_uri(data_dir), str(data_dir / "mlartifacts"))
 
 
 def _finite(value: Any) -> bool:

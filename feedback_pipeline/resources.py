@@ -6,12 +6,20 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import duckdb
 
 from feedback_pipeline import warehouse
-from feedback_pipeline.settings import SETTINGS_ENV_VAR, Settings, load_settings
+from feedback_pipeline.registry import Registry, default_tracking_uri
+from feedback_pipeline.settings import (
+    SETTINGS_ENV_VAR,
+    Settings,
+    SettingsError,
+    load_settings,
+    with_overrides,
+)
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -43,8 +51,22 @@ class SettingsResource(dg.ConfigurableResource):
 
     settings_file: str | None = None
 
-    def load(self) -> Settings:
-        return load_settings(self.settings_file)
+    def load(self, overrides: dict[str, Any] | None = None) -> Settings:
+        """Deployment settings with per-run ``overrides``; an invalid field fails the step."""
+        try:
+            return with_overrides(load_settings(self.settings_file), overrides or {})
+        except SettingsError as error:
+            raise dg.Failure(description=str(error)) from None
+
+
+class MlflowRegistryResource(dg.ConfigurableResource):
+    """MLflow tracking store and model registry (``MLFLOW_TRACKING_URI`` or local sqlite)."""
+
+    tracking_uri: str
+    artifact_root: str
+
+    def get_registry(self) -> Registry:
+        return Registry(self.tracking_uri, self.artifact_root)
 
 
 def local_resources(data_dir: Path) -> dict[str, dg.ConfigurableResource]:
@@ -53,4 +75,8 @@ def local_resources(data_dir: Path) -> dict[str, dg.ConfigurableResource]:
         "warehouse": WarehouseResource(path=str(data_dir / "warehouse.duckdb")),
         "landing_zone": LandingZoneResource(path=str(data_dir / "landing")),
         "settings": SettingsResource(settings_file=os.environ.get(SETTINGS_ENV_VAR) or None),
+        "mlflow_registry": MlflowRegistryResource(
+            tracking_uri=default_tracking_uri(data_dir),
+            artifact_root=str(data_dir / "mlartifacts"),
+        ),
     }

@@ -6,6 +6,7 @@ the CLI's ``rollback`` and ``promote`` use them too.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from datetime import datetime
@@ -79,7 +80,10 @@ def train_challengers(
     progress: Progress = print,
 ) -> list[dict[str, Any]]:
     """Fit one challenger per family on ``train``, pick hyperparameters on ``validation``,
-    log each as an MLflow run and register it as a new version of ``feedback_model``."""
+    log each as an MLflow run and register it as a new version of ``feedback_model``.
+
+    A fit on the same training set with the same parameters reuses its earlier version, so a
+    retrain on unchanged data creates no version and moves no alias."""
     info = load_info(con)
     features = info["features"]
     train = load_split(con, "train", features)
@@ -87,7 +91,9 @@ def train_challengers(
     counts = split_counts(con)
     if len(train) == 0 or len(validation) == 0:
         raise ValueError(
-            f"training set too small: {len(train)} train and {len(validation)} validation rows"
+            f"training set too small: {len(train)} train and {len(validation)} validation rows "
+            f"in the window {info['window_start']} .. {info['as_of']} (as_of): is as_of right "
+            "for this data, and lookback_days wide enough?"
         )
     budget = settings.models.search_budget if search else 1
     challengers = []
@@ -114,21 +120,36 @@ def train_challengers(
         }
         metrics = {f"validation_{k}": v for k, v in fitted.validation_metrics.items()}
         metrics.update({"rows_train": len(train), "rows_validation": len(validation)})
+        fit_key = hashlib.md5(
+            json.dumps([info["content_hash"], params], sort_keys=True, default=str).encode()
+        ).hexdigest()
         version_tags = {
             **tags,
             "as_of": str(info["as_of"]),
             "training_set_hash": info["content_hash"],
             "data_watermark": str(info["data_watermark"]),
             "features": json.dumps(features),
+            "fit_key": fit_key,
         }
-        card = model_card(family, fitted.params, info, counts, fitted.validation_metrics)
-        registered = registry.log_challenger(
-            fitted.estimator, family, features, validation.X, params, metrics, version_tags, card
-        )
-        progress(
-            f"{family}: registered version {registered.version} "
-            f"(validation log loss {fitted.validation_metrics['log_loss']:.4f})"
-        )
+        registered = registry.find_version("fit_key", fit_key)
+        if registered is not None:  # same data, same settings: the same model, not a new one
+            progress(f"{family}: unchanged data and settings, reusing version {registered.version}")
+        else:
+            card = model_card(family, fitted.params, info, counts, fitted.validation_metrics)
+            registered = registry.log_challenger(
+                fitted.estimator,
+                family,
+                features,
+                validation.X,
+                params,
+                metrics,
+                version_tags,
+                card,
+            )
+            progress(
+                f"{family}: registered version {registered.version} "
+                f"(validation log loss {fitted.validation_metrics['log_loss']:.4f})"
+            )
         challengers.append(
             {
                 "version": registered.version,
@@ -164,7 +185,8 @@ def _figures(y: np.ndarray, probabilities: dict[str, np.ndarray]) -> dict[str, A
     return {"roc": roc, "calibration": calibration}
 
 
-def report_markdown(report: dict) -> str:
+def report_tables(report: dict) -> dict[str, str]:
+    """The report's parts as markdown: holdout metrics, deltas, decision."""
     rows = [
         {"model": f"{c['family']} v{c['version']}", **c["holdout"]} for c in report["challengers"]
     ]
@@ -174,17 +196,28 @@ def report_markdown(report: dict) -> str:
         )
     deltas = [{"metric": m, **d} for m, d in (report["deltas"] or {}).items()]
     decision = report["decision"]
+    verdict = "PROMOTE" if decision["promote"] else "KEEP CHAMPION"
+    dry = " (dry run: nothing moves)" if report["mode"] == "dry_run" else ""
+    return {
+        "holdout_metrics": f"Holdout: {report['holdout_rows']} matured outcome/explicit rows, "
+        f"unweighted. Best challenger on validation: v{report['best_version']}. Majority-class "
+        f"accuracy {report['majority_accuracy']:.4f}.\n\n" + _table(rows),
+        "deltas": "Challenger minus champion, with bootstrap "
+        f"{report['gate']['confidence_level']:.0%} intervals.\n\n" + _table(deltas),
+        "decision": f"**{verdict}**{dry}: {decision['reason']}",
+    }
+
+
+def report_markdown(report: dict) -> str:
+    tables = report_tables(report)
     return "\n\n".join(
         [
-            f"## Holdout ({report['holdout_rows']} outcome/explicit rows, unweighted)",
-            _table(rows),
-            f"Best challenger on validation: v{report['best_version']}. Majority-class accuracy: "
-            f"{report['majority_accuracy']:.4f}.",
-            "## Challenger minus champion (bootstrap interval)",
-            _table(deltas),
-            f"## Decision: {'PROMOTE' if decision['promote'] else 'KEEP CHAMPION'}"
-            f"{' (dry run)' if report['mode'] == 'dry_run' else ''}",
-            decision["reason"],
+            "## Champion vs challengers on the holdout",
+            tables["holdout_metrics"],
+            "## Deltas",
+            tables["deltas"],
+            "## Decision",
+            tables["decision"],
         ]
     )
 

@@ -7,6 +7,7 @@ fields fail fast with a message that names the field (``labeling.policy.win.stre
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -93,7 +94,9 @@ class TrainingSettings(_Strict):
     )
     holdout_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
     maturity_days: float = Field(
-        default=10.0, ge=0.0, le=365.0,
+        default=10.0,
+        ge=0.0,
+        le=365.0,
         description="holdout rows are predictions at least this old, so outcomes had time to land",
     )
     validation_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
@@ -219,6 +222,19 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
+
+
+def parse_as_of(value: str | None) -> datetime:
+    """ISO-8601 (UTC when no zone) -> naive UTC datetime; None -> now."""
+    if value is None:
+        return datetime.now(UTC).replace(tzinfo=None)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise SettingsError(f"as_of: {value!r} is not an ISO-8601 timestamp") from None
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+    return parsed
 
 
 def default_data_dir() -> Path:

@@ -5,11 +5,12 @@ of data in memory at a time, vectorised numpy + DuckDB rendering (no Python loop
 
 The world: a deployed model scores items with 8 numeric features. Whether a prediction was
 *good* follows a logistic model whose weights drift linearly from ``W_START`` to ``W_END`` over
-the simulated range, while the deployed model keeps scoring with the stale ``W_START``. People
-accept, export, modify, reject or accept-then-undo (85% of them right); trades close days later
-as win, loss or breakeven. An automatic labeler provides weak baseline labels (25% flipped).
-Late predictions land three days after their feedback (orphans until then). A small rate of bad
-records of every kind in DESIGN section 4 is mixed in.
+``drift_days`` (180 by default), while the deployed model keeps scoring with the stale
+``W_START``. People accept, export, modify, reject or accept-then-undo (85% of them right);
+trades close days later as win, loss or breakeven. An automatic labeler provides weak baseline
+labels: it sees only the market features, and 25% of its labels are flipped. Late predictions
+land three days after their feedback (orphans until then). A small rate of bad records of every
+kind in DESIGN section 4 is mixed in.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ FEATURES = (
     "gap",
     "trend",
 )
-W_START = np.array([1.6, -0.8, 0.6, -0.4, 0.0, 0.9, 0.0, 0.5])
-W_END = np.array([-0.4, -0.8, 0.6, -0.4, 1.4, 0.2, 0.8, 0.5])
+MARKET_FEATURES = ("momentum", "volatility", "volume_z", "spread")
+W_START = 2.0 * np.array([1.6, -0.8, 0.6, -0.4, 0.0, 0.9, 0.0, 0.5])
+W_END = 2.0 * np.array([-0.4, -0.8, 0.6, -0.4, 1.4, 0.2, 0.8, 0.5])
 LATE_DAYS = 3
 KIND_CODES = {"predictions": 1, "feedback": 2, "baseline": 3}
 
@@ -84,12 +86,13 @@ class SimulationConfig:
     bad_rate: float = 0.01
     dev_share: float = 0.1
     late_share: float = 0.02
-    outcome_rate: float = 0.35
-    human_rate: float = 0.6
+    outcome_rate: float = 0.5
+    human_rate: float = 0.5
     human_accuracy: float = 0.85
     weak_label_noise: float = 0.25
     file_format: Literal["jsonl", "csv", "parquet"] = "jsonl"
     n_entities: int = 50
+    drift_days: int = 180
 
     def __post_init__(self) -> None:
         if self.days < 1:
@@ -127,9 +130,10 @@ def _rng(seed: int, kind: str, day: int) -> np.random.Generator:
     return np.random.default_rng([seed, KIND_CODES[kind], day])
 
 
-def true_weights(day: int, days: int) -> np.ndarray:
-    """The drifting ground truth: the weights of the 'good prediction' logit on ``day``."""
-    share = day / max(days - 1, 1)
+def true_weights(day: int, drift_days: int) -> np.ndarray:
+    """The drifting ground truth: the 'good prediction' logit's weights on ``day``; the drift
+    from ``W_START`` to ``W_END`` takes ``drift_days`` and then stays."""
+    share = min(day / max(drift_days, 1), 1.0)
     return (1.0 - share) * W_START + share * W_END
 
 
@@ -152,7 +156,7 @@ def predictions_for_day(config: SimulationConfig, day: int) -> tuple[pd.DataFram
     n = config.predictions_per_day
     features = _feature_frame(rng, n)
     x = features.to_numpy()
-    good = rng.random(n) < _sigmoid(x @ true_weights(day, config.days) + 0.2)
+    good = rng.random(n) < _sigmoid(x @ true_weights(day, config.drift_days) + 0.2)
     day_start = datetime.combine(config.start + timedelta(days=day), datetime.min.time())
     frame = features.assign(
         prediction_id=_ids(f"p{config.start + timedelta(days=day):%Y%m%d}-", n),
@@ -237,7 +241,10 @@ def baseline_for_day(config: SimulationConfig, day: int) -> pd.DataFrame:
     rng = _rng(config.seed, "baseline", day)
     n = config.baseline_per_day
     features = _feature_frame(rng, n)
-    good = rng.random(n) < _sigmoid(features.to_numpy() @ true_weights(day, config.days) + 0.2)
+    # The automatic labeler (forward returns) sees the market features only, not the rest.
+    market = np.array([name in MARKET_FEATURES for name in FEATURES])
+    weights = true_weights(day, config.drift_days) * market
+    good = rng.random(n) < _sigmoid(features.to_numpy() @ weights + 0.2)
     weak = np.where(rng.random(n) < config.weak_label_noise, ~good, good).astype(int)
     day_start = datetime.combine(config.start + timedelta(days=day), datetime.min.time())
     return features.assign(

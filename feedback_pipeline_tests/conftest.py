@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
@@ -11,6 +14,10 @@ import duckdb
 import pytest
 
 from feedback_pipeline import warehouse
+from feedback_pipeline.ingestion import ingest_kind
+from feedback_pipeline.labeling import build_labeled_outcomes
+from feedback_pipeline.settings import LabelingSettings
+from feedback_pipeline.simulator import SimulationConfig, simulate
 
 
 @pytest.fixture
@@ -87,3 +94,44 @@ def baseline(eid: str, **overrides) -> dict:
     }
     record.update(overrides)
     return {k: v for k, v in record.items() if v is not ...}
+
+
+SIMULATED_AS_OF = datetime(2026, 2, 17)
+
+
+@pytest.fixture(scope="session")
+def simulated_source(tmp_path_factory) -> Path:
+    """Six weeks of simulated, drifting data, ingested and labeled once per test session."""
+    folder = tmp_path_factory.mktemp("simulated")
+    simulate(
+        folder / "landing",
+        SimulationConfig(
+            days=42, predictions_per_day=150, baseline_per_day=75, seed=11, bad_rate=0.01
+        ),
+    )
+    connection = warehouse.connect(folder / "warehouse.duckdb")
+    for kind in ("predictions", "feedback", "baseline"):
+        ingest_kind(connection, folder / "landing", kind)
+    build_labeled_outcomes(connection, LabelingSettings(), SIMULATED_AS_OF)
+    connection.close()
+    return folder
+
+
+@pytest.fixture
+def simulated_dir(simulated_source: Path, tmp_path: Path) -> Path:
+    """A private copy of the simulated data directory (warehouse and landing files)."""
+    target = tmp_path / "data"
+    shutil.copytree(simulated_source, target)
+    return target
+
+
+@pytest.fixture(autouse=True)
+def isolated_mlflow_uri() -> Iterator[None]:
+    """``mlflow.set_tracking_uri`` also exports MLFLOW_TRACKING_URI; keep tests independent."""
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {name: os.environ.pop(name, None) for name in names}
+    yield
+    for name in names:
+        os.environ.pop(name, None)
+        if saved[name] is not None:
+            os.environ[name] = saved[name]

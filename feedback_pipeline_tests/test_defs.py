@@ -6,7 +6,13 @@ import dagster as dg
 
 from feedback_pipeline.definitions import defs
 
-ASSETS = {"raw_predictions", "raw_feedback_events", "baseline_examples", "labeled_outcomes"}
+INGEST_ASSETS = {"raw_predictions", "raw_feedback_events", "baseline_examples", "labeled_outcomes"}
+ASSETS = INGEST_ASSETS | {
+    "training_set",
+    "challenger_models",
+    "evaluation_report",
+    "champion_model",
+}
 
 
 def test_definitions_load():
@@ -20,11 +26,25 @@ def test_assets_and_groups():
     groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
     assert groups["raw_predictions"] == "ingestion"
     assert groups["labeled_outcomes"] == "labeling"
+    assert groups["challenger_models"] == "training"
+    assert groups["champion_model"] == "evaluation"
 
 
-def test_ingest_job_selects_ingestion_and_labels():
-    job = defs.resolve_job_def("ingest_job")
-    assert {node.name for node in job.graph.node_defs} >= ASSETS
+def asset_nodes(job_name: str) -> set[str]:
+    return {n.name for n in defs.resolve_job_def(job_name).graph.node_defs} & ASSETS
+
+
+def test_jobs_select_the_right_assets():
+    assert asset_nodes("ingest_job") == INGEST_ASSETS
+    assert asset_nodes("retrain_job") == ASSETS
+    assert asset_nodes("full_retrain_job") == ASSETS
+
+
+def test_full_retrain_job_runs_all_families_over_the_wide_window_by_default():
+    config = defs.resolve_job_def("full_retrain_job").config_mapping
+    resolved = config.resolve_from_unvalidated_config({})
+    assert resolved["ops"]["challenger_models"]["config"]["full"] is True
+    assert resolved["ops"]["training_set"]["config"]["full"] is True
 
 
 def test_blocking_checks_exist():

@@ -31,7 +31,8 @@ def test_same_seed_same_files_other_seed_other_files(tmp_path):
 
 
 def test_ground_truth_drifts_over_the_range():
-    assert not np.allclose(true_weights(0, 60), true_weights(59, 60))
+    assert not np.allclose(true_weights(0, 180), true_weights(59, 180))
+    assert np.allclose(true_weights(180, 180), true_weights(400, 180))
 
 
 def test_bad_records_of_every_kind_land_in_rejected_records(con, landing):
