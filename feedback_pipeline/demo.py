@@ -58,7 +58,7 @@ def main() -> int:
     except mlflow.exceptions.MlflowException:
         print("No champion in the registry yet.")
     else:
-        scores = champion.predict(sample)["probability"].round(3).tolist()
+        scores = champion.predict(sample)["probability"].astype(float).round(3).tolist()
         print(f"{champion_uri} loads and predicts; holdout sample scores: {scores}")
     print(
         "\nLook around:\n"
