@@ -14,17 +14,19 @@ from feedback_pipeline.resources import WarehouseResource
 
 
 def accounting_check(asset: dg.AssetsDefinition, kind: str) -> dg.AssetChecksDefinition:
-    """Per file: read = accepted + duplicates + rejected, and the stored rows agree."""
+    """Per file: read = accepted + duplicates + rejected, the stored rows agree, ids unique."""
 
     @dg.asset_check(asset=asset, name="records_accounted_for", blocking=True)
     def records_accounted_for(warehouse: WarehouseResource) -> dg.AssetCheckResult:
         with warehouse.connect(read_only=True) as con:
             violations = reporting.accounting_violations(con, kind)
             files = len(reporting.file_accounting(con, kind))
+            repeated = reporting.repeated_ids(con, kind)
         return dg.AssetCheckResult(
-            passed=violations.empty,
+            passed=violations.empty and repeated == 0,
             metadata={
                 "files_checked": files,
+                "repeated_ids": repeated,
                 "violations": dg.MetadataValue.md(reporting.markdown(violations)),
             },
         )

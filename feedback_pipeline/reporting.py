@@ -88,6 +88,14 @@ def accounting_violations(con: duckdb.DuckDBPyConnection, kind: str) -> pd.DataF
     ).df()
 
 
+def repeated_ids(con: duckdb.DuckDBPyConnection, kind: str) -> int:
+    """Ids stored more than once in a raw table (ingestion should make this 0)."""
+    spec = KINDS[kind]
+    return con.execute(
+        f"SELECT count(*) - count(DISTINCT {spec.id_field}) FROM {spec.table}"
+    ).fetchall()[0][0]
+
+
 def preview(con: duckdb.DuckDBPyConnection, table: str, order_by: str, rows: int = 5) -> str:
     frame = con.execute(f"SELECT * FROM {table} ORDER BY {order_by} LIMIT {int(rows)}").df()
     return markdown(frame.drop(columns=["record_hash"], errors="ignore"))

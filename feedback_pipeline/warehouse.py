@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS raw.rejected_records (
     rejected_at TIMESTAMP NOT NULL
 );
 CREATE TABLE IF NOT EXISTS raw.predictions (
-    prediction_id VARCHAR PRIMARY KEY,
+    prediction_id VARCHAR NOT NULL,  -- unique: ingestion de-duplicates; a check verifies
     predicted_at TIMESTAMP NOT NULL,
     confidence DOUBLE NOT NULL,
     features JSON NOT NULL,
@@ -57,7 +57,7 @@ CREATE TABLE IF NOT EXISTS raw.predictions (
     ingested_at TIMESTAMP NOT NULL
 );
 CREATE TABLE IF NOT EXISTS raw.feedback_events (
-    event_id VARCHAR PRIMARY KEY,
+    event_id VARCHAR NOT NULL,  -- unique: ingestion de-duplicates; a check verifies
     prediction_id VARCHAR NOT NULL,
     event_type VARCHAR NOT NULL,
     occurred_at TIMESTAMP NOT NULL,
@@ -73,7 +73,7 @@ CREATE TABLE IF NOT EXISTS raw.feedback_events (
     ingested_at TIMESTAMP NOT NULL
 );
 CREATE TABLE IF NOT EXISTS raw.baseline_examples (
-    example_id VARCHAR PRIMARY KEY,
+    example_id VARCHAR NOT NULL,  -- unique: ingestion de-duplicates; a check verifies
     as_of TIMESTAMP NOT NULL,
     label INTEGER NOT NULL,
     features JSON NOT NULL,
@@ -110,6 +110,8 @@ def connect(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnect
         path.parent.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(str(path), read_only=read_only)
     con.execute("SET TimeZone = 'UTC'")
+    # Checkpoint in larger steps: per-file commits then cost a WAL append, not a checkpoint.
+    con.execute("SET checkpoint_threshold = '256MB'")
     if not read_only:
         for schema in SCHEMAS:
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")

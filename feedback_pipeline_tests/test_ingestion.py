@@ -237,3 +237,13 @@ def test_split_lines_numbers_every_line_and_skips_blank_ones():
     assert table.column("line").to_pylist() == [b"a\n", b"b\r\n", b"c"]
     assert ingestion.split_lines(b"").num_rows == 0
     assert ingestion.split_lines(b"\xef\xbb\xbfx\n").column("line").to_pylist() == [b"x\n"]
+
+
+def test_repeated_ids_are_detected(con, landing, write_landing):
+    write_landing("predictions", "a.jsonl", [prediction("a"), prediction("b")])
+    ingest_kind(con, landing, "predictions")
+    assert reporting.repeated_ids(con, "predictions") == 0
+    con.execute(
+        "INSERT INTO raw.predictions SELECT * FROM raw.predictions WHERE prediction_id = 'a'"
+    )
+    assert reporting.repeated_ids(con, "predictions") == 1
