@@ -162,6 +162,23 @@ class FullRetrainSettings(_Strict):
     lookback_days: int = Field(default=365, ge=1, le=3650)
 
 
+class TriggerSettings(_Strict):
+    """DESIGN section 9: when retrains start by themselves."""
+
+    weekly_cron: str = "0 3 * * 1"
+    monthly_cron: str = "0 4 1 * *"
+    new_labels_threshold: int = Field(default=500, ge=1)
+    landing_interval_seconds: int = Field(default=60, ge=5)
+    new_labels_interval_seconds: int = Field(default=300, ge=5)
+
+    @model_validator(mode="after")
+    def _valid_crons(self) -> TriggerSettings:
+        for name in ("weekly_cron", "monthly_cron"):
+            if len(getattr(self, name).split()) != 5:
+                raise ValueError(f"{name}: expected a 5-field cron expression")
+        return self
+
+
 class Settings(_Strict):
     """Every tunable of the pipeline, with its default."""
 
@@ -173,6 +190,7 @@ class Settings(_Strict):
     models: ModelSettings = Field(default_factory=ModelSettings)
     gate: GateSettings = Field(default_factory=GateSettings)
     full_retrain: FullRetrainSettings = Field(default_factory=FullRetrainSettings)
+    triggers: TriggerSettings = Field(default_factory=TriggerSettings)
 
 
 def _format_validation_error(error: ValidationError, origin: str) -> str:

@@ -8,6 +8,10 @@ from pydantic import Field
 
 from feedback_pipeline.settings import SettingsError, parse_as_of
 
+# Every asset writes the one DuckDB file (and the retrain assets the registry aliases): runs that
+# contain them share one pool, limited to 1 in dagster.yaml, so two runs never race.
+WAREHOUSE_POOL = "feedback_pipeline_warehouse"
+
 
 class PointInTimeConfig(dg.Config):
     """Per-run settings; anything unset comes from the deployment's settings."""

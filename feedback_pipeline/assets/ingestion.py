@@ -4,6 +4,7 @@ import dagster as dg
 import pandas as pd
 
 from feedback_pipeline import reporting
+from feedback_pipeline.assets.common import WAREHOUSE_POOL
 from feedback_pipeline.contract import KINDS
 from feedback_pipeline.ingestion import ingest_kind
 from feedback_pipeline.resources import LandingZoneResource, WarehouseResource
@@ -44,7 +45,7 @@ def ingest_and_describe(
     )
 
 
-@dg.asset(group_name="ingestion", kinds={"duckdb"})
+@dg.asset(pool=WAREHOUSE_POOL, group_name="ingestion", kinds={"duckdb"})
 def raw_predictions(
     context: dg.AssetExecutionContext,
     warehouse: WarehouseResource,
@@ -54,7 +55,7 @@ def raw_predictions(
     return ingest_and_describe(context, "predictions", warehouse, landing_zone)
 
 
-@dg.asset(group_name="ingestion", kinds={"duckdb"})
+@dg.asset(pool=WAREHOUSE_POOL, group_name="ingestion", kinds={"duckdb"})
 def raw_feedback_events(
     context: dg.AssetExecutionContext,
     warehouse: WarehouseResource,
@@ -64,7 +65,7 @@ def raw_feedback_events(
     return ingest_and_describe(context, "feedback", warehouse, landing_zone)
 
 
-@dg.asset(group_name="ingestion", kinds={"duckdb"})
+@dg.asset(pool=WAREHOUSE_POOL, group_name="ingestion", kinds={"duckdb"})
 def baseline_examples(
     context: dg.AssetExecutionContext,
     warehouse: WarehouseResource,

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from feedback_pipeline import reporting
-from feedback_pipeline.assets.common import PointInTimeConfig
+from feedback_pipeline.assets.common import WAREHOUSE_POOL, PointInTimeConfig
 from feedback_pipeline.labeling import (
     LABELED_OUTCOMES,
     build_labeled_outcomes,
@@ -12,7 +12,12 @@ from feedback_pipeline.labeling import (
 from feedback_pipeline.resources import SettingsResource, WarehouseResource
 
 
-@dg.asset(group_name="labeling", kinds={"duckdb"}, deps=["raw_predictions", "raw_feedback_events"])
+@dg.asset(
+    pool=WAREHOUSE_POOL,
+    group_name="labeling",
+    kinds={"duckdb"},
+    deps=["raw_predictions", "raw_feedback_events"],
+)
 def labeled_outcomes(
     context: dg.AssetExecutionContext,
     config: PointInTimeConfig,

@@ -6,7 +6,7 @@ import dagster as dg
 from pydantic import Field
 
 from feedback_pipeline import reporting, retraining
-from feedback_pipeline.assets.common import PointInTimeConfig, trigger_of
+from feedback_pipeline.assets.common import WAREHOUSE_POOL, PointInTimeConfig, trigger_of
 from feedback_pipeline.resources import (
     MlflowRegistryResource,
     SettingsResource,
@@ -19,7 +19,12 @@ class TrainingSetConfig(PointInTimeConfig):
     full: bool = Field(default=False, description="monthly full retrain: the wider window")
 
 
-@dg.asset(group_name="training", kinds={"duckdb"}, deps=["labeled_outcomes", "baseline_examples"])
+@dg.asset(
+    pool=WAREHOUSE_POOL,
+    group_name="training",
+    kinds={"duckdb"},
+    deps=["labeled_outcomes", "baseline_examples"],
+)
 def training_set(
     context: dg.AssetExecutionContext,
     config: TrainingSetConfig,
@@ -62,7 +67,12 @@ class ChallengerConfig(dg.Config):
     settings_overrides: dict[str, Any] = Field(default_factory=dict)
 
 
-@dg.asset(group_name="training", kinds={"mlflow", "xgboost", "sklearn"}, deps=[training_set])
+@dg.asset(
+    pool=WAREHOUSE_POOL,
+    group_name="training",
+    kinds={"mlflow", "xgboost", "sklearn"},
+    deps=[training_set],
+)
 def challenger_models(
     context: dg.AssetExecutionContext,
     config: ChallengerConfig,
@@ -110,7 +120,7 @@ class EvaluationConfig(dg.Config):
     )
 
 
-@dg.asset(group_name="evaluation", kinds={"mlflow"})
+@dg.asset(pool=WAREHOUSE_POOL, group_name="evaluation", kinds={"mlflow"})
 def evaluation_report(
     context: dg.AssetExecutionContext,
     config: EvaluationConfig,
@@ -144,7 +154,7 @@ def evaluation_report(
     )
 
 
-@dg.asset(group_name="evaluation", kinds={"mlflow", "duckdb"})
+@dg.asset(pool=WAREHOUSE_POOL, group_name="evaluation", kinds={"mlflow", "duckdb"})
 def champion_model(
     context: dg.AssetExecutionContext,
     evaluation_report: dict[str, Any],
