@@ -3,6 +3,8 @@ MLflow registry (DESIGN section 9)."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,6 +13,8 @@ import pytest
 
 from feedback_pipeline import ledger, retraining, warehouse
 from feedback_pipeline.definitions import build_defs, defs
+from feedback_pipeline.demo import SAMPLE_AS_OF
+from feedback_pipeline.jobs import retrain_run_config
 from feedback_pipeline.registry import CHAMPION, local_registry
 from feedback_pipeline.resources import SettingsResource, local_resources
 from feedback_pipeline.schedules import monthly_full_retrain_schedule, weekly_retrain_schedule
@@ -35,8 +39,10 @@ def test_schedules_exist_with_the_design_crons():
 
 @pytest.mark.parametrize(
     ("schedule", "job", "trigger", "full"),
-    [(weekly_retrain_schedule, "retrain_job", "weekly", False),
-     (monthly_full_retrain_schedule, "full_retrain_job", "monthly", True)],
+    [
+        (weekly_retrain_schedule, "retrain_job", "weekly", False),
+        (monthly_full_retrain_schedule, "full_retrain_job", "monthly", True),
+    ],
 )
 def test_schedules_pass_the_scheduled_time_as_as_of(instance, schedule, job, trigger, full):
     when = datetime(2026, 3, 2, 3, 0, tzinfo=UTC)
@@ -55,8 +61,10 @@ def test_schedules_pass_the_scheduled_time_as_as_of(instance, schedule, job, tri
 def sensor_context(instance, data_dir: Path, threshold: int, cursor: str | None = None):
     settings_file = data_dir / "settings.yaml"
     settings_file.write_text(f"triggers:\n  new_labels_threshold: {threshold}\n")
-    resources = {**local_resources(data_dir),
-                 "settings": SettingsResource(settings_file=str(settings_file))}
+    resources = {
+        **local_resources(data_dir),
+        "settings": SettingsResource(settings_file=str(settings_file)),
+    }
     return dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor)
 
 
@@ -90,13 +98,15 @@ def test_the_same_watermark_never_fires_twice(instance, simulated_dir):
     registry = local_registry(simulated_dir)
     settings = Settings()
     build_training_set(con, settings.training, discover_features(con, None), SIMULATED_AS_OF)
-    challengers = retraining.train_challengers(con, registry, settings, ["xgboost"], False,
-                                               {}, progress=lambda m: None)
+    challengers = retraining.train_challengers(
+        con, registry, settings, ["xgboost"], False, {}, progress=lambda m: None
+    )
     report = retraining.evaluate(con, registry, challengers, settings.gate, 42, lambda m: None)
     retraining.apply_decision(con, registry, report, "test", None)
     con.close()
     watermark = datetime.fromisoformat(
-        registry.version_tags(registry.alias_version("challenger"))["data_watermark"])
+        registry.version_tags(registry.alias_version("challenger"))["data_watermark"]
+    )
     count = labels_after(simulated_dir, watermark)
     assert count > 0
 
@@ -104,8 +114,9 @@ def test_the_same_watermark_never_fires_twice(instance, simulated_dir):
     second = new_labels_sensor(sensor_context(instance, simulated_dir, count))
     assert isinstance(first, dg.RunRequest) and isinstance(second, dg.RunRequest)
     assert first.run_key == second.run_key == f"new_labels:{watermark.isoformat()}"
-    assert isinstance(new_labels_sensor(sensor_context(instance, simulated_dir, count + 1)),
-                      dg.SkipReason)
+    assert isinstance(
+        new_labels_sensor(sensor_context(instance, simulated_dir, count + 1)), dg.SkipReason
+    )
 
 
 def test_landing_sensor_fires_on_new_files_and_not_on_a_rerun(instance, data_dir, write_landing):
@@ -130,14 +141,22 @@ def test_landing_sensor_fires_on_new_files_and_not_on_a_rerun(instance, data_dir
 
 def test_failed_retrain_is_recorded_in_the_ledger(instance, data_dir):
     # No data at all: the retrain fails (nothing to train on).
-    result = build_defs(data_dir).resolve_job_def("retrain_job").execute_in_process(
-        instance=instance, raise_on_error=False, tags={"trigger": "weekly"})
+    result = (
+        build_defs(data_dir)
+        .resolve_job_def("retrain_job")
+        .execute_in_process(instance=instance, raise_on_error=False, tags={"trigger": "weekly"})
+    )
     assert not result.success
-    failure = next(entry.dagster_event for entry in instance.all_logs(result.run_id)
-                   if entry.dagster_event and entry.dagster_event.is_run_failure)
+    failure = next(
+        entry.dagster_event
+        for entry in instance.all_logs(result.run_id)
+        if entry.dagster_event and entry.dagster_event.is_run_failure
+    )
     context = dg.build_run_status_sensor_context(
-        sensor_name="retrain_failure_sensor", dagster_event=failure,
-        dagster_instance=instance, dagster_run=result.dagster_run,
+        sensor_name="retrain_failure_sensor",
+        dagster_event=failure,
+        dagster_instance=instance,
+        dagster_run=result.dagster_run,
         resources=local_resources(data_dir),
     ).for_run_failure()
     retrain_failure_sensor(context)
@@ -148,3 +167,56 @@ def test_failed_retrain_is_recorded_in_the_ledger(instance, data_dir):
     assert events["trigger"].tolist() == ["weekly"]
     assert "run failed" in events["reason"].iloc[0]
     assert local_registry(data_dir).alias_version(CHAMPION) is None
+
+
+def test_after_the_demo_the_sensor_skips_then_fires_on_600_new_outcomes(instance, data_dir):
+    """The README's story: `make demo`, then 600 newly labeled outcomes land and are ingested."""
+    shutil.copytree(
+        Path(__file__).resolve().parents[1] / "data" / "landing",
+        data_dir / "landing",
+        dirs_exist_ok=True,
+    )
+    job_defs = build_defs(data_dir)
+    demo = job_defs.resolve_job_def("retrain_job").execute_in_process(
+        instance=instance, run_config=retrain_run_config(SAMPLE_AS_OF)
+    )
+    assert demo.success
+    assert local_registry(data_dir).alias_version(CHAMPION) is not None
+
+    skipped = new_labels_sensor(
+        dg.build_sensor_context(instance=instance, resources=local_resources(data_dir))
+    )
+    assert isinstance(skipped, dg.SkipReason)
+    assert "threshold 500" in skipped.skip_message
+
+    new_predictions = [
+        prediction(
+            f"new-{i}",
+            predicted_at="2026-02-23T10:00:00Z",
+            features={"momentum": i % 7 - 3.0, "rsi": 0.5},
+        )
+        for i in range(600)
+    ]
+    outcomes = [
+        {
+            "event_id": f"new-{i}-o",
+            "prediction_id": f"new-{i}",
+            "event_type": "outcome",
+            "outcome": "win" if i % 2 else "loss",
+            "occurred_at": "2026-02-25T10:00:00Z",
+        }
+        for i in range(600)
+    ]
+    (data_dir / "landing" / "predictions" / "new.jsonl").write_text(
+        "\n".join(json.dumps(r) for r in new_predictions) + "\n"
+    )
+    (data_dir / "landing" / "feedback" / "new.jsonl").write_text(
+        "\n".join(json.dumps(r) for r in outcomes) + "\n"
+    )
+    assert job_defs.resolve_job_def("ingest_job").execute_in_process(instance=instance).success
+
+    fired = new_labels_sensor(
+        dg.build_sensor_context(instance=instance, resources=local_resources(data_dir))
+    )
+    assert isinstance(fired, dg.RunRequest), fired
+    assert int(fired.tags["new_labels"]) >= 600

@@ -1,4 +1,4 @@
-"""Stage 1: landing files -> ``raw.*`` tables (DESIGN section 4)."""
+"""Stage 1: landing files -> `raw.*` tables (DESIGN section 4)."""
 
 import dagster as dg
 import pandas as pd
@@ -16,7 +16,7 @@ def ingest_and_describe(
     warehouse: WarehouseResource,
     landing_zone: LandingZoneResource,
 ) -> dg.MaterializeResult:
-    """Ingest every new file of ``kind`` and describe the result for the Dagster UI."""
+    """Ingest every new file of `kind` and describe the result for the Dagster UI."""
     spec = KINDS[kind]
     with warehouse.connect() as con:
         results = ingest_kind(con, landing_zone.root, kind, progress=context.log.info)
@@ -51,7 +51,7 @@ def raw_predictions(
     warehouse: WarehouseResource,
     landing_zone: LandingZoneResource,
 ) -> dg.MaterializeResult:
-    """Scored items with their feature snapshot: ``raw.predictions``."""
+    """Scored items with their feature snapshot: `raw.predictions`."""
     return ingest_and_describe(context, "predictions", warehouse, landing_zone)
 
 
@@ -61,7 +61,7 @@ def raw_feedback_events(
     warehouse: WarehouseResource,
     landing_zone: LandingZoneResource,
 ) -> dg.MaterializeResult:
-    """Accept/reject/undo/modify/export and trade outcomes: ``raw.feedback_events``."""
+    """Accept/reject/undo/modify/export and trade outcomes: `raw.feedback_events`."""
     return ingest_and_describe(context, "feedback", warehouse, landing_zone)
 
 
@@ -71,5 +71,5 @@ def baseline_examples(
     warehouse: WarehouseResource,
     landing_zone: LandingZoneResource,
 ) -> dg.MaterializeResult:
-    """Weak labels from an automatic labeler: ``raw.baseline_examples``."""
+    """Weak labels from an automatic labeler: `raw.baseline_examples`."""
     return ingest_and_describe(context, "baseline", warehouse, landing_zone)

@@ -24,7 +24,7 @@ def labeled_outcomes(
     warehouse: WarehouseResource,
     settings: SettingsResource,
 ) -> dg.MaterializeResult:
-    """One row per prediction with a decisive feedback event: ``labeled.labeled_outcomes``."""
+    """One row per prediction with a decisive feedback event: `labeled.labeled_outcomes`."""
     labeling = settings.load(config.settings_overrides).labeling
     as_of = config.as_of_datetime()
     with warehouse.connect() as con:

@@ -31,7 +31,7 @@ def training_set(
     warehouse: WarehouseResource,
     settings: SettingsResource,
 ) -> dg.MaterializeResult:
-    """Feedback rows weighted above weak baseline labels, time-split: ``training.training_set``."""
+    """Feedback rows weighted above weak baseline labels, time-split: `training.training_set`."""
     run_settings = settings.load(config.settings_overrides)
     training = run_settings.training
     if config.full:
@@ -80,7 +80,7 @@ def challenger_models(
     settings: SettingsResource,
     mlflow_registry: MlflowRegistryResource,
 ) -> dg.Output[list[dict[str, Any]]]:
-    """One challenger per family: an MLflow run and a new version of ``feedback_model``."""
+    """One challenger per family: an MLflow run and a new version of `feedback_model`."""
     overrides = config.settings_overrides
     if config.families:  # validated like any other setting, so a typo names the field
         overrides = {
@@ -161,7 +161,7 @@ def champion_model(
     warehouse: WarehouseResource,
     mlflow_registry: MlflowRegistryResource,
 ) -> dg.MaterializeResult:
-    """Applies the decision: moves ``champion``/``challenger`` aliases, appends to the ledger."""
+    """Applies the decision: moves `champion`/`challenger` aliases, appends to the ledger."""
     with warehouse.connect() as con:
         outcome = retraining.apply_decision(
             con,
