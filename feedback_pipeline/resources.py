@@ -28,8 +28,11 @@ class WarehouseResource(dg.ConfigurableResource):
     path: str
 
     @contextmanager
-    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        con = warehouse.connect(self.path, read_only=read_only)
+    def connect(
+        self, read_only: bool = False, lock_timeout: float = 120.0
+    ) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection; waits up to ``lock_timeout`` s while another process holds the file."""
+        con = warehouse.connect(self.path, read_only=read_only, lock_timeout=lock_timeout)
         try:
             yield con
         finally:

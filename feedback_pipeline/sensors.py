@@ -35,7 +35,7 @@ def new_labels_sensor(
     threshold = settings.load().triggers.new_labels_threshold
     now = datetime.now(UTC).replace(tzinfo=None)
     try:
-        with warehouse.connect(read_only=True) as con:
+        with warehouse.connect(read_only=True, lock_timeout=0) as con:
             found = triggers.new_labels(con, mlflow_registry.get_registry(), threshold, now)
     except duckdb.IOException as error:  # a run holds the writer lock: look again next tick
         return dg.SkipReason(f"warehouse busy, will check again: {error}")

@@ -7,6 +7,7 @@ validated, minified JSON objects (name -> number or null) that set-based SQL rea
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -103,12 +104,29 @@ CREATE TABLE IF NOT EXISTS ops.retraining_events (
 """
 
 
-def connect(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+def _open(path: Path, read_only: bool, lock_timeout: float) -> duckdb.DuckDBPyConnection:
+    """DuckDB allows one writing process; wait (bounded) while another process holds the file,
+    e.g. a sensor's short read-only look while a run starts to write."""
+    deadline = time.monotonic() + lock_timeout
+    delay = 0.1
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as error:
+            if "lock" not in str(error).lower() or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def connect(
+    path: str | Path, read_only: bool = False, lock_timeout: float = 120.0
+) -> duckdb.DuckDBPyConnection:
     """Open the warehouse (creating schemas and raw tables unless read-only), in UTC."""
     path = Path(path)
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(path), read_only=read_only)
+    con = _open(path, read_only, lock_timeout)
     con.execute("SET TimeZone = 'UTC'")
     # Checkpoint in larger steps: per-file commits then cost a WAL append, not a checkpoint.
     con.execute("SET checkpoint_threshold = '256MB'")
