@@ -153,6 +153,9 @@ class Registry:
             if _finite(value):
                 self.client.log_metric(run_id, key, value)
 
+    def log_text(self, run_id: str, text: str, path: str) -> None:
+        self.client.log_text(run_id, text, path)
+
     def log_report(self, run_id: str, report: dict, markdown: str, figures: dict) -> None:
         self.client.log_text(
             run_id, json.dumps(report, indent=2, default=str), "evaluation/report.json"

@@ -19,11 +19,13 @@ TABLES = (
 )
 
 
-def markdown(frame: pd.DataFrame, max_rows: int = 20) -> str:
-    """A markdown table for Dagster metadata; ``(none)`` for an empty frame."""
+def markdown(rows: pd.DataFrame | list[dict], max_rows: int = 20) -> str:
+    """A markdown table (floats to 4 decimals) for Dagster metadata, MLflow artifacts and the
+    CLI; ``(none)`` when there are no rows."""
+    frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
     if frame.empty:
         return "(none)"
-    return frame.head(max_rows).to_markdown(index=False)
+    return frame.head(max_rows).to_markdown(index=False, floatfmt=".4f")
 
 
 def table_counts(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:

@@ -26,6 +26,7 @@ from feedback_pipeline.evaluation import (
 )
 from feedback_pipeline.promotion import Decision, decide
 from feedback_pipeline.registry import CHALLENGER, CHAMPION, Registry
+from feedback_pipeline.reporting import markdown
 from feedback_pipeline.settings import GateSettings, Settings
 from feedback_pipeline.training import train_family
 from feedback_pipeline.training_set import load_info, load_split
@@ -34,11 +35,6 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 Progress = Callable[[str], None]
-
-
-def _table(rows: list[dict] | pd.DataFrame) -> str:
-    frame = pd.DataFrame(rows)
-    return frame.to_markdown(index=False, floatfmt=".4f") if len(frame) else "(none)"
 
 
 def model_card(
@@ -55,9 +51,9 @@ def model_card(
             f"Data window: {info['window_start']} .. {info['as_of']} (as_of), training-set hash "
             f"`{info['content_hash']}`, data watermark {info['data_watermark']}.",
             f"Features: {', '.join(info['features'])}",
-            "## Hyperparameters\n\n" + _table([params]),
-            "## Rows per split and source\n\n" + _table(counts),
-            "## Validation metrics (weighted)\n\n" + _table([validation]),
+            "## Hyperparameters\n\n" + markdown([params]),
+            "## Rows per split and source\n\n" + markdown(counts),
+            "## Validation metrics (weighted)\n\n" + markdown([validation]),
             extra,
         ]
     )
@@ -201,9 +197,9 @@ def report_tables(report: dict) -> dict[str, str]:
     return {
         "holdout_metrics": f"Holdout: {report['holdout_rows']} matured outcome/explicit rows, "
         f"unweighted. Best challenger on validation: v{report['best_version']}. Majority-class "
-        f"accuracy {report['majority_accuracy']:.4f}.\n\n" + _table(rows),
+        f"accuracy {report['majority_accuracy']:.4f}.\n\n" + markdown(rows),
         "deltas": "Challenger minus champion, with bootstrap "
-        f"{report['gate']['confidence_level']:.0%} intervals.\n\n" + _table(deltas),
+        f"{report['gate']['confidence_level']:.0%} intervals.\n\n" + markdown(deltas),
         "decision": f"**{verdict}**{dry}: {decision['reason']}",
     }
 
@@ -294,12 +290,33 @@ def evaluate(
         "mode": gate.mode,
         "gate": gate.model_dump(),
     }
-    markdown = report_markdown(report)
+    counts = split_counts(con)
+    for challenger in challengers:  # the model card now also tells the holdout and the decision
+        role = (
+            "the best challenger on validation"
+            if challenger is best
+            else f"not the best challenger on validation (v{best['version']} is)"
+        )
+        registry.log_text(
+            challenger["run_id"],
+            model_card(
+                challenger["family"],
+                challenger["params"],
+                info,
+                counts,
+                challenger["validation"],
+                "## Holdout metrics (unweighted)\n\n"
+                + markdown([challenger["holdout"]])
+                + f"\n\n## Decision\n\nThis version is {role}. {decision.reason}",
+            ),
+            "model_card.md",
+        )
+    report_md = report_markdown(report)
     figures = _figures(holdout.y, probabilities) if scorable and len(set(holdout.y)) == 2 else {}
-    registry.log_report(best["run_id"], report, markdown, figures)
+    registry.log_report(best["run_id"], report, report_md, figures)
     for figure in figures.values():
         plt.close(figure)
-    report["markdown"] = markdown
+    report["markdown"] = report_md
     return report
 
 

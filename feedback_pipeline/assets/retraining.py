@@ -109,7 +109,7 @@ def challenger_models(
         challengers,
         metadata={
             "versions": ", ".join(c["version"] for c in challengers),
-            "validation_metrics": dg.MetadataValue.md(retraining._table(table)),
+            "validation_metrics": dg.MetadataValue.md(reporting.markdown(table)),
         },
     )
 
