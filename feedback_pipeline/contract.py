@@ -239,9 +239,9 @@ def _field_checks(spec: FieldSpec, lenient: bool) -> list[tuple[str, str]]:
 
 
 def validation_sql(spec: KindSpec, docs_relation: str, lenient: bool = False) -> str:
-    """One SELECT over ``docs_relation(line_no, raw_text, doc JSON, parse_error)``.
+    """One SELECT over ``docs_relation(file_index, line_no, raw_text, doc JSON, parse_error)``.
 
-    Returns ``line_no, raw_text, reason, record_hash`` and the typed columns of ``spec``;
+    Returns ``file_index, line_no, raw_text, reason, record_hash`` and the typed columns;
     ``reason`` is NULL for valid records. ``lenient`` accepts numbers and booleans written as
     text (CSV cells).
     """
@@ -275,12 +275,12 @@ def validation_sql(spec: KindSpec, docs_relation: str, lenient: bool = False) ->
     record_hash = "md5(concat_ws(chr(31), " + ", ".join(hash_parts) + "))"
     return f"""
 WITH parsed AS (
-    SELECT line_no, raw_text, doc, parse_error,
+    SELECT file_index, line_no, raw_text, doc, parse_error,
            CASE WHEN json_type(doc) = 'OBJECT'
                 THEN json_transform(doc, '{structure}') END AS doc_fields
     FROM {docs_relation}
 ), extracted AS (
-    SELECT line_no, raw_text, doc, parse_error,
+    SELECT file_index, line_no, raw_text, doc, parse_error,
         {extracted}
     FROM parsed
 ), typed AS (
@@ -294,7 +294,7 @@ WITH parsed AS (
         END AS reason
     FROM typed
 )
-SELECT line_no, raw_text, reason,
+SELECT file_index, line_no, raw_text, reason,
        CASE WHEN reason IS NULL THEN {record_hash} END AS record_hash,
        {", ".join(outputs)}
 FROM judged

@@ -5,6 +5,10 @@ of: the kind's raw table (accepted), the duplicate count (an exact repeat of an 
 ``raw.rejected_records`` (with a reason), and ``raw.ingested_files`` stores
 ``records_read = accepted + duplicates + rejected``. Lines are split with numpy and parsed,
 typed and validated in DuckDB; no Python runs per record.
+
+New files are read, validated and de-duplicated together, in batches of up to
+``BATCH_BYTES``, so DuckDB works on large vectors on all cores; then each file's rows are
+written in a transaction of its own, in file order, so a crash leaves whole files or nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +29,18 @@ from feedback_pipeline.warehouse import transaction
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".jsonl.gz": "jsonl.gz", ".csv": "csv"}
 FORMATS[".parquet"] = "parquet"
 UTF8_BOM = b"\xef\xbb\xbf"
+BATCH_BYTES = 256 * 1024 * 1024
+
+LINES_SCHEMA = pa.schema([("file_index", pa.int64()), ("line_no", pa.int64())])
+DOCS_SCHEMA = pa.schema(
+    [
+        ("file_index", pa.int64()),
+        ("line_no", pa.int64()),
+        ("raw_text", pa.large_string()),
+        ("doc", pa.large_string()),
+        ("parse_error", pa.large_string()),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -104,48 +120,30 @@ def gunzip_tolerant(data: bytes) -> bytes:
         raise UnreadableFile(f"not a readable gzip file: {error}") from None
 
 
-def _jsonl_docs(con: duckdb.DuckDBPyConnection, data: bytes) -> None:
-    """Stage ``docs`` from JSON lines: invalid UTF-8, malformed or truncated lines get a reason."""
-    ends_with_newline = data.endswith(b"\n")
-    valid_utf8 = is_utf8(data)  # the common case skips per-line decoding in SQL
-    lines = split_lines(data, as_text=valid_utf8)
-    last_line = lines.column("line_no")[-1].as_py() if lines.num_rows else 0
-    # Small record batches let DuckDB parse and validate one file on all cores.
-    batches = lines.to_batches(max_chunksize=4096)
-    con.register("landing_lines", pa.Table.from_batches(batches, schema=lines.schema))
-    # The JSON parser ignores the trailing CR/LF; raw text is trimmed only for rejected lines.
-    text = "line" if valid_utf8 else "TRY(decode(line))"
-    raw = "line" if valid_utf8 else "coalesce(TRY(decode(line)), line::VARCHAR)"
-    con.execute(f"""
-        CREATE OR REPLACE TEMP VIEW docs AS
-        WITH parsed AS (
-            SELECT line_no, {raw} AS raw_text, {text} IS NULL AS bad_utf8,
-                   TRY_CAST({text} AS JSON) AS doc
-            FROM landing_lines
-        )
-        SELECT line_no, raw_text, doc,
-               CASE
-                   WHEN bad_utf8 THEN 'invalid UTF-8'
-                   WHEN doc IS NOT NULL THEN NULL
-                   WHEN line_no = {last_line} AND NOT {ends_with_newline}
-                       THEN 'truncated last line (malformed JSON)'
-                   ELSE 'malformed JSON'
-               END AS parse_error
-        FROM parsed
-    """)  # a view over the registered lines: validation reads them in parallel
+@dataclass
+class PendingFile:
+    """A new landing file: its bytes, where it lands in the batch, and what staging found."""
+
+    path: Path
+    rel_path: str
+    data: bytes
+    content_hash: str
+    fmt: str | None
+    result: FileResult | None = None  # set when the file cannot be parsed at all
 
 
-def _csv_docs(con: duckdb.DuckDBPyConnection, path: Path) -> None:
-    """Stage ``docs`` from CSV; lines the CSV parser refuses are staged with its reason.
+def _with_file_index(table: pa.Table, file_index: int) -> pa.Table:
+    column = pa.array(np.full(table.num_rows, file_index, dtype=np.int64))
+    return table.add_column(0, "file_index", column)
+
+
+def _csv_docs(con: duckdb.DuckDBPyConnection, path: Path) -> pa.Table:
+    """CSV rows as JSON docs; lines the CSV parser refuses come with its reason.
 
     Line numbers assume one record per line (no newlines inside quoted cells).
     """
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE docs "
-        "(line_no BIGINT, raw_text VARCHAR, doc JSON, parse_error VARCHAR)"
-    )
     if path.stat().st_size == 0:
-        return
+        return DOCS_SCHEMA.remove(0).empty_table()
     con.execute("DROP TABLE IF EXISTS csv_reject_errors; DROP TABLE IF EXISTS csv_reject_scans")
     try:
         good = con.sql(
@@ -160,115 +158,234 @@ def _csv_docs(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         raise UnreadableFile(f"not a readable CSV file: {error}") from None
     bad = con.sql(
         """
-        SELECT line AS line_no, any_value(csv_line) AS raw_text,
+        SELECT line AS line_no, any_value(csv_line) AS raw_text, NULL::VARCHAR AS doc,
                'unparseable CSV line: ' || string_agg(error_type || ': ' || error_message, '; ')
                    AS parse_error
         FROM csv_reject_errors GROUP BY line ORDER BY line
         """
     ).to_arrow_table()
+    con.execute("DROP TABLE csv_reject_errors; DROP TABLE csv_reject_scans")
     # Good rows keep file order: their line numbers are the data lines the parser did not refuse.
     all_lines = np.arange(2, 2 + good.num_rows + bad.num_rows, dtype=np.int64)
     good_lines = np.setdiff1d(all_lines, bad.column("line_no").to_numpy(), assume_unique=True)
-    con.register("csv_good", good.append_column("line_no", pa.array(good_lines[: good.num_rows])))
-    con.register("csv_bad", bad)
-    con.execute(
-        """
-        INSERT INTO docs
-        SELECT line_no, doc, doc::JSON, NULL FROM csv_good
-        UNION ALL
-        SELECT line_no, raw_text, NULL, parse_error FROM csv_bad
-        """
+    docs = good.column("doc")
+    good_docs = pa.table(
+        {
+            "line_no": good_lines[: good.num_rows],
+            "raw_text": docs,
+            "doc": docs,
+            "parse_error": pa.nulls(good.num_rows, pa.large_string()),
+        }
     )
-    con.unregister("csv_good")
-    con.unregister("csv_bad")
-    con.execute("DROP TABLE csv_reject_errors; DROP TABLE csv_reject_scans")
+    schema = DOCS_SCHEMA.remove(0)
+    return pa.concat_tables([good_docs.cast(schema), bad.cast(schema)])
 
 
-def _parquet_docs(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+def _parquet_docs(con: duckdb.DuckDBPyConnection, path: Path) -> pa.Table:
     try:
-        con.execute(
+        table = con.sql(
             """
-            CREATE OR REPLACE TEMP TABLE docs AS
             SELECT file_row_number + 1 AS line_no, to_json(t)::VARCHAR AS raw_text,
-                   to_json(t) AS doc, NULL::VARCHAR AS parse_error
+                   to_json(t)::VARCHAR AS doc, NULL::VARCHAR AS parse_error
             FROM read_parquet(?, file_row_number = true) t
             """,
-            [str(path)],
-        )
+            params=[str(path)],
+        ).to_arrow_table()
     except duckdb.Error as error:
         raise UnreadableFile(f"not a readable parquet file: {error}") from None
+    return table.cast(DOCS_SCHEMA.remove(0))
 
 
-def stage_docs(con: duckdb.DuckDBPyConnection, path: Path, data: bytes, fmt: str) -> None:
-    """Create temp relation ``docs(line_no, raw_text, doc, parse_error)`` for one file."""
-    drop_staging(con)
-    if fmt == "jsonl":
-        _jsonl_docs(con, data)
-    elif fmt == "jsonl.gz":
-        _jsonl_docs(con, gunzip_tolerant(data))
-    elif fmt == "csv":
-        _csv_docs(con, path)
-    elif fmt == "parquet":
-        _parquet_docs(con, path)
-    else:
-        raise ValueError(f"unknown format {fmt}")
+@dataclass
+class Staged:
+    """A batch's records, grouped by how they are parsed."""
+
+    text_lines: list[pa.Table]  # JSON lines of valid UTF-8 files
+    byte_lines: list[pa.Table]  # JSON lines of files with invalid UTF-8 somewhere
+    strict_docs: list[pa.Table]  # parquet rows as JSON
+    lenient_docs: list[pa.Table]  # CSV rows as JSON (numbers and booleans written as text)
+    files: pa.Table  # file_index, path, last_line, ends_with_newline
+
+
+def stage_batch(con: duckdb.DuckDBPyConnection, batch: list[PendingFile]) -> Staged:
+    staged = Staged([], [], [], [], pa.table({}))
+    last_lines, newline_endings = [], []
+    for index, pending in enumerate(batch):
+        last_line, ends_with_newline = 0, True
+        try:
+            if pending.fmt in ("jsonl", "jsonl.gz"):
+                data = pending.data if pending.fmt == "jsonl" else gunzip_tolerant(pending.data)
+                valid_utf8 = is_utf8(data)  # the common case skips per-line decoding in SQL
+                lines = _with_file_index(split_lines(data, as_text=valid_utf8), index)
+                (staged.text_lines if valid_utf8 else staged.byte_lines).append(lines)
+                last_line = lines.column("line_no")[-1].as_py() if lines.num_rows else 0
+                ends_with_newline = data.endswith(b"\n")
+            elif pending.fmt == "csv":
+                staged.lenient_docs.append(_with_file_index(_csv_docs(con, pending.path), index))
+            elif pending.fmt == "parquet":
+                staged.strict_docs.append(_with_file_index(_parquet_docs(con, pending.path), index))
+        except UnreadableFile as error:
+            pending.result = FileResult(
+                _kind_of(pending), pending.rel_path, "unreadable", error=str(error)
+            )
+        last_lines.append(last_line)
+        newline_endings.append(ends_with_newline)
+    staged.files = pa.table(
+        {
+            "file_index": np.arange(len(batch), dtype=np.int64),
+            "path": [p.rel_path for p in batch],
+            "last_line": np.array(last_lines, dtype=np.int64),
+            "ends_with_newline": newline_endings,
+        }
+    )
+    return staged
+
+
+def _kind_of(pending: PendingFile) -> str:
+    return pending.rel_path.split("/", 1)[0]
+
+
+def _concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
+    """One table in small record batches, so DuckDB scans it on all cores."""
+    if not tables:
+        return schema.empty_table()
+    table = pa.concat_tables(tables)
+    return pa.Table.from_batches(table.to_batches(max_chunksize=4096), schema=table.schema)
+
+
+def validate_batch(con: duckdb.DuckDBPyConnection, spec: KindSpec, staged: Staged) -> None:
+    """Temp table ``judged``: every record of the batch, typed, with a reason if invalid."""
+    text_schema = LINES_SCHEMA.append(pa.field("line", pa.large_string()))
+    byte_schema = LINES_SCHEMA.append(pa.field("line", pa.large_binary()))
+    con.register("batch_files", staged.files)
+    con.register("text_lines", _concat(staged.text_lines, text_schema))
+    con.register("byte_lines", _concat(staged.byte_lines, byte_schema))
+    con.register("strict_docs", _concat(staged.strict_docs, DOCS_SCHEMA))
+    con.register("lenient_docs", _concat(staged.lenient_docs, DOCS_SCHEMA))
+    # The JSON parser ignores the trailing CR/LF; raw text is trimmed only for rejected lines.
+    con.execute("""
+        CREATE OR REPLACE TEMP VIEW strict_view AS
+        WITH parsed AS (
+            SELECT file_index, line_no, line AS raw_text, false AS bad_utf8,
+                   TRY_CAST(line AS JSON) AS doc
+            FROM text_lines
+            UNION ALL
+            SELECT file_index, line_no, coalesce(TRY(decode(line)), line::VARCHAR),
+                   TRY(decode(line)) IS NULL, TRY_CAST(TRY(decode(line)) AS JSON)
+            FROM byte_lines
+        )
+        SELECT p.file_index, p.line_no, p.raw_text, p.doc,
+               CASE
+                   WHEN p.bad_utf8 THEN 'invalid UTF-8'
+                   WHEN p.doc IS NOT NULL THEN NULL
+                   WHEN p.line_no = f.last_line AND NOT f.ends_with_newline
+                       THEN 'truncated last line (malformed JSON)'
+                   ELSE 'malformed JSON'
+               END AS parse_error
+        FROM parsed p JOIN batch_files f USING (file_index)
+        UNION ALL
+        SELECT file_index, line_no, raw_text, doc::JSON, parse_error FROM strict_docs;
+        CREATE OR REPLACE TEMP VIEW lenient_view AS
+        SELECT file_index, line_no, raw_text, doc::JSON AS doc, parse_error FROM lenient_docs;
+    """)
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE judged AS "
+        f"SELECT * FROM ({validation_sql(spec, 'strict_view')}) UNION ALL "
+        f"SELECT * FROM ({validation_sql(spec, 'lenient_view', lenient=True)})"
+    )
 
 
 def drop_staging(con: duckdb.DuckDBPyConnection) -> None:
-    """Forget the previous file's staging relations and its registered lines."""
-    kinds = con.execute(
-        "SELECT table_type FROM information_schema.tables "
-        "WHERE table_name = 'docs' AND table_catalog = 'temp'"
-    ).fetchall()
-    for (table_type,) in kinds:
-        con.execute("DROP VIEW docs" if table_type == "VIEW" else "DROP TABLE docs")
-    con.unregister("landing_lines")
+    """Forget the batch's views and registered tables."""
+    con.execute("DROP VIEW IF EXISTS strict_view; DROP VIEW IF EXISTS lenient_view")
+    for name in ("batch_files", "text_lines", "byte_lines", "strict_docs", "lenient_docs"):
+        con.unregister(name)
 
 
 def _classify(con: duckdb.DuckDBPyConnection, spec: KindSpec) -> None:
-    """Temp table ``classified``: each valid record is accepted, a duplicate, or a conflict."""
+    """Temp table ``classified``: each valid record is accepted, a duplicate, or a conflict.
+
+    The first occurrence of an id (earlier files of the batch first) is accepted unless the
+    table already holds it; later ones are duplicates when they repeat the stored (or first)
+    content, and conflicts otherwise.
+    """
     key = spec.id_field
+    # A record's position in the batch, as one sortable number: file index, then line.
+    position = "(file_index * 4294967296 + line_no)"
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE classified AS
-        WITH ranked AS (
-            SELECT j.*,
-                   row_number() OVER w AS occurrence,
-                   first_value(record_hash) OVER w AS first_hash,
-                   first_value(line_no) OVER w AS first_line
-            FROM judged j
-            WHERE reason IS NULL
-            WINDOW w AS (PARTITION BY {key} ORDER BY line_no)
+        WITH valid AS (
+            SELECT * FROM judged WHERE reason IS NULL
+        ), firsts AS (
+            SELECT {key}, min({position}) AS first_position,
+                   arg_min(record_hash, {position}) AS first_hash
+            FROM valid GROUP BY {key}
         ), existing AS (
             SELECT {key}, record_hash AS existing_hash, source_file AS existing_file
             FROM {spec.table}
-            WHERE {key} IN (SELECT {key} FROM ranked)
+            WHERE {key} IN (SELECT {key} FROM firsts)
+        ), ranked AS (
+            SELECT v.*, {position} = f.first_position AS is_first, f.first_hash,
+                   f.first_position % 4294967296 AS first_line,
+                   f.first_position // 4294967296 AS first_file
+            FROM valid v JOIN firsts f USING ({key})
         )
-        SELECT r.*, x.existing_file,
+        SELECT r.*, coalesce(x.existing_file, b.path) AS canonical_file,
                CASE
-                   WHEN r.occurrence > 1 AND r.record_hash = r.first_hash THEN 'duplicate'
-                   WHEN r.occurrence > 1 THEN 'conflict_in_file'
-                   WHEN x.{key} IS NULL THEN 'accepted'
-                   WHEN x.existing_hash = r.record_hash THEN 'duplicate'
+                   WHEN r.is_first AND x.{key} IS NULL THEN 'accepted'
+                   WHEN r.record_hash = coalesce(x.existing_hash, r.first_hash) THEN 'duplicate'
+                   WHEN x.{key} IS NULL AND r.first_file = r.file_index THEN 'conflict_in_file'
                    ELSE 'conflict_existing'
                END AS verdict
-        FROM ranked r LEFT JOIN existing x USING ({key})
+        FROM ranked r
+        LEFT JOIN existing x USING ({key})
+        JOIN batch_files b ON b.file_index = r.first_file
     """)
 
 
-def _insert_accepted(con: duckdb.DuckDBPyConnection, spec: KindSpec, rel_path: str) -> None:
+def _count_verdicts(con: duckdb.DuckDBPyConnection) -> dict[int, tuple[int, int, int, int]]:
+    """Per file index: read, accepted, duplicates, rejected."""
+    rows = con.execute(
+        """
+        WITH judged_counts AS (
+            SELECT file_index, count(*) AS read,
+                   count(*) FILTER (WHERE reason IS NOT NULL) AS invalid
+            FROM judged GROUP BY file_index
+        ), verdict_counts AS (
+            SELECT file_index,
+                   count(*) FILTER (WHERE verdict = 'accepted') AS accepted,
+                   count(*) FILTER (WHERE verdict = 'duplicate') AS duplicates,
+                   count(*) FILTER (WHERE verdict LIKE 'conflict%') AS conflicts
+            FROM classified GROUP BY file_index
+        )
+        SELECT j.file_index, j.read, coalesce(v.accepted, 0), coalesce(v.duplicates, 0),
+               j.invalid + coalesce(v.conflicts, 0)
+        FROM judged_counts j LEFT JOIN verdict_counts v USING (file_index)
+        """
+    ).fetchall()
+    return {row[0]: tuple(int(v) for v in row[1:]) for row in rows}
+
+
+def _insert_accepted(
+    con: duckdb.DuckDBPyConnection, spec: KindSpec, file_index: int, rel_path: str
+) -> None:
     columns = ", ".join(spec.columns)
     con.execute(
         f"""
         INSERT INTO {spec.table} ({columns}, record_hash, source_file, source_line, ingested_at)
         SELECT {columns}, record_hash, ?, line_no, now()::TIMESTAMP
-        FROM classified WHERE verdict = 'accepted' ORDER BY line_no
+        FROM classified WHERE file_index = ? AND verdict = 'accepted' ORDER BY line_no
         """,
-        [rel_path],
+        [rel_path, file_index],
     )
 
 
 def _insert_rejected(
-    con: duckdb.DuckDBPyConnection, spec: KindSpec, rel_path: str, content_hash: str
+    con: duckdb.DuckDBPyConnection,
+    spec: KindSpec,
+    file_index: int,
+    rel_path: str,
+    content_hash: str,
 ) -> None:
     """Invalid records and conflicting duplicates, each with a stable reason and a detail."""
     key = spec.id_field
@@ -278,7 +395,7 @@ def _insert_rejected(
         SELECT ?, ?, ?, line_no, raw_text, reason, detail, now()::TIMESTAMP FROM (
             SELECT line_no, rtrim(raw_text, chr(13) || chr(10)) AS raw_text, reason,
                    NULL AS detail
-            FROM judged WHERE reason IS NOT NULL
+            FROM judged WHERE file_index = $4 AND reason IS NOT NULL
             UNION ALL
             SELECT line_no, raw_text,
                    CASE verdict
@@ -289,28 +406,13 @@ def _insert_rejected(
                    CASE verdict
                        WHEN 'conflict_in_file'
                            THEN '{key} ' || {key} || ' first appears at line ' || first_line
-                       ELSE '{key} ' || {key} || ' was ingested from ' || existing_file
+                       ELSE '{key} ' || {key} || ' was ingested from ' || canonical_file
                    END
-            FROM classified WHERE verdict LIKE 'conflict%'
+            FROM classified WHERE file_index = $4 AND verdict LIKE 'conflict%'
         ) ORDER BY line_no
-        """,
-        [spec.kind, rel_path, content_hash],
+        """.replace("?, ?, ?,", "$1, $2, $3,"),
+        [spec.kind, rel_path, content_hash, file_index],
     )
-
-
-def _count_verdicts(con: duckdb.DuckDBPyConnection) -> tuple[int, int, int, int]:
-    read, invalid = con.execute(
-        "SELECT count(*), count(*) FILTER (WHERE reason IS NOT NULL) FROM judged"
-    ).fetchall()[0]
-    accepted, duplicates, conflicts = con.execute(
-        """
-        SELECT count(*) FILTER (WHERE verdict = 'accepted'),
-               count(*) FILTER (WHERE verdict = 'duplicate'),
-               count(*) FILTER (WHERE verdict LIKE 'conflict%')
-        FROM classified
-        """
-    ).fetchall()[0]
-    return read, accepted, duplicates, invalid + conflicts
 
 
 def write_manifest(
@@ -346,47 +448,102 @@ def already_ingested(con: duckdb.DuckDBPyConnection, rel_path: str, content_hash
     return bool(row[0])
 
 
+def _unsupported(spec: KindSpec, path: Path, rel_path: str) -> FileResult:
+    return FileResult(
+        spec.kind,
+        rel_path,
+        "unsupported",
+        error=f"unsupported file extension {''.join(path.suffixes) or '(none)'!r}; "
+        f"expected one of {', '.join(FORMATS)}",
+    )
+
+
+def ingest_batch(
+    con: duckdb.DuckDBPyConnection, spec: KindSpec, batch: list[PendingFile]
+) -> list[FileResult]:
+    """Validate and classify the batch together, then write each file in its own transaction."""
+    staged = stage_batch(con, batch)  # parsing only reads, so it runs before any transaction
+    try:
+        validate_batch(con, spec, staged)
+        _classify(con, spec)
+        counts = _count_verdicts(con)
+        results = []
+        for index, pending in enumerate(batch):
+            with transaction(con):
+                result = pending.result
+                if result is None:
+                    read, accepted, duplicates, rejected = counts.get(index, (0, 0, 0, 0))
+                    _insert_accepted(con, spec, index, pending.rel_path)
+                    _insert_rejected(con, spec, index, pending.rel_path, pending.content_hash)
+                    result = FileResult(
+                        spec.kind,
+                        pending.rel_path,
+                        "ingested",
+                        read,
+                        accepted,
+                        duplicates,
+                        rejected,
+                    )
+                write_manifest(con, result, pending.content_hash, pending.fmt, len(pending.data))
+            results.append(result)
+        return results
+    finally:
+        drop_staging(con)
+
+
+def ingest_files(
+    con: duckdb.DuckDBPyConnection,
+    landing_dir: Path,
+    paths: list[Path],
+    spec: KindSpec,
+    progress: Callable[[str], None] | None = None,
+    batch_bytes: int = BATCH_BYTES,
+) -> list[FileResult]:
+    """Ingest ``paths`` in order; a file seen before (same path and content) is skipped, so
+    reruns add nothing. Returns one result per path."""
+    results: list[FileResult | None] = [None] * len(paths)
+    batch: list[tuple[int, PendingFile]] = []
+    batch_size = 0
+
+    def flush() -> None:
+        nonlocal batch, batch_size
+        if not batch:
+            return
+        written = ingest_batch(con, spec, [pending for _, pending in batch])
+        for (position, _), result in zip(batch, written, strict=True):
+            results[position] = result
+            if progress:
+                progress(
+                    f"[{position + 1}/{len(paths)}] {result.path}: {result.status}, read "
+                    f"{result.records_read}, accepted {result.accepted}, duplicates "
+                    f"{result.duplicates}, rejected {result.rejected}"
+                )
+        batch, batch_size = [], 0
+
+    for position, path in enumerate(paths):
+        rel_path = path.relative_to(landing_dir).as_posix()
+        data = path.read_bytes()
+        content_hash = hashlib.sha256(data).hexdigest()
+        if already_ingested(con, rel_path, content_hash):
+            results[position] = FileResult(spec.kind, rel_path, "skipped")
+            continue
+        fmt = file_format(path)
+        pending = PendingFile(path, rel_path, data, content_hash, fmt)
+        if fmt is None:
+            pending.result = _unsupported(spec, path, rel_path)
+        batch.append((position, pending))
+        batch_size += len(data)
+        if batch_size >= batch_bytes:
+            flush()
+    flush()
+    return [r for r in results if r is not None]
+
+
 def ingest_file(
     con: duckdb.DuckDBPyConnection, landing_dir: Path, path: Path, spec: KindSpec
 ) -> FileResult:
-    """Ingest one landing file in one transaction; a file seen before (same path and content)
-    is skipped, so reruns add nothing."""
-    rel_path = path.relative_to(landing_dir).as_posix()
-    data = path.read_bytes()
-    content_hash = hashlib.sha256(data).hexdigest()
-    if already_ingested(con, rel_path, content_hash):
-        return FileResult(spec.kind, rel_path, "skipped")
-    fmt = file_format(path)
-    result: FileResult | None = None
-    if fmt is None:
-        result = FileResult(
-            spec.kind,
-            rel_path,
-            "unsupported",
-            error=f"unsupported file extension {''.join(path.suffixes) or '(none)'!r}; "
-            f"expected one of {', '.join(FORMATS)}",
-        )
-    else:
-        try:  # parsing only reads, so it runs before the transaction that writes
-            stage_docs(con, path, data, fmt)
-        except UnreadableFile as error:
-            result = FileResult(spec.kind, rel_path, "unreadable", error=str(error))
-    with transaction(con):
-        if result is None:
-            con.execute(
-                "CREATE OR REPLACE TEMP TABLE judged AS "
-                + validation_sql(spec, "docs", lenient=fmt == "csv")
-            )
-            _classify(con, spec)
-            read, accepted, duplicates, rejected = _count_verdicts(con)
-            _insert_accepted(con, spec, rel_path)
-            _insert_rejected(con, spec, rel_path, content_hash)
-            result = FileResult(
-                spec.kind, rel_path, "ingested", read, accepted, duplicates, rejected
-            )
-        write_manifest(con, result, content_hash, fmt, len(data))
-    drop_staging(con)
-    return result
+    """Ingest one landing file in one transaction (skipped if seen before)."""
+    return ingest_files(con, landing_dir, [path], spec)[0]
 
 
 def ingest_kind(
@@ -396,16 +553,4 @@ def ingest_kind(
     progress: Callable[[str], None] | None = None,
 ) -> list[FileResult]:
     """Ingest every new file of one kind; returns one result per file (skipped ones included)."""
-    spec = KINDS[kind]
-    files = landing_files(landing_dir, kind)
-    results = []
-    for index, path in enumerate(files, start=1):
-        result = ingest_file(con, landing_dir, path, spec)
-        results.append(result)
-        if progress and result.status != "skipped":
-            progress(
-                f"[{index}/{len(files)}] {result.path}: {result.status}, read {result.records_read}"
-                f", accepted {result.accepted}, duplicates {result.duplicates}, "
-                f"rejected {result.rejected}"
-            )
-    return results
+    return ingest_files(con, landing_dir, landing_files(landing_dir, kind), KINDS[kind], progress)

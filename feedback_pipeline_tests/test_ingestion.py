@@ -247,3 +247,58 @@ def test_repeated_ids_are_detected(con, landing, write_landing):
         "INSERT INTO raw.predictions SELECT * FROM raw.predictions WHERE prediction_id = 'a'"
     )
     assert reporting.repeated_ids(con, "predictions") == 1
+
+
+def test_a_batch_of_files_classifies_across_files_like_one_file_at_a_time(
+    con, landing, write_landing
+):
+    """Files validated together still get per-file verdicts, in file order."""
+    write_landing("predictions", "1.jsonl", [prediction("a"), prediction("b")])
+    write_landing(
+        "predictions",
+        "2.jsonl",
+        [prediction("a"), prediction("b", confidence=0.9), prediction("c")],
+    )
+    write_landing(
+        "predictions",
+        "3.csv",
+        b"prediction_id,predicted_at,confidence,features\n"
+        b'c,2026-01-05T10:00:00Z,0.6,"{""momentum"": 0.5, ""volatility"": -1.0}"\n',
+    )
+    results = ingest_kind(con, landing, "predictions")
+    assert [(r.accepted, r.duplicates, r.rejected) for r in results] == [
+        (2, 0, 0),
+        (1, 1, 1),
+        (0, 0, 1),
+    ]
+    details = con.execute(
+        "SELECT source_file, detail FROM raw.rejected_records ORDER BY source_file"
+    ).fetchall()
+    assert details == [
+        ("predictions/2.jsonl", "prediction_id b was ingested from predictions/1.jsonl"),
+        ("predictions/3.csv", "prediction_id c was ingested from predictions/2.jsonl"),
+    ]
+    assert reporting.accounting_violations(con, "predictions").empty
+
+
+def test_small_batches_give_the_same_result_as_one_batch(con, data_dir, landing, write_landing):
+    for day in range(4):
+        write_landing(
+            "predictions",
+            f"{day}.jsonl",
+            [prediction(f"p{i}", confidence=0.1 * day) for i in range(day, day + 3)],
+        )
+    paths = ingestion.landing_files(landing, "predictions")
+    one_at_a_time = ingestion.ingest_files(con, landing, paths, PREDICTIONS, batch_bytes=1)
+    stored = con.execute("SELECT prediction_id, confidence FROM raw.predictions ORDER BY 1")
+    expected = stored.fetchall()
+    con.execute(
+        "DELETE FROM raw.predictions; DELETE FROM raw.rejected_records; "
+        "DELETE FROM raw.ingested_files"
+    )
+    together = ingestion.ingest_files(con, landing, paths, PREDICTIONS)
+    assert together == one_at_a_time
+    assert (
+        con.execute("SELECT prediction_id, confidence FROM raw.predictions ORDER BY 1").fetchall()
+        == expected
+    )
