@@ -129,6 +129,7 @@ class PendingFile:
     data: bytes
     content_hash: str
     fmt: str | None
+    mtime_ns: int | None = None
     result: FileResult | None = None  # set when the file cannot be parsed at all
 
 
@@ -421,9 +422,14 @@ def write_manifest(
     content_hash: str,
     fmt: str | None,
     size_bytes: int,
+    mtime_ns: int | None = None,
 ) -> None:
     con.execute(
-        "INSERT INTO raw.ingested_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
+        """
+        INSERT INTO raw.ingested_files (kind, path, content_hash, file_format, size_bytes, status,
+            error, records_read, accepted, duplicates, rejected, mtime_ns, ingested_at)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)
+        """,
         [
             result.kind,
             result.path,
@@ -436,16 +442,30 @@ def write_manifest(
             result.accepted,
             result.duplicates,
             result.rejected,
+            mtime_ns,
         ],
     )
 
 
-def already_ingested(con: duckdb.DuckDBPyConnection, rel_path: str, content_hash: str) -> bool:
-    row = con.execute(
-        "SELECT count(*) FROM raw.ingested_files WHERE path = ? AND content_hash = ?",
-        [rel_path, content_hash],
-    ).fetchall()[0]
-    return bool(row[0])
+@dataclass
+class Manifest:
+    """What was ingested: by path and content hash, and by path, size and mtime (so a rerun
+    skips unchanged files without reading them)."""
+
+    hashes: set[tuple[str, str]]
+    stats: set[tuple[str, int, int]]
+
+    @classmethod
+    def load(cls, con: duckdb.DuckDBPyConnection, kind: str) -> Manifest:
+        rows = con.execute(
+            "SELECT path, content_hash, size_bytes, mtime_ns FROM raw.ingested_files "
+            "WHERE kind = ?",
+            [kind],
+        ).fetchall()
+        return cls(
+            {(path, digest) for path, digest, _, _ in rows},
+            {(path, size, mtime) for path, _, size, mtime in rows if mtime is not None},
+        )
 
 
 def _unsupported(spec: KindSpec, path: Path, rel_path: str) -> FileResult:
@@ -484,7 +504,14 @@ def ingest_batch(
                         duplicates,
                         rejected,
                     )
-                write_manifest(con, result, pending.content_hash, pending.fmt, len(pending.data))
+                write_manifest(
+                    con,
+                    result,
+                    pending.content_hash,
+                    pending.fmt,
+                    len(pending.data),
+                    pending.mtime_ns,
+                )
             results.append(result)
         return results
     finally:
@@ -502,6 +529,7 @@ def ingest_files(
     """Ingest ``paths`` in order; a file seen before (same path and content) is skipped, so
     reruns add nothing. Returns one result per path."""
     results: list[FileResult | None] = [None] * len(paths)
+    manifest = Manifest.load(con, spec.kind)
     batch: list[tuple[int, PendingFile]] = []
     batch_size = 0
 
@@ -522,13 +550,17 @@ def ingest_files(
 
     for position, path in enumerate(paths):
         rel_path = path.relative_to(landing_dir).as_posix()
+        stat = path.stat()
+        if (rel_path, stat.st_size, stat.st_mtime_ns) in manifest.stats:
+            results[position] = FileResult(spec.kind, rel_path, "skipped")
+            continue
         data = path.read_bytes()
         content_hash = hashlib.sha256(data).hexdigest()
-        if already_ingested(con, rel_path, content_hash):
+        if (rel_path, content_hash) in manifest.hashes:  # touched, but the same content
             results[position] = FileResult(spec.kind, rel_path, "skipped")
             continue
         fmt = file_format(path)
-        pending = PendingFile(path, rel_path, data, content_hash, fmt)
+        pending = PendingFile(path, rel_path, data, content_hash, fmt, stat.st_mtime_ns)
         if fmt is None:
             pending.result = _unsupported(spec, path, rel_path)
         batch.append((position, pending))

@@ -134,6 +134,8 @@ def connect(
         for schema in SCHEMAS:
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
         con.execute(DDL)
+        # Added after the first release: lets reruns skip unchanged files without reading them.
+        con.execute("ALTER TABLE raw.ingested_files ADD COLUMN IF NOT EXISTS mtime_ns BIGINT")
     return con
 
 

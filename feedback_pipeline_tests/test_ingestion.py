@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -302,3 +303,21 @@ def test_small_batches_give_the_same_result_as_one_batch(con, data_dir, landing,
         con.execute("SELECT prediction_id, confidence FROM raw.predictions ORDER BY 1").fetchall()
         == expected
     )
+
+
+def test_a_rerun_does_not_read_unchanged_files_and_a_touched_file_is_skipped(
+    con, landing, write_landing, monkeypatch
+):
+    write_landing("predictions", "a.jsonl", [prediction("a")])
+    write_landing("predictions", "b.jsonl", [prediction("b")])
+    ingest_kind(con, landing, "predictions")
+
+    reads = []
+    original = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self.name) or original(self))
+    assert [r.status for r in ingest_kind(con, landing, "predictions")] == ["skipped"] * 2
+    assert reads == []
+
+    (landing / "predictions" / "b.jsonl").touch()  # new mtime, same content
+    assert [r.status for r in ingest_kind(con, landing, "predictions")] == ["skipped"] * 2
+    assert reads == ["b.jsonl"]
