@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)
 export FEEDBACK_PIPELINE_DATA_DIR ?= $(CURDIR)/data
 
-.PHONY: install demo test lint format dev mlflow status validate clean
+.PHONY: install demo test lint format dev mlflow status validate bench clean
 
 # Reinstall only when the project's metadata changed (idempotent bootstrap).
 $(STAMP): pyproject.toml
@@ -22,6 +22,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# N=10000000 for the large run
+N ?= 1000000
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py --predictions $(N)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -6,9 +6,11 @@ the CLI's ``rollback`` and ``promote`` use them too.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -28,8 +30,8 @@ from feedback_pipeline.promotion import Decision, decide
 from feedback_pipeline.registry import CHALLENGER, CHAMPION, Registry
 from feedback_pipeline.reporting import markdown
 from feedback_pipeline.settings import GateSettings, Settings
-from feedback_pipeline.training import train_family
-from feedback_pipeline.training_set import load_info, load_split
+from feedback_pipeline.training import dask_client, train_family
+from feedback_pipeline.training_set import Split, load_info, load_split
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -66,6 +68,16 @@ def split_counts(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     ).df()
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """The current training set, loaded once per round."""
+
+    info: dict[str, Any]
+    train: Split
+    validation: Split
+    counts: pd.DataFrame
+
+
 def train_challengers(
     con: duckdb.DuckDBPyConnection,
     registry: Registry,
@@ -75,87 +87,113 @@ def train_challengers(
     tags: dict[str, str],
     progress: Progress = print,
 ) -> list[dict[str, Any]]:
-    """Fit one challenger per family on ``train``, pick hyperparameters on ``validation``,
-    log each as an MLflow run and register it as a new version of ``feedback_model``.
+    """Fit one challenger per family on `train`, pick hyperparameters on `validation`,
+    log each as an MLflow run and register it as a new version of `feedback_model`.
 
     A fit on the same training set with the same parameters reuses its earlier version, so a
-    retrain on unchanged data creates no version and moves no alias."""
+    retrain on unchanged data creates no version and moves no alias. With `models.engine: dask`
+    XGBoost trains on a Dask cluster and is registered exactly like a local one."""
     info = load_info(con)
-    features = info["features"]
-    train = load_split(con, "train", features)
-    validation = load_split(con, "validation", features)
-    counts = split_counts(con)
-    if len(train) == 0 or len(validation) == 0:
+    data = TrainingData(
+        info,
+        load_split(con, "train", info["features"]),
+        load_split(con, "validation", info["features"]),
+        split_counts(con),
+    )
+    if len(data.train) == 0 or len(data.validation) == 0:
         raise ValueError(
-            f"training set too small: {len(train)} train and {len(validation)} validation rows "
-            f"in the window {info['window_start']} .. {info['as_of']} (as_of): is as_of right "
-            "for this data, and lookback_days wide enough?"
+            f"training set too small: {len(data.train)} train and {len(data.validation)} "
+            f"validation rows in the window {info['window_start']} .. {info['as_of']} (as_of): "
+            "is as_of right for this data, and lookback_days wide enough?"
         )
     budget = settings.models.search_budget if search else 1
-    challengers = []
-    for family in families:
-        progress(f"training {family} on {len(train):,} rows ({budget} candidate(s))")
-        fitted = train_family(
+    engine = (
+        dask_client(settings.models.dask_scheduler)
+        if settings.models.engine == "dask"
+        else contextlib.nullcontext()
+    )
+    with engine as client:
+        if client is not None:
+            progress(f"training XGBoost on Dask, scheduler {client.scheduler.address}")
+        return [
+            _train_and_register(registry, settings, family, budget, tags, data, client, progress)
+            for family in families
+        ]
+
+
+def _train_and_register(
+    registry: Registry,
+    settings: Settings,
+    family: str,
+    budget: int,
+    tags: dict[str, str],
+    data: TrainingData,
+    client: Any,
+    progress: Progress,
+) -> dict[str, Any]:
+    """One family: fit (and search), then register a new version or reuse an identical one."""
+    info, features = data.info, data.info["features"]
+    progress(f"training {family} on {len(data.train):,} rows ({budget} candidate(s))")
+    fitted = train_family(
+        family,
+        settings.models.hyperparameters.get(family, {}),
+        data.train,
+        data.validation,
+        settings.models.seed,
+        budget,
+        settings.gate.threshold,
+        client,
+    )
+    params = {
+        "family": family,
+        **fitted.params,
+        "outcome_weight": settings.training.outcome_weight,
+        "lookback_days": info["settings"]["lookback_days"],
+        "use_outcomes": info["settings"]["use_outcomes"],
+        "as_of": str(info["as_of"]),
+        "seed": settings.models.seed,
+        "candidates_tried": fitted.candidates_tried,
+        "engine": "dask" if client is not None and family == "xgboost" else "local",
+    }
+    metrics = {f"validation_{k}": v for k, v in fitted.validation_metrics.items()}
+    metrics.update({"rows_train": len(data.train), "rows_validation": len(data.validation)})
+    fit_key = hashlib.md5(
+        json.dumps([info["content_hash"], params], sort_keys=True, default=str).encode()
+    ).hexdigest()
+    version_tags = {
+        **tags,
+        "as_of": str(info["as_of"]),
+        "training_set_hash": info["content_hash"],
+        "data_watermark": str(info["data_watermark"]),
+        "features": json.dumps(features),
+        "fit_key": fit_key,
+    }
+    registered = registry.find_version("fit_key", fit_key)
+    if registered is not None:  # same data, same settings: the same model, not a new one
+        progress(f"{family}: unchanged data and settings, reusing version {registered.version}")
+    else:
+        card = model_card(family, fitted.params, info, data.counts, fitted.validation_metrics)
+        registered = registry.log_challenger(
+            fitted.estimator,
             family,
-            settings.models.hyperparameters.get(family, {}),
-            train,
-            validation,
-            settings.models.seed,
-            budget,
-            settings.gate.threshold,
+            features,
+            data.validation.X,
+            params,
+            metrics,
+            version_tags,
+            card,
         )
-        params = {
-            "family": family,
-            **fitted.params,
-            "outcome_weight": settings.training.outcome_weight,
-            "lookback_days": info["settings"]["lookback_days"],
-            "use_outcomes": info["settings"]["use_outcomes"],
-            "as_of": str(info["as_of"]),
-            "seed": settings.models.seed,
-            "candidates_tried": fitted.candidates_tried,
-        }
-        metrics = {f"validation_{k}": v for k, v in fitted.validation_metrics.items()}
-        metrics.update({"rows_train": len(train), "rows_validation": len(validation)})
-        fit_key = hashlib.md5(
-            json.dumps([info["content_hash"], params], sort_keys=True, default=str).encode()
-        ).hexdigest()
-        version_tags = {
-            **tags,
-            "as_of": str(info["as_of"]),
-            "training_set_hash": info["content_hash"],
-            "data_watermark": str(info["data_watermark"]),
-            "features": json.dumps(features),
-            "fit_key": fit_key,
-        }
-        registered = registry.find_version("fit_key", fit_key)
-        if registered is not None:  # same data, same settings: the same model, not a new one
-            progress(f"{family}: unchanged data and settings, reusing version {registered.version}")
-        else:
-            card = model_card(family, fitted.params, info, counts, fitted.validation_metrics)
-            registered = registry.log_challenger(
-                fitted.estimator,
-                family,
-                features,
-                validation.X,
-                params,
-                metrics,
-                version_tags,
-                card,
-            )
-            progress(
-                f"{family}: registered version {registered.version} "
-                f"(validation log loss {fitted.validation_metrics['log_loss']:.4f})"
-            )
-        challengers.append(
-            {
-                "version": registered.version,
-                "run_id": registered.run_id,
-                "family": family,
-                "params": fitted.params,
-                "validation": fitted.validation_metrics,
-            }
+        progress(
+            f"{family}: registered version {registered.version} "
+            f"(validation log loss {fitted.validation_metrics['log_loss']:.4f})"
         )
-    return challengers
+    return {
+        "version": registered.version,
+        "run_id": registered.run_id,
+        "family": family,
+        "params": fitted.params,
+        "validation": fitted.validation_metrics,
+    }
 
 
 def _figures(y: np.ndarray, probabilities: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -122,6 +122,12 @@ class ModelSettings(_Strict):
     families: list[Family] = Field(default_factory=lambda: ["xgboost"], min_length=1)
     hyperparameters: dict[Family, dict[str, Any]] = Field(default_factory=_default_hyperparameters)
     seed: int = 42
+    engine: Literal["local", "dask"] = Field(
+        default="local", description="dask: XGBoost trains with xgboost.dask on a Dask cluster"
+    )
+    dask_scheduler: str | None = Field(
+        default=None, description="Dask scheduler address; null = a local cluster of 2 workers"
+    )
     search_budget: int = Field(
         default=4, ge=1, le=50, description="candidates per family in a full retrain's search"
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,7 +58,49 @@ def build_estimator(family: str, params: dict[str, Any], seed: int):
     raise ValueError(f"models.families: unknown family {family!r}")
 
 
-def fit(family: str, params: dict[str, Any], train: Split, seed: int):
+@contextmanager
+def dask_client(scheduler: str | None) -> Iterator[Any]:
+    """A Dask client: on ``scheduler`` if given, else on a local cluster of 2 worker processes."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        with Client(scheduler) as client:
+            yield client
+        return
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+def fit_xgboost_on_dask(params: dict[str, Any], train: Split, seed: int, client: Any):
+    """Train with ``xgboost.dask`` across the cluster's workers; return a plain
+    ``XGBClassifier`` holding the trained booster, so it predicts, logs and registers exactly
+    like a locally trained one."""
+    import dask.dataframe as dd
+    from xgboost import dask as dxgb
+
+    partitions = max(len(client.scheduler_info()["workers"]), 1)
+    frame = train.X.assign(_label=train.y, _weight=train.weight)  # one frame: aligned partitions
+    table = dd.from_pandas(frame, npartitions=partitions)
+    X, y, w = table[list(train.X.columns)], table["_label"], table["_weight"]
+    distributed_model = dxgb.DaskXGBClassifier(
+        tree_method="hist", random_state=seed, eval_metric="logloss", **params
+    )
+    distributed_model.client = client
+    distributed_model.fit(X, y, sample_weight=w)
+    local = build_estimator("xgboost", params, seed)
+    local.load_model(bytearray(distributed_model.get_booster().save_raw("json")))
+    return local
+
+
+def fit(family: str, params: dict[str, Any], train: Split, seed: int, client: Any = None):
+    """Fit one candidate with sample weights; XGBoost on Dask when a client is given."""
+    if client is not None and family == "xgboost":
+        return fit_xgboost_on_dask(params, train, seed, client)
     estimator = build_estimator(family, params, seed)
     if isinstance(estimator, Pipeline):
         estimator.fit(train.X, train.y, model__sample_weight=train.weight)
@@ -103,6 +147,7 @@ def train_family(
     seed: int,
     budget: int = 1,
     threshold: float = 0.5,
+    client: Any = None,
 ) -> FittedChallenger:
     """Fit each candidate, keep the one with the best weighted validation log loss."""
     if len(np.unique(train.y)) < 2:
@@ -110,7 +155,7 @@ def train_family(
     best: FittedChallenger | None = None
     candidates = search_candidates(family, base_params, budget, seed)
     for params in candidates:
-        estimator = fit(family, params, train, seed)
+        estimator = fit(family, params, train, seed, client)
         metrics = classification_metrics(
             validation.y,
             predict_probability(estimator, validation.X),

@@ -1,0 +1,299 @@
+"""`make bench`: the retrain loop against the bare cost of its two heavy parts, in one run.
+
+Simulates N predictions (default 1,000,000) into a fresh data dir, runs retrain_job in process
+against a temp Dagster instance and MLflow store, and measures per asset wall seconds, peak RSS
+and rows. References on the same data: DuckDB's bare scan of the landing files and a bare
+XGBoost fit with the same parameters on the final training matrix. Writes
+benchmarks/results/latest.json and latest.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import numpy as np
+
+from feedback_pipeline import warehouse
+from feedback_pipeline.definitions import build_defs
+from feedback_pipeline.jobs import retrain_run_config
+from feedback_pipeline.resources import local_resources
+from feedback_pipeline.sensors import new_labels_sensor
+from feedback_pipeline.settings import Settings
+from feedback_pipeline.training import build_estimator
+from feedback_pipeline.training_set import load_info, load_split
+from feedback_pipeline.triggers import count_new_labels
+
+RESULTS = Path(__file__).parent / "results"
+DAYS = 60
+START = date(2026, 1, 5)
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class RssSampler(threading.Thread):
+    """Samples this process's RSS every 50 ms, so each step's peak can be read afterwards."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.samples: list[tuple[float, float]] = []
+        self.running = True
+
+    def run(self) -> None:
+        while self.running:
+            self.samples.append((time.time(), rss_mb()))
+            time.sleep(0.05)
+
+    def peak(self, start: float = 0.0, end: float = float("inf")) -> float:
+        inside = [rss for t, rss in self.samples if start <= t <= end]
+        return round(max(inside, default=0.0), 1)
+
+
+def simulate(landing: Path, predictions: int, start: date, days: int, seed: int) -> None:
+    """In a subprocess, so the simulator's memory does not count towards the pipeline's RSS."""
+    per_day = max(predictions // days, 1)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "feedback_pipeline.cli",
+            "simulate",
+            "--out",
+            str(landing),
+            "--start",
+            start.isoformat(),
+            "--days",
+            str(days),
+            "--predictions-per-day",
+            str(per_day),
+            "--baseline-per-day",
+            str(per_day // 2),
+            "--seed",
+            str(seed),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def raw_scan_seconds(landing: Path) -> float:
+    """DuckDB's bare `count(*)` over each kind's JSON lines: the floor for reading the data."""
+    con = duckdb.connect()
+    started = time.perf_counter()
+    for kind in ("predictions", "feedback", "baseline"):
+        con.execute(
+            f"SELECT count(*) FROM read_json('{landing / kind}/*.jsonl', "
+            "format = 'newline_delimited', ignore_errors = true)"
+        ).fetchall()
+    return time.perf_counter() - started
+
+
+def bare_fit_seconds(data_dir: Path) -> tuple[float, int]:
+    """A bare XGBoost fit with the pipeline's parameters on the final training matrix."""
+    settings = Settings()
+    con = warehouse.connect(data_dir / "warehouse.duckdb", read_only=True)
+    train = load_split(con, "train", load_info(con)["features"])
+    con.close()
+    estimator = build_estimator(
+        "xgboost", settings.models.hyperparameters["xgboost"], settings.models.seed
+    )
+    started = time.perf_counter()
+    estimator.fit(train.X, train.y, sample_weight=train.weight)
+    return time.perf_counter() - started, len(train)
+
+
+def step_metrics(instance: dg.DagsterInstance, run_id: str, sampler: RssSampler) -> dict:
+    starts, steps = {}, {}
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is None or event.step_key is None:
+            continue
+        if event.event_type_value == "STEP_START":
+            starts[event.step_key] = entry.timestamp
+        elif event.event_type_value == "STEP_SUCCESS":
+            start = starts[event.step_key]
+            steps.setdefault(event.step_key, {}).update(
+                seconds=round(entry.timestamp - start, 3),
+                peak_rss_mb=sampler.peak(start, entry.timestamp),
+            )
+        elif event.event_type_value == "ASSET_MATERIALIZATION":
+            metadata = event.step_materialization_data.materialization.metadata
+            if "dagster/row_count" in metadata:
+                steps.setdefault(event.step_key, {})["rows_out"] = metadata[
+                    "dagster/row_count"
+                ].value
+    return steps
+
+
+def sensor_seconds(instance: dg.DagsterInstance, data_dir: Path) -> float:
+    context = dg.build_sensor_context(instance=instance, resources=local_resources(data_dir))
+    started = time.perf_counter()
+    new_labels_sensor(context)
+    return time.perf_counter() - started
+
+
+def sensor_query_seconds_at(rows: int, work: Path) -> float:
+    """The sensor's query on a synthetic `labeled.labeled_outcomes` of `rows` rows."""
+    con = warehouse.connect(work / "sensor.duckdb")
+    con.execute(f"""CREATE OR REPLACE TABLE labeled.labeled_outcomes AS
+        SELECT 'p' || i AS prediction_id,
+               TIMESTAMP '2026-01-01' + to_seconds(i * 3 + 3600) AS labeled_at
+        FROM range({rows}) t(i)""")
+    watermark = datetime(2026, 1, 1) + timedelta(seconds=rows * 3 * 0.9)
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        count_new_labels(con, watermark, datetime(2100, 1, 1))
+        best = min(best, time.perf_counter() - started)
+    con.close()
+    return best
+
+
+def run(predictions: int, keep: bool) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="feedback_bench_"))
+    data_dir, home = work / "data", work / "dagster"
+    home.mkdir(parents=True)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    print(f"simulating {predictions:,} predictions into {data_dir} ...", flush=True)
+    simulate(data_dir / "landing", predictions, START, DAYS, seed=7)
+    landing_bytes = sum(p.stat().st_size for p in (data_dir / "landing").rglob("*") if p.is_file())
+    raw_scan = raw_scan_seconds(data_dir / "landing")
+    print(f"raw scan {raw_scan:.2f}s; running retrain_job ...", flush=True)
+
+    sampler = RssSampler()
+    sampler.start()
+    as_of = (START + timedelta(days=DAYS + 1)).isoformat() + "T00:00:00Z"
+    defs = build_defs(data_dir)
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        started = time.perf_counter()
+        result = defs.resolve_job_def("retrain_job").execute_in_process(
+            instance=instance, run_config={**retrain_run_config(as_of), **quiet}
+        )
+        end_to_end = time.perf_counter() - started
+        assert result.success
+        steps = step_metrics(instance, result.run_id, sampler)
+        sensor_s = sensor_seconds(instance, data_dir)
+
+        # 1% more predictions, on the next day: ingest only what is new.
+        simulate(
+            data_dir / "landing_new", predictions // 100, START + timedelta(days=DAYS), 1, seed=8
+        )
+        for kind_dir in (data_dir / "landing_new").iterdir():
+            for file in kind_dir.iterdir():
+                if file.suffix == ".jsonl" and not file.name.startswith(("empty_", "README")):
+                    shutil.move(file, data_dir / "landing" / kind_dir.name / f"new_{file.name}")
+        started = time.perf_counter()
+        incremental = dg.materialize(
+            [
+                a
+                for a in defs.assets
+                if a.key.path[0] in ("raw_predictions", "raw_feedback_events", "baseline_examples")
+            ],
+            instance=instance,
+            resources=local_resources(data_dir),
+            raise_on_error=True,
+        )
+        incremental_s = time.perf_counter() - started
+        assert incremental.success
+    sampler.running = False
+
+    bare_fit, train_rows = bare_fit_seconds(data_dir)
+    con = warehouse.connect(data_dir / "warehouse.duckdb", read_only=True)
+    feedback_events = con.execute("SELECT count(*) FROM raw.feedback_events").fetchall()[0][0]
+    labeled = con.execute("SELECT count(*) FROM labeled.labeled_outcomes").fetchall()[0][0]
+    con.close()
+    ingest_steps = ("raw_predictions", "raw_feedback_events", "baseline_examples")
+    full_ingest = sum(steps[s]["seconds"] for s in ingest_steps)
+    per_asset = {k: v["seconds"] for k, v in steps.items() if "_" in k}
+    reference = raw_scan + bare_fit
+    results = {
+        "measured_at": datetime.now().isoformat(timespec="seconds"),
+        "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]},
+        "predictions": predictions,
+        "feedback_events": feedback_events,
+        "labeled_rows": labeled,
+        "train_rows": train_rows,
+        "landing_mb": round(landing_bytes / 2**20, 1),
+        "end_to_end_s": round(end_to_end, 2),
+        "peak_rss_mb": sampler.peak(),
+        "per_asset": per_asset,
+        "per_step": steps,
+        "reference": {"raw_scan_s": round(raw_scan, 2), "bare_fit_s": round(bare_fit, 2)},
+        "full_ingest_s": round(full_ingest, 2),
+        "incremental_ingest_s": round(incremental_s, 2),
+        "sensor_eval_s": round(sensor_s, 4),
+        "sensor_query_10m_rows_s": round(sensor_query_seconds_at(10_000_000, work), 4),
+        "ratios": {
+            "ingest_vs_scan": round(full_ingest / raw_scan, 2),
+            "train_vs_fit": round(steps["challenger_models"]["seconds"] / bare_fit, 2),
+            "end_to_end_vs_reference": round(end_to_end / reference, 2),
+            "incremental_vs_full_ingest": round(incremental_s / full_ingest, 3),
+        },
+    }
+    results["markdown"] = summary_markdown(results)
+    if not keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+def summary_markdown(r: dict) -> str:
+    rows = "\n".join(
+        f"| {name} | {step.get('seconds', '')} | {step.get('peak_rss_mb', '')} | "
+        f"{step.get('rows_out', '')} |"
+        for name, step in r["per_step"].items()
+    )
+    ratios = r["ratios"]
+    return f"""## {r["predictions"]:,} predictions, {r["feedback_events"]:,} feedback events \
+({r["landing_mb"]} MB of landing files), {r["machine"]["cores"]} cores
+
+| step | seconds | peak RSS MB | rows out |
+|---|---:|---:|---:|
+{rows}
+
+| measure | value |
+|---|---:|
+| end to end (retrain_job) | {r["end_to_end_s"]} s |
+| peak RSS | {r["peak_rss_mb"]} MB |
+| reference: DuckDB raw scan of the landing files | {r["reference"]["raw_scan_s"]} s |
+| reference: bare XGBoost fit ({r["train_rows"]:,} rows) | {r["reference"]["bare_fit_s"]} s |
+| ingest vs scan | {ratios["ingest_vs_scan"]} |
+| train vs fit | {ratios["train_vs_fit"]} |
+| end to end vs reference | {ratios["end_to_end_vs_reference"]} |
+| incremental ingest (+1% files) | {r["incremental_ingest_s"]} s \
+({ratios["incremental_vs_full_ingest"]:.1%} of the full {r["full_ingest_s"]} s) |
+| new-labels sensor evaluation | {r["sensor_eval_s"]} s |
+| sensor query at 10M labeled rows | {r["sensor_query_10m_rows_s"]} s |
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--predictions", type=int, default=1_000_000)
+    parser.add_argument("--keep", action="store_true", help="keep the temp data dir")
+    args = parser.parse_args()
+    results = run(args.predictions, args.keep)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2, default=str))
+    (RESULTS / "latest.md").write_text(results["markdown"])
+    print(results["markdown"])
+    return 0
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    sys.exit(main())
