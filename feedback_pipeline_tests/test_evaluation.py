@@ -53,3 +53,11 @@ def test_metrics_and_baselines():
     assert majority_accuracy(np.array([1, 1, 1, 0])) == 0.75
     assert calibration_error(np.array([1, 0]), np.array([1.0, 0.0])) == 0.0
     assert np.isclose(calibration_error(np.array([0, 0]), np.array([0.9, 0.9])), 0.9)
+
+
+def test_chunked_bootstrap_matches_one_chunk():
+    whole = bootstrap_deltas(Y, GOOD, NOISE, samples=120, seed=3)
+    chunked = bootstrap_deltas(Y, GOOD, NOISE, samples=120, seed=3, cells_per_chunk=400 * 7)
+    for metric in ("accuracy", "f1_weighted", "roc_auc"):
+        assert whole[metric]["delta"] == chunked[metric]["delta"]
+        assert np.isclose(whole[metric]["low"], chunked[metric]["low"], atol=0.03)
