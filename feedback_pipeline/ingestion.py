@@ -26,8 +26,13 @@ import pyarrow as pa
 from feedback_pipeline.contract import KINDS, KindSpec, validation_sql
 from feedback_pipeline.warehouse import transaction
 
-FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".jsonl.gz": "jsonl.gz", ".csv": "csv"}
-FORMATS[".parquet"] = "parquet"
+FORMATS = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".jsonl.gz": "jsonl.gz",
+    ".csv": "csv",
+    ".parquet": "parquet",
+}
 UTF8_BOM = b"\xef\xbb\xbf"
 BATCH_BYTES = 256 * 1024 * 1024
 
