@@ -127,17 +127,22 @@ def _q(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _type(j: str) -> str:
+    """The column holding ``json_type`` of field JSON ``j_<name>``: parsed once, used often."""
+    return "t_" + j.removeprefix("j_")
+
+
 def _string_value(j: str) -> str:
-    return f"CASE WHEN json_type({j}) = 'VARCHAR' THEN json_extract_string({j}, '$') END"
+    return f"CASE WHEN {_type(j)} = 'VARCHAR' THEN json_extract_string({j}, '$') END"
 
 
 def _number_value(j: str, lenient: bool) -> str:
     text_cast = (
-        f" WHEN json_type({j}) = 'VARCHAR' THEN TRY_CAST(json_extract_string({j}, '$') AS DOUBLE)"
+        f" WHEN {_type(j)} = 'VARCHAR' THEN TRY_CAST(json_extract_string({j}, '$') AS DOUBLE)"
         if lenient
         else ""
     )
-    return f"CASE WHEN json_type({j}) IN {NUMERIC_JSON_TYPES} THEN {j}::DOUBLE{text_cast} END"
+    return f"CASE WHEN {_type(j)} IN {NUMERIC_JSON_TYPES} THEN {j}::DOUBLE{text_cast} END"
 
 
 def _features_json(j: str, lenient: bool) -> str:
@@ -145,7 +150,7 @@ def _features_json(j: str, lenient: bool) -> str:
     if not lenient:
         return j
     return (
-        f"CASE WHEN json_type({j}) = 'VARCHAR' "
+        f"CASE WHEN {_type(j)} = 'VARCHAR' "
         f"THEN TRY_CAST(json_extract_string({j}, '$') AS JSON) ELSE {j} END"
     )
 
@@ -161,22 +166,22 @@ def _typed_value(spec: FieldSpec, j: str, lenient: bool) -> str:
         return f"(TRY_CAST({_string_value(j)} AS TIMESTAMPTZ) AT TIME ZONE 'UTC')"
     if spec.type == "bool":
         text_cast = (
-            f" WHEN json_type({j}) = 'VARCHAR' "
-            f"THEN TRY_CAST(json_extract_string({j}, '$') AS BOOLEAN)"
+            f" WHEN {_type(j)} = 'VARCHAR' THEN TRY_CAST(json_extract_string({j}, '$') AS BOOLEAN)"
             if lenient
             else ""
         )
-        return f"CASE WHEN json_type({j}) = 'BOOLEAN' THEN {j}::BOOLEAN{text_cast} END"
+        return f"CASE WHEN {_type(j)} = 'BOOLEAN' THEN {j}::BOOLEAN{text_cast} END"
     if spec.type == "features":
         fj = _features_json(j, lenient)
-        return f"CASE WHEN json_type({fj}) = 'OBJECT' THEN {fj} END"
+        fj_type = f"json_type({fj})" if lenient else _type(j)
+        return f"CASE WHEN {fj_type} = 'OBJECT' THEN {fj} END"
     raise ValueError(f"unknown field type {spec.type}")
 
 
 def _field_checks(spec: FieldSpec, lenient: bool) -> list[tuple[str, str]]:
     """(broken_when, reason) pairs for one field, in the order they are reported."""
     j, v, name = f"j_{spec.name}", f"v_{spec.name}", spec.name
-    present = f"({j} IS NOT NULL AND json_type({j}) <> 'NULL')"
+    present = f"({j} IS NOT NULL AND {_type(j)} <> 'NULL')"
     checks: list[tuple[str, str]] = []
     if spec.required:
         blank = f" OR {v} = ''" if spec.type in ("string", "enum") else ""
@@ -246,13 +251,16 @@ def validation_sql(spec: KindSpec, docs_relation: str, lenient: bool = False) ->
     text (CSV cells).
     """
     structure = "{" + ", ".join(f'"{f.name}": "JSON"' for f in spec.fields) + "}"
-    extracted = ",\n        ".join(f"doc_fields.{f.name} AS j_{f.name}" for f in spec.fields)
+    extracted = ",\n        ".join(
+        f"doc_fields.{f.name} AS j_{f.name}, json_type(doc_fields.{f.name}) AS t_{f.name}"
+        for f in spec.fields
+    )
     typed = ",\n        ".join(
         f"{_typed_value(f, f'j_{f.name}', lenient)} AS v_{f.name}" for f in spec.fields
     )
     checks: list[tuple[str, str]] = [
         ("parse_error IS NOT NULL", "__parse_error__"),
-        ("json_type(doc) <> 'OBJECT'", "record is not a JSON object"),
+        ("doc_type <> 'OBJECT'", "record is not a JSON object"),
     ]
     for f in spec.fields:
         checks.extend(_field_checks(f, lenient))
@@ -275,12 +283,12 @@ def validation_sql(spec: KindSpec, docs_relation: str, lenient: bool = False) ->
     record_hash = "md5(concat_ws(chr(31), " + ", ".join(hash_parts) + "))"
     return f"""
 WITH parsed AS (
-    SELECT file_index, line_no, raw_text, doc, parse_error,
-           CASE WHEN json_type(doc) = 'OBJECT'
-                THEN json_transform(doc, '{structure}') END AS doc_fields
-    FROM {docs_relation}
+    SELECT *, CASE WHEN doc_type = 'OBJECT'
+                   THEN json_transform(doc, '{structure}') END AS doc_fields
+    FROM (SELECT file_index, line_no, raw_text, doc, parse_error, json_type(doc) AS doc_type
+          FROM {docs_relation})
 ), extracted AS (
-    SELECT file_index, line_no, raw_text, doc, parse_error,
+    SELECT file_index, line_no, raw_text, doc, parse_error, doc_type,
         {extracted}
     FROM parsed
 ), typed AS (
