@@ -11,7 +11,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from feedback_pipeline import ledger, retraining, warehouse
+from feedback_pipeline import ledger, warehouse
 from feedback_pipeline.definitions import build_defs, defs
 from feedback_pipeline.demo import SAMPLE_AS_OF
 from feedback_pipeline.jobs import retrain_run_config
@@ -26,6 +26,7 @@ from feedback_pipeline.sensors import (
 from feedback_pipeline.settings import Settings
 from feedback_pipeline.training_set import build_training_set, discover_features
 from feedback_pipeline_tests.conftest import SIMULATED_AS_OF, prediction
+from feedback_pipeline_tests.test_model_behaviour import retrain
 
 
 def test_schedules_exist_with_the_design_crons():
@@ -96,13 +97,8 @@ def test_new_labels_sensor_skips_below_and_fires_at_the_threshold(instance, simu
 def test_the_same_watermark_never_fires_twice(instance, simulated_dir):
     con = warehouse.connect(simulated_dir / "warehouse.duckdb")
     registry = local_registry(simulated_dir)
-    settings = Settings()
-    build_training_set(con, settings.training, discover_features(con, None), SIMULATED_AS_OF)
-    challengers = retraining.train_challengers(
-        con, registry, settings, ["xgboost"], False, {}, progress=lambda m: None
-    )
-    report = retraining.evaluate(con, registry, challengers, settings.gate, 42, lambda m: None)
-    retraining.apply_decision(con, registry, report, "test", None)
+    build_training_set(con, Settings().training, discover_features(con, None), SIMULATED_AS_OF)
+    retrain(con, registry)
     con.close()
     watermark = datetime.fromisoformat(
         registry.version_tags(registry.alias_version("challenger"))["data_watermark"]
