@@ -142,7 +142,8 @@ def build_training_set(
     rows, content_hash, watermark = con.execute(
         f"""
         SELECT count(*),
-               md5(coalesce(string_agg(md5(t::VARCHAR), '' ORDER BY row_id), '')),
+               -- order-free: XOR of per-row hashes (row ids are unique); 30x cheaper than md5
+               format('{{:016x}}', coalesce(bit_xor(hash(t)), 0)),
                max(labeled_at) FILTER (WHERE source <> 'baseline' AND split <> 'holdout')
         FROM {TRAINING_SET} t
         """
