@@ -213,7 +213,7 @@ class Staged:
     files: pa.Table  # file_index, path, last_line, ends_with_newline
 
 
-def stage_batch(con: duckdb.DuckDBPyConnection, batch: list[PendingFile]) -> Staged:
+def stage_batch(con: duckdb.DuckDBPyConnection, kind: str, batch: list[PendingFile]) -> Staged:
     staged = Staged([], [], [], [], pa.table({}))
     last_lines, newline_endings = [], []
     for index, pending in enumerate(batch):
@@ -231,9 +231,7 @@ def stage_batch(con: duckdb.DuckDBPyConnection, batch: list[PendingFile]) -> Sta
             elif pending.fmt == "parquet":
                 staged.strict_docs.append(_with_file_index(_parquet_docs(con, pending.path), index))
         except UnreadableFile as error:
-            pending.result = FileResult(
-                _kind_of(pending), pending.rel_path, "unreadable", error=str(error)
-            )
+            pending.result = FileResult(kind, pending.rel_path, "unreadable", error=str(error))
         last_lines.append(last_line)
         newline_endings.append(ends_with_newline)
     staged.files = pa.table(
@@ -245,10 +243,6 @@ def stage_batch(con: duckdb.DuckDBPyConnection, batch: list[PendingFile]) -> Sta
         }
     )
     return staged
-
-
-def _kind_of(pending: PendingFile) -> str:
-    return pending.rel_path.split("/", 1)[0]
 
 
 def _concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
@@ -487,7 +481,9 @@ def ingest_batch(
     con: duckdb.DuckDBPyConnection, spec: KindSpec, batch: list[PendingFile]
 ) -> list[FileResult]:
     """Validate and classify the batch together, then write each file in its own transaction."""
-    staged = stage_batch(con, batch)  # parsing only reads, so it runs before any transaction
+    staged = stage_batch(
+        con, spec.kind, batch
+    )  # parsing only reads, so it runs before any transaction
     try:
         validate_batch(con, spec, staged)
         _classify(con, spec)

@@ -364,61 +364,36 @@ def _write_jsonl(path: Path, kind: str, records: pd.Series, corruption: str) -> 
     return extra
 
 
+# Parquet column types by contract field type (features are a MAP, written separately).
+PARQUET_TYPES = {
+    "string": "VARCHAR",
+    "enum": "VARCHAR",
+    "timestamp": "TIMESTAMPTZ",
+    "number": "DOUBLE",
+    "bool": "BOOLEAN",
+    "label": "INTEGER",
+}
+
+
 def _write_table(
     con: duckdb.DuckDBPyConnection, path: Path, records: pd.Series, fmt: str, kind: str
 ) -> None:
     """CSV (features as JSON text) or parquet (typed columns) from the JSON records."""
     con.register("records", pd.DataFrame({"record": records}))
-    fields = {
-        "predictions": [
-            "prediction_id",
-            "predicted_at",
-            "confidence",
-            "features",
-            "entity_id",
-            "model_version",
-            "environment",
-            "rule_confidence",
-            "ml_enhanced",
-        ],
-        "feedback": [
-            "event_id",
-            "prediction_id",
-            "event_type",
-            "occurred_at",
-            "outcome",
-            "return_pct",
-            "modified_value",
-            "environment",
-            "source",
-        ],
-        "baseline": ["example_id", "as_of", "label", "features", "entity_id", "source"],
-    }[kind]
+    fields = KINDS[kind].fields  # the contract's own field list and types
     if fmt == "csv":
         columns = ", ".join(
-            f"(record->'$.{f}')::VARCHAR AS {f}" if f == "features" else f"record->>'$.{f}' AS {f}"
+            f"(record->'$.{f.name}')::VARCHAR AS {f.name}"
+            if f.type == "features"
+            else f"record->>'$.{f.name}' AS {f.name}"
             for f in fields
         )
         con.execute(f"COPY (SELECT {columns} FROM records) TO '{path}' (FORMAT csv, HEADER)")
     else:
-        parquet_types = {
-            "features": "MAP(VARCHAR, DOUBLE)",
-            "confidence": "DOUBLE",
-            "rule_confidence": "DOUBLE",
-            "return_pct": "DOUBLE",
-            "modified_value": "DOUBLE",
-            "label": "INTEGER",
-            "ml_enhanced": "BOOLEAN",
-            "predicted_at": "TIMESTAMPTZ",
-            "occurred_at": "TIMESTAMPTZ",
-            "as_of": "TIMESTAMPTZ",
-        }
         columns = ", ".join(
-            f"TRY_CAST(record->'$.{f}' AS {parquet_types[f]}) AS {f}"
-            if parquet_types.get(f, "").startswith("MAP")
-            else f"TRY_CAST(record->>'$.{f}' AS {parquet_types[f]}) AS {f}"
-            if f in parquet_types
-            else f"record->>'$.{f}' AS {f}"
+            f"TRY_CAST(record->'$.{f.name}' AS MAP(VARCHAR, DOUBLE)) AS {f.name}"
+            if f.type == "features"
+            else f"TRY_CAST(record->>'$.{f.name}' AS {PARQUET_TYPES[f.type]}) AS {f.name}"
             for f in fields
         )
         con.execute(f"COPY (SELECT {columns} FROM records) TO '{path}' (FORMAT parquet)")
