@@ -13,7 +13,6 @@ from typing import Literal
 
 FieldType = Literal["string", "timestamp", "number", "bool", "features", "enum", "label"]
 
-NUMERIC_JSON_TYPES = "('DOUBLE', 'BIGINT', 'UBIGINT', 'HUGEINT')"
 SQL_TYPES = {
     "string": "VARCHAR",
     "enum": "VARCHAR",
@@ -128,8 +127,21 @@ def _q(text: str) -> str:
 
 
 def _type(j: str) -> str:
-    """The column holding ``json_type`` of field JSON ``j_<name>``: parsed once, used often."""
+    """The column holding the JSON type of field JSON ``j_<name>``, computed once per record."""
     return "t_" + j.removeprefix("j_")
+
+
+def _json_type_from_text(j: str) -> str:
+    """The JSON type of a parsed value from its first character, without parsing it again.
+
+    ``json_transform`` hands each field back as minified JSON text, NULL for an absent field or
+    a JSON null; non-finite numbers keep their spelling (``nan``, ``-Infinity``, ``1e999``).
+    """
+    return (
+        f"CASE left({j}::VARCHAR, 1) WHEN '\"' THEN 'VARCHAR' WHEN '{{' THEN 'OBJECT' "
+        f"WHEN '[' THEN 'ARRAY' WHEN 't' THEN 'BOOLEAN' WHEN 'f' THEN 'BOOLEAN' "
+        f"ELSE 'NUMBER' END"
+    )
 
 
 def _string_value(j: str) -> str:
@@ -142,7 +154,7 @@ def _number_value(j: str, lenient: bool) -> str:
         if lenient
         else ""
     )
-    return f"CASE WHEN {_type(j)} IN {NUMERIC_JSON_TYPES} THEN {j}::DOUBLE{text_cast} END"
+    return f"CASE WHEN {_type(j)} = 'NUMBER' THEN TRY_CAST({j} AS DOUBLE){text_cast} END"
 
 
 def _features_json(j: str, lenient: bool) -> str:
@@ -181,7 +193,7 @@ def _typed_value(spec: FieldSpec, j: str, lenient: bool) -> str:
 def _field_checks(spec: FieldSpec, lenient: bool) -> list[tuple[str, str]]:
     """(broken_when, reason) pairs for one field, in the order they are reported."""
     j, v, name = f"j_{spec.name}", f"v_{spec.name}", spec.name
-    present = f"({j} IS NOT NULL AND {_type(j)} <> 'NULL')"
+    present = f"{j} IS NOT NULL"  # absent and JSON null both come back as SQL NULL
     checks: list[tuple[str, str]] = []
     if spec.required:
         blank = f" OR {v} = ''" if spec.type in ("string", "enum") else ""
@@ -196,9 +208,11 @@ def _field_checks(spec: FieldSpec, lenient: bool) -> list[tuple[str, str]]:
         "features": "an object of name -> number or null",
     }
     if spec.type == "features":
-        # Set-based and cheap: after a key, a value that opens with a quote, bracket, brace or
-        # true/false is not a number; NaN/Infinity (and 1e999) make the values' sum non-finite.
+        # Set-based and cheap on minified JSON: after a key, a value that opens with a quote,
+        # bracket, brace or true/false is not a number. Non-finite values (nan, inf, 1e999, a
+        # 300-digit literal) are summed only on the rare objects whose text could hold one.
         values = f"TRY_CAST(json_extract({v}, '$.*') AS DOUBLE[])"
+        maybe_non_finite = f"regexp_matches({v}::VARCHAR, ':-?([nNiI]|[0-9.]+[eE]|[0-9.]{{300}})')"
         checks.append(
             (
                 f"{present} AND {v} IS NULL",
@@ -214,7 +228,7 @@ def _field_checks(spec: FieldSpec, lenient: bool) -> list[tuple[str, str]]:
         )
         checks.append(
             (
-                f"NOT isfinite(coalesce(list_sum({values}), 0))",
+                f"{maybe_non_finite} AND NOT isfinite(coalesce(list_sum({values}), 0))",
                 f"{name} values must be finite (no NaN or Infinity)",
             )
         )
@@ -244,23 +258,26 @@ def _field_checks(spec: FieldSpec, lenient: bool) -> list[tuple[str, str]]:
 
 
 def validation_sql(spec: KindSpec, docs_relation: str, lenient: bool = False) -> str:
-    """One SELECT over ``docs_relation(file_index, line_no, raw_text, doc JSON, parse_error)``.
+    """One SELECT over ``docs_relation(file_index, line_no, raw_text, doc, parse_error,
+    unterminated)``: ``doc`` is the record's JSON text, ``parse_error`` a reason already known
+    (invalid UTF-8, a refused CSV line), ``unterminated`` marks a last line without a newline.
 
-    Returns ``file_index, line_no, raw_text, reason, record_hash`` and the typed columns;
-    ``reason`` is NULL for valid records. ``lenient`` accepts numbers and booleans written as
-    text (CSV cells).
+    Returns ``file_index, line_no, raw_text, reason`` and the typed columns;
+    ``reason`` is NULL for valid records, and ``raw_text`` is kept only for rejected ones. The
+    record is parsed once; ``lenient`` accepts numbers and booleans written as text (CSV cells).
     """
     structure = "{" + ", ".join(f'"{f.name}": "JSON"' for f in spec.fields) + "}"
     extracted = ",\n        ".join(
-        f"doc_fields.{f.name} AS j_{f.name}, json_type(doc_fields.{f.name}) AS t_{f.name}"
+        f"d.{f.name} AS j_{f.name}, {_json_type_from_text(f'd.{f.name}')} AS t_{f.name}"
         for f in spec.fields
     )
+    no_known_field = " AND ".join(f"d.{f.name} IS NULL" for f in spec.fields)
     typed = ",\n        ".join(
         f"{_typed_value(f, f'j_{f.name}', lenient)} AS v_{f.name}" for f in spec.fields
     )
     checks: list[tuple[str, str]] = [
         ("parse_error IS NOT NULL", "__parse_error__"),
-        ("doc_type <> 'OBJECT'", "record is not a JSON object"),
+        ("NOT is_object", "record is not a JSON object"),
     ]
     for f in spec.fields:
         checks.extend(_field_checks(f, lenient))
@@ -276,19 +293,25 @@ def validation_sql(spec: KindSpec, docs_relation: str, lenient: bool = False) ->
         if f.default is not None:
             value = f"coalesce({value}, {_q(f.default)})"
         outputs.append(f"{value}::{SQL_TYPES[f.type]} AS {f.name}")
-    hash_parts = []
-    for f in spec.fields:
-        col = f"v_{f.name}" if f.default is None else f"coalesce(v_{f.name}, {_q(f.default)})"
-        hash_parts.append(f"coalesce(({col})::VARCHAR, '\\N')")
-    record_hash = "md5(concat_ws(chr(31), " + ", ".join(hash_parts) + "))"
     return f"""
 WITH parsed AS (
-    SELECT *, CASE WHEN doc_type = 'OBJECT'
-                   THEN json_transform(doc, '{structure}') END AS doc_fields
-    FROM (SELECT file_index, line_no, raw_text, doc, parse_error, json_type(doc) AS doc_type
-          FROM {docs_relation})
+    SELECT file_index, line_no, raw_text, doc, unterminated,
+           CASE WHEN parse_error IS NULL THEN TRY(json_transform(doc, '{structure}')) END AS d,
+           parse_error AS known_error
+    FROM {docs_relation}
 ), extracted AS (
-    SELECT file_index, line_no, raw_text, doc, parse_error, doc_type,
+    SELECT file_index, line_no, raw_text,
+        CASE
+            WHEN known_error IS NOT NULL THEN known_error
+            WHEN d IS NOT NULL THEN NULL
+            -- json_transform yields NULL for JSON that is valid but null, too
+            WHEN json_valid(doc) THEN NULL
+            WHEN unterminated THEN 'truncated last line (malformed JSON)'
+            ELSE 'malformed JSON'
+        END AS parse_error,
+        -- a valid document with none of the fields may be an array or a scalar: look closer
+        CASE WHEN d IS NULL OR ({no_known_field}) THEN json_type(TRY_CAST(doc AS JSON)) = 'OBJECT'
+             ELSE true END AS is_object,
         {extracted}
     FROM parsed
 ), typed AS (
@@ -302,11 +325,17 @@ WITH parsed AS (
         END AS reason
     FROM typed
 )
-SELECT file_index, line_no, raw_text, reason,
-       CASE WHEN reason IS NULL THEN {record_hash} END AS record_hash,
+SELECT file_index, line_no, CASE WHEN reason IS NOT NULL THEN raw_text END AS raw_text, reason,
        {", ".join(outputs)}
 FROM judged
 """
+
+
+def record_hash_sql(spec: KindSpec, alias: str) -> str:
+    """The md5 of a record's typed values (``alias.<field>``), so that a re-sent record with
+    the same content is recognised as a duplicate whatever its formatting or file format."""
+    parts = ", ".join(f"coalesce({alias}.{f.name}::VARCHAR, '\\N')" for f in spec.fields)
+    return f"md5(concat_ws(chr(31), {parts}))"
 
 
 def _rename_to_values(condition: str, spec: KindSpec) -> str:

@@ -7,8 +7,9 @@ of: the kind's raw table (accepted), the duplicate count (an exact repeat of an 
 typed and validated in DuckDB; no Python runs per record.
 
 New files are read, validated and de-duplicated together, in batches of up to
-``BATCH_BYTES``, so DuckDB works on large vectors on all cores; then each file's rows are
-written in a transaction of its own, in file order, so a crash leaves whole files or nothing.
+``BATCH_BYTES``, so DuckDB works on large vectors on all cores. A batch is written with one
+statement per table, manifest included, in one transaction: a crash leaves whole files or
+nothing, and DuckDB writes the rows straight to the database file instead of the log.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from feedback_pipeline.contract import KINDS, KindSpec, validation_sql
+from feedback_pipeline.contract import KINDS, KindSpec, record_hash_sql, validation_sql
 from feedback_pipeline.warehouse import transaction
 
 FORMATS = {
@@ -36,7 +37,9 @@ FORMATS = {
 UTF8_BOM = b"\xef\xbb\xbf"
 BATCH_BYTES = 256 * 1024 * 1024
 
-LINES_SCHEMA = pa.schema([("file_index", pa.int64()), ("line_no", pa.int64())])
+LINES_SCHEMA = pa.schema(
+    [("file_index", pa.int64()), ("line_no", pa.int64()), ("unterminated", pa.bool_())]
+)
 DOCS_SCHEMA = pa.schema(
     [
         ("file_index", pa.int64()),
@@ -143,6 +146,16 @@ def _with_file_index(table: pa.Table, file_index: int) -> pa.Table:
     return table.add_column(0, "file_index", column)
 
 
+def _json_lines(data: bytes, file_index: int, as_text: bool) -> pa.Table:
+    """A JSON-lines file's records, each marked ``unterminated`` when it is a last line
+    without a newline (so a parse failure there reads as a truncated file)."""
+    lines = split_lines(data, as_text=as_text)
+    unterminated = np.zeros(lines.num_rows, dtype=bool)
+    if lines.num_rows and not data.endswith(b"\n"):
+        unterminated[-1] = True
+    return _with_file_index(lines, file_index).add_column(2, "unterminated", pa.array(unterminated))
+
+
 def _csv_docs(con: duckdb.DuckDBPyConnection, path: Path) -> pa.Table:
     """CSV rows as JSON docs; lines the CSV parser refuses come with its reason.
 
@@ -210,36 +223,29 @@ class Staged:
     byte_lines: list[pa.Table]  # JSON lines of files with invalid UTF-8 somewhere
     strict_docs: list[pa.Table]  # parquet rows as JSON
     lenient_docs: list[pa.Table]  # CSV rows as JSON (numbers and booleans written as text)
-    files: pa.Table  # file_index, path, last_line, ends_with_newline
+    files: pa.Table  # file_index, path, content_hash
 
 
 def stage_batch(con: duckdb.DuckDBPyConnection, kind: str, batch: list[PendingFile]) -> Staged:
     staged = Staged([], [], [], [], pa.table({}))
-    last_lines, newline_endings = [], []
     for index, pending in enumerate(batch):
-        last_line, ends_with_newline = 0, True
         try:
             if pending.fmt in ("jsonl", "jsonl.gz"):
                 data = pending.data if pending.fmt == "jsonl" else gunzip_tolerant(pending.data)
                 valid_utf8 = is_utf8(data)  # the common case skips per-line decoding in SQL
-                lines = _with_file_index(split_lines(data, as_text=valid_utf8), index)
+                lines = _json_lines(data, index, as_text=valid_utf8)
                 (staged.text_lines if valid_utf8 else staged.byte_lines).append(lines)
-                last_line = lines.column("line_no")[-1].as_py() if lines.num_rows else 0
-                ends_with_newline = data.endswith(b"\n")
             elif pending.fmt == "csv":
                 staged.lenient_docs.append(_with_file_index(_csv_docs(con, pending.path), index))
             elif pending.fmt == "parquet":
                 staged.strict_docs.append(_with_file_index(_parquet_docs(con, pending.path), index))
         except UnreadableFile as error:
             pending.result = FileResult(kind, pending.rel_path, "unreadable", error=str(error))
-        last_lines.append(last_line)
-        newline_endings.append(ends_with_newline)
     staged.files = pa.table(
         {
             "file_index": np.arange(len(batch), dtype=np.int64),
             "path": [p.rel_path for p in batch],
-            "last_line": np.array(last_lines, dtype=np.int64),
-            "ends_with_newline": newline_endings,
+            "content_hash": [p.content_hash for p in batch],
         }
     )
     return staged
@@ -265,28 +271,21 @@ def validate_batch(con: duckdb.DuckDBPyConnection, spec: KindSpec, staged: Stage
     # The JSON parser ignores the trailing CR/LF; raw text is trimmed only for rejected lines.
     con.execute("""
         CREATE OR REPLACE TEMP VIEW strict_view AS
-        WITH parsed AS (
-            SELECT file_index, line_no, line AS raw_text, false AS bad_utf8,
-                   TRY_CAST(line AS JSON) AS doc
-            FROM text_lines
-            UNION ALL
-            SELECT file_index, line_no, coalesce(TRY(decode(line)), line::VARCHAR),
-                   TRY(decode(line)) IS NULL, TRY_CAST(TRY(decode(line)) AS JSON)
-            FROM byte_lines
-        )
-        SELECT p.file_index, p.line_no, p.raw_text, p.doc,
-               CASE
-                   WHEN p.bad_utf8 THEN 'invalid UTF-8'
-                   WHEN p.doc IS NOT NULL THEN NULL
-                   WHEN p.line_no = f.last_line AND NOT f.ends_with_newline
-                       THEN 'truncated last line (malformed JSON)'
-                   ELSE 'malformed JSON'
-               END AS parse_error
-        FROM parsed p JOIN batch_files f USING (file_index)
+        SELECT file_index, line_no, line AS raw_text, line AS doc, NULL::VARCHAR AS parse_error,
+               unterminated
+        FROM text_lines
         UNION ALL
-        SELECT file_index, line_no, raw_text, doc::JSON, parse_error FROM strict_docs;
+        SELECT file_index, line_no, coalesce(text, line::VARCHAR), text,
+               CASE WHEN text IS NULL THEN 'invalid UTF-8' END, unterminated
+        FROM (SELECT *, TRY(decode(line)) AS text FROM byte_lines)
+        UNION ALL
+        SELECT file_index, line_no, raw_text, doc, parse_error, false FROM strict_docs;
         CREATE OR REPLACE TEMP VIEW lenient_view AS
-        SELECT file_index, line_no, raw_text, doc::JSON AS doc, parse_error FROM lenient_docs;
+        SELECT file_index, line_no, raw_text, doc, parse_error, false AS unterminated
+        FROM lenient_docs;
+        CREATE OR REPLACE TEMP VIEW staged_text AS
+        SELECT file_index, line_no, raw_text FROM strict_view
+        UNION ALL SELECT file_index, line_no, raw_text FROM lenient_view;
     """)
     con.execute(
         "CREATE OR REPLACE TEMP TABLE judged AS "
@@ -296,50 +295,65 @@ def validate_batch(con: duckdb.DuckDBPyConnection, spec: KindSpec, staged: Stage
 
 
 def drop_staging(con: duckdb.DuckDBPyConnection) -> None:
-    """Forget the batch's views and registered tables."""
-    con.execute("DROP VIEW IF EXISTS strict_view; DROP VIEW IF EXISTS lenient_view")
+    """Forget the batch's temp tables, views and registered tables."""
+    con.execute(
+        "DROP VIEW IF EXISTS staged_text; DROP VIEW IF EXISTS strict_view; "
+        "DROP VIEW IF EXISTS lenient_view; DROP TABLE IF EXISTS judged; "
+        "DROP TABLE IF EXISTS contested"
+    )
     for name in ("batch_files", "text_lines", "byte_lines", "strict_docs", "lenient_docs"):
         con.unregister(name)
 
 
-def _classify(con: duckdb.DuckDBPyConnection, spec: KindSpec) -> None:
-    """Temp table ``classified``: each valid record is accepted, a duplicate, or a conflict.
+# A record's position in the batch, as one sortable number: file index, then line.
+POSITION = "(file_index * 4294967296 + line_no)"
 
-    The first occurrence of an id (earlier files of the batch first) is accepted unless the
-    table already holds it; later ones are duplicates when they repeat the stored (or first)
-    content, and conflicts otherwise.
+
+def _classify_contested(con: duckdb.DuckDBPyConnection, spec: KindSpec) -> None:
+    """Temp table ``contested``: the valid records whose id is not simply new, with a verdict.
+
+    An id is contested when it repeats inside the batch or the table already holds it. Its
+    first occurrence (earlier files of the batch first) is accepted unless the table holds the
+    id; later ones are duplicates when they repeat the stored (or first) content, and conflicts
+    otherwise. Every valid record not in ``contested`` is accepted.
     """
     key = spec.id_field
-    # A record's position in the batch, as one sortable number: file index, then line.
-    position = "(file_index * 4294967296 + line_no)"
     con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE classified AS
-        WITH valid AS (
-            SELECT * FROM judged WHERE reason IS NULL
-        ), firsts AS (
-            SELECT {key}, min({position}) AS first_position,
-                   arg_min(record_hash, {position}) AS first_hash
-            FROM valid GROUP BY {key}
+        CREATE OR REPLACE TEMP TABLE contested AS
+        WITH firsts AS (
+            SELECT {key}, count(*) AS occurrences, min({POSITION}) AS first_position
+            FROM judged WHERE reason IS NULL GROUP BY {key}
         ), existing AS (
-            SELECT {key}, record_hash AS existing_hash, source_file AS existing_file
-            FROM {spec.table}
+            SELECT {key}, {record_hash_sql(spec, "x")} AS existing_hash,
+                   source_file AS existing_file
+            FROM {spec.table} x
             WHERE {key} IN (SELECT {key} FROM firsts)
-        ), ranked AS (
-            SELECT v.*, {position} = f.first_position AS is_first, f.first_hash,
-                   f.first_position % 4294967296 AS first_line,
-                   f.first_position // 4294967296 AS first_file
-            FROM valid v JOIN firsts f USING ({key})
+        ), contested_ids AS (
+            SELECT f.*, x.existing_hash, x.existing_file
+            FROM firsts f LEFT JOIN existing x USING ({key})
+            WHERE f.occurrences > 1 OR x.{key} IS NOT NULL
+        ), contested_records AS (
+            SELECT j.*, {POSITION} AS position, {record_hash_sql(spec, "j")} AS record_hash
+            FROM judged j SEMI JOIN contested_ids USING ({key})
+            WHERE j.reason IS NULL
+        ), first_hashes AS (
+            SELECT {key}, arg_min(record_hash, position) AS first_hash
+            FROM contested_records GROUP BY {key}
         )
-        SELECT r.*, coalesce(x.existing_file, b.path) AS canonical_file,
+        SELECT j.file_index, j.line_no, j.{key},
+               c.first_position % 4294967296 AS first_line,
+               coalesce(c.existing_file, b.path) AS canonical_file,
                CASE
-                   WHEN r.is_first AND x.{key} IS NULL THEN 'accepted'
-                   WHEN r.record_hash = coalesce(x.existing_hash, r.first_hash) THEN 'duplicate'
-                   WHEN x.{key} IS NULL AND r.first_file = r.file_index THEN 'conflict_in_file'
+                   WHEN j.position = c.first_position AND c.existing_file IS NULL THEN 'accepted'
+                   WHEN j.record_hash = coalesce(c.existing_hash, h.first_hash) THEN 'duplicate'
+                   WHEN c.existing_file IS NULL
+                        AND c.first_position // 4294967296 = j.file_index THEN 'conflict_in_file'
                    ELSE 'conflict_existing'
                END AS verdict
-        FROM ranked r
-        LEFT JOIN existing x USING ({key})
-        JOIN batch_files b ON b.file_index = r.first_file
+        FROM contested_records j
+        JOIN contested_ids c USING ({key})
+        JOIN first_hashes h USING ({key})
+        JOIN batch_files b ON b.file_index = c.first_position // 4294967296
     """)
 
 
@@ -351,53 +365,52 @@ def _count_verdicts(con: duckdb.DuckDBPyConnection) -> dict[int, tuple[int, int,
             SELECT file_index, count(*) AS read,
                    count(*) FILTER (WHERE reason IS NOT NULL) AS invalid
             FROM judged GROUP BY file_index
-        ), verdict_counts AS (
+        ), contested_counts AS (
             SELECT file_index,
-                   count(*) FILTER (WHERE verdict = 'accepted') AS accepted,
                    count(*) FILTER (WHERE verdict = 'duplicate') AS duplicates,
                    count(*) FILTER (WHERE verdict LIKE 'conflict%') AS conflicts
-            FROM classified GROUP BY file_index
+            FROM contested GROUP BY file_index
         )
-        SELECT j.file_index, j.read, coalesce(v.accepted, 0), coalesce(v.duplicates, 0),
-               j.invalid + coalesce(v.conflicts, 0)
-        FROM judged_counts j LEFT JOIN verdict_counts v USING (file_index)
+        SELECT j.file_index, j.read,
+               j.read - j.invalid - coalesce(c.duplicates, 0) - coalesce(c.conflicts, 0),
+               coalesce(c.duplicates, 0), j.invalid + coalesce(c.conflicts, 0)
+        FROM judged_counts j LEFT JOIN contested_counts c USING (file_index)
         """
     ).fetchall()
     return {row[0]: tuple(int(v) for v in row[1:]) for row in rows}
 
 
-def _insert_accepted(
-    con: duckdb.DuckDBPyConnection, spec: KindSpec, file_index: int, rel_path: str
-) -> None:
+def _insert_accepted(con: duckdb.DuckDBPyConnection, spec: KindSpec, paths: list[str]) -> None:
+    """Every accepted record of the batch, in one statement."""
     columns = ", ".join(spec.columns)
     con.execute(
         f"""
-        INSERT INTO {spec.table} ({columns}, record_hash, source_file, source_line, ingested_at)
-        SELECT {columns}, record_hash, ?, line_no, now()::TIMESTAMP
-        FROM classified WHERE file_index = ? AND verdict = 'accepted' ORDER BY line_no
+        INSERT INTO {spec.table} ({columns}, source_file, source_line, ingested_at)
+        SELECT {columns}, $paths[file_index + 1], line_no, now()::TIMESTAMP
+        FROM judged j
+        WHERE j.reason IS NULL AND NOT EXISTS (
+            SELECT 1 FROM contested c
+            WHERE c.file_index = j.file_index AND c.line_no = j.line_no
+              AND c.verdict <> 'accepted'
+        )
         """,
-        [rel_path, file_index],
+        {"paths": paths},
     )
 
 
-def _insert_rejected(
-    con: duckdb.DuckDBPyConnection,
-    spec: KindSpec,
-    file_index: int,
-    rel_path: str,
-    content_hash: str,
-) -> None:
+def _insert_rejected(con: duckdb.DuckDBPyConnection, spec: KindSpec) -> None:
     """Invalid records and conflicting duplicates, each with a stable reason and a detail."""
     key = spec.id_field
     con.execute(
         f"""
         INSERT INTO raw.rejected_records
-        SELECT ?, ?, ?, line_no, raw_text, reason, detail, now()::TIMESTAMP FROM (
-            SELECT line_no, rtrim(raw_text, chr(13) || chr(10)) AS raw_text, reason,
-                   NULL AS detail
-            FROM judged WHERE file_index = $4 AND reason IS NOT NULL
+        SELECT $kind, b.path, b.content_hash, r.line_no, rtrim(r.raw_text, chr(13) || chr(10)),
+               r.reason, r.detail, now()::TIMESTAMP
+        FROM (
+            SELECT file_index, line_no, raw_text, reason, NULL AS detail
+            FROM judged WHERE reason IS NOT NULL
             UNION ALL
-            SELECT line_no, raw_text,
+            SELECT c.file_index, c.line_no, s.raw_text,
                    CASE verdict
                        WHEN 'conflict_in_file'
                            THEN 'conflicting duplicate: {key} repeated in the file, other content'
@@ -405,44 +418,48 @@ def _insert_rejected(
                    END,
                    CASE verdict
                        WHEN 'conflict_in_file'
-                           THEN '{key} ' || {key} || ' first appears at line ' || first_line
-                       ELSE '{key} ' || {key} || ' was ingested from ' || canonical_file
+                           THEN '{key} ' || c.{key} || ' first appears at line ' || c.first_line
+                       ELSE '{key} ' || c.{key} || ' was ingested from ' || c.canonical_file
                    END
-            FROM classified WHERE file_index = $4 AND verdict LIKE 'conflict%'
-        ) ORDER BY line_no
-        """.replace("?, ?, ?,", "$1, $2, $3,"),
-        [spec.kind, rel_path, content_hash, file_index],
+            FROM contested c JOIN staged_text s USING (file_index, line_no)
+            WHERE c.verdict LIKE 'conflict%'
+        ) r JOIN batch_files b USING (file_index)
+        ORDER BY r.file_index, r.line_no
+        """,
+        {"kind": spec.kind},
     )
 
 
-def write_manifest(
-    con: duckdb.DuckDBPyConnection,
-    result: FileResult,
-    content_hash: str,
-    fmt: str | None,
-    size_bytes: int,
-    mtime_ns: int | None = None,
-) -> None:
-    con.execute(
-        """
-        INSERT INTO raw.ingested_files (kind, path, content_hash, file_format, size_bytes, status,
-            error, records_read, accepted, duplicates, rejected, mtime_ns, ingested_at)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)
-        """,
-        [
-            result.kind,
-            result.path,
-            content_hash,
-            fmt,
-            size_bytes,
-            result.status,
-            result.error,
-            result.records_read,
-            result.accepted,
-            result.duplicates,
-            result.rejected,
-            mtime_ns,
-        ],
+MANIFEST_COLUMNS = (
+    "kind, path, content_hash, file_format, size_bytes, status, error, records_read, accepted, "
+    "duplicates, rejected, mtime_ns"
+)
+
+
+def write_manifest(con: duckdb.DuckDBPyConnection, rows: list[tuple]) -> None:
+    """One ``raw.ingested_files`` row per file: ``MANIFEST_COLUMNS`` in order."""
+    if rows:
+        con.executemany(
+            f"INSERT INTO raw.ingested_files ({MANIFEST_COLUMNS}, ingested_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
+            rows,
+        )
+
+
+def manifest_row(result: FileResult, pending: PendingFile) -> tuple:
+    return (
+        result.kind,
+        result.path,
+        pending.content_hash,
+        pending.fmt,
+        len(pending.data),
+        result.status,
+        result.error,
+        result.records_read,
+        result.accepted,
+        result.duplicates,
+        result.rejected,
+        pending.mtime_ns,
     )
 
 
@@ -480,40 +497,22 @@ def _unsupported(spec: KindSpec, path: Path, rel_path: str) -> FileResult:
 def ingest_batch(
     con: duckdb.DuckDBPyConnection, spec: KindSpec, batch: list[PendingFile]
 ) -> list[FileResult]:
-    """Validate and classify the batch together, then write each file in its own transaction."""
-    staged = stage_batch(
-        con, spec.kind, batch
-    )  # parsing only reads, so it runs before any transaction
+    """Validate and classify the batch together, then write it in one transaction."""
+    # Parsing and judging only read the warehouse, so they run before the transaction.
+    staged = stage_batch(con, spec.kind, batch)
     try:
         validate_batch(con, spec, staged)
-        _classify(con, spec)
+        _classify_contested(con, spec)
         counts = _count_verdicts(con)
-        results = []
-        for index, pending in enumerate(batch):
-            with transaction(con):
-                result = pending.result
-                if result is None:
-                    read, accepted, duplicates, rejected = counts.get(index, (0, 0, 0, 0))
-                    _insert_accepted(con, spec, index, pending.rel_path)
-                    _insert_rejected(con, spec, index, pending.rel_path, pending.content_hash)
-                    result = FileResult(
-                        spec.kind,
-                        pending.rel_path,
-                        "ingested",
-                        read,
-                        accepted,
-                        duplicates,
-                        rejected,
-                    )
-                write_manifest(
-                    con,
-                    result,
-                    pending.content_hash,
-                    pending.fmt,
-                    len(pending.data),
-                    pending.mtime_ns,
-                )
-            results.append(result)
+        results = [
+            pending.result
+            or FileResult(spec.kind, pending.rel_path, "ingested", *counts.get(index, (0, 0, 0, 0)))
+            for index, pending in enumerate(batch)
+        ]
+        with transaction(con):
+            _insert_accepted(con, spec, [p.rel_path for p in batch])
+            _insert_rejected(con, spec)
+            write_manifest(con, [manifest_row(r, p) for r, p in zip(results, batch, strict=True)])
         return results
     finally:
         drop_staging(con)

@@ -100,7 +100,7 @@ def repeated_ids(con: duckdb.DuckDBPyConnection, kind: str) -> int:
 
 def preview(con: duckdb.DuckDBPyConnection, table: str, order_by: str, rows: int = 5) -> str:
     frame = con.execute(f"SELECT * FROM {table} ORDER BY {order_by} LIMIT {int(rows)}").df()
-    return markdown(frame.drop(columns=["record_hash"], errors="ignore"))
+    return markdown(frame)
 
 
 def labels_by_source_and_environment(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:

@@ -15,6 +15,7 @@ from pathlib import Path
 import duckdb
 
 SCHEMAS = ("raw", "labeled", "training", "ops")
+RAW_RECORD_TABLES = ("raw.predictions", "raw.feedback_events", "raw.baseline_examples")
 
 DDL = """
 CREATE TABLE IF NOT EXISTS raw.ingested_files (
@@ -52,7 +53,6 @@ CREATE TABLE IF NOT EXISTS raw.predictions (
     environment VARCHAR NOT NULL,
     rule_confidence DOUBLE,
     ml_enhanced BOOLEAN,
-    record_hash VARCHAR NOT NULL,
     source_file VARCHAR NOT NULL,
     source_line BIGINT,
     ingested_at TIMESTAMP NOT NULL
@@ -68,7 +68,6 @@ CREATE TABLE IF NOT EXISTS raw.feedback_events (
     environment VARCHAR,
     source VARCHAR,
     notes VARCHAR,
-    record_hash VARCHAR NOT NULL,
     source_file VARCHAR NOT NULL,
     source_line BIGINT,
     ingested_at TIMESTAMP NOT NULL
@@ -80,7 +79,6 @@ CREATE TABLE IF NOT EXISTS raw.baseline_examples (
     features JSON NOT NULL,
     entity_id VARCHAR,
     source VARCHAR,
-    record_hash VARCHAR NOT NULL,
     source_file VARCHAR NOT NULL,
     source_line BIGINT,
     ingested_at TIMESTAMP NOT NULL
@@ -136,6 +134,10 @@ def connect(
         con.execute(DDL)
         # Added after the first release: lets reruns skip unchanged files without reading them.
         con.execute("ALTER TABLE raw.ingested_files ADD COLUMN IF NOT EXISTS mtime_ns BIGINT")
+        # Dropped after the first release: a record's content hash is computed from its typed
+        # values when a repeated id needs it, instead of being written for every record.
+        for table in RAW_RECORD_TABLES:
+            con.execute(f"ALTER TABLE {table} DROP COLUMN IF EXISTS record_hash")
     return con
 
 

@@ -89,7 +89,7 @@ def test_a_prediction_labeled_both_ways_keeps_the_feedback_label(sim_con):
     ).fetchall()[0]
     sim_con.execute(
         """INSERT INTO raw.baseline_examples
-           SELECT ?, predicted_at, 1 - ?, features, NULL, 'test', 'x', 'test', 1, now()::TIMESTAMP
+           SELECT ?, predicted_at, 1 - ?, features, NULL, 'test', 'test', 1, now()::TIMESTAMP
            FROM raw.predictions WHERE prediction_id = ?""",
         [pid, label, pid],
     )

@@ -1,4 +1,4 @@
-"""The warehouse waits, boundedly, for another process's lock on the DuckDB file."""
+"""The warehouse: bounded waits for another process's lock, and upgrades of older files."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ import duckdb
 import pytest
 
 from feedback_pipeline import warehouse
+from feedback_pipeline.contract import KINDS
+from feedback_pipeline.ingestion import ingest_kind
+from feedback_pipeline_tests.conftest import prediction
 
 HOLD = """
 import sys, time, duckdb
@@ -50,3 +53,34 @@ def test_no_wait_means_a_clear_lock_error(tmp_path):
     finally:
         holder.kill()
         holder.wait(timeout=30)
+
+
+def test_a_warehouse_from_the_first_release_is_upgraded_and_still_deduplicates(
+    data_dir, landing, write_landing
+):
+    """The first release stored a record_hash per row; records ingested then are still
+    recognised as duplicates (same content) or conflicts (other content) after the upgrade."""
+    write_landing("predictions", "old.jsonl", [prediction("a"), prediction("b")])
+    path = data_dir / "warehouse.duckdb"
+    with warehouse.connect(path) as con:
+        ingest_kind(con, landing, "predictions")
+        con.execute("ALTER TABLE raw.predictions ADD COLUMN record_hash VARCHAR DEFAULT 'x'")
+        con.execute("ALTER TABLE raw.ingested_files DROP COLUMN mtime_ns")
+    write_landing("predictions", "new.jsonl", [prediction("a"), prediction("b", confidence=0.9)])
+
+    with warehouse.connect(path) as con:
+        columns = {
+            name
+            for (name,) in con.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_name = 'predictions'"
+            ).fetchall()
+        }
+        results = {r.path: r for r in ingest_kind(con, landing, "predictions")}
+        reasons = con.execute("SELECT reason FROM raw.rejected_records").fetchall()
+
+    assert "record_hash" not in columns and set(KINDS["predictions"].columns) <= columns
+    old, new = results["predictions/old.jsonl"], results["predictions/new.jsonl"]
+    assert old.status == "skipped"  # no mtime was stored, but the content hash matches
+    assert (new.accepted, new.duplicates, new.rejected) == (0, 1, 1)
+    assert reasons == [("conflicting duplicate: prediction_id already ingested, other content",)]
