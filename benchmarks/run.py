@@ -28,6 +28,7 @@ import numpy as np
 from feedback_pipeline import warehouse
 from feedback_pipeline.definitions import build_defs
 from feedback_pipeline.jobs import retrain_run_config
+from feedback_pipeline.registry import local_registry
 from feedback_pipeline.resources import local_resources
 from feedback_pipeline.sensors import new_labels_sensor
 from feedback_pipeline.settings import Settings
@@ -36,6 +37,7 @@ from feedback_pipeline.training_set import load_info, load_split
 from feedback_pipeline.triggers import count_new_labels
 
 RESULTS = Path(__file__).parent / "results"
+INGEST_STEPS = ("raw_predictions", "raw_feedback_events", "baseline_examples")
 DAYS = 60
 START = date(2026, 1, 5)
 
@@ -178,6 +180,9 @@ def run(predictions: int, keep: bool) -> dict:
     sampler.start()
     as_of = (START + timedelta(days=DAYS + 1)).isoformat() + "T00:00:00Z"
     defs = build_defs(data_dir)
+    # The MLflow store is set up before the clock starts, like the Dagster instance: creating
+    # its tables (about 1.3 s) is a deployment's one-time cost, not part of a retrain.
+    local_registry(data_dir).experiment_id()
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     with dg.instance_for_test(temp_dir=str(home)) as instance:
         started = time.perf_counter()
@@ -199,17 +204,16 @@ def run(predictions: int, keep: bool) -> dict:
                     shutil.move(file, data_dir / "landing" / kind_dir.name / f"new_{file.name}")
         started = time.perf_counter()
         incremental = dg.materialize(
-            [
-                a
-                for a in defs.assets
-                if a.key.path[0] in ("raw_predictions", "raw_feedback_events", "baseline_examples")
-            ],
+            [a for a in defs.assets if a.key.path[0] in INGEST_STEPS],
             instance=instance,
             resources=local_resources(data_dir),
             raise_on_error=True,
         )
-        incremental_s = time.perf_counter() - started
+        incremental_run_s = time.perf_counter() - started
         assert incremental.success
+        # Measured like the full ingest: the three ingestion steps, without the run's start-up.
+        incremental_steps = step_metrics(instance, incremental.run_id, sampler)
+        incremental_s = sum(incremental_steps[step]["seconds"] for step in INGEST_STEPS)
     sampler.running = False
 
     bare_fit, train_rows = bare_fit_seconds(data_dir)
@@ -217,8 +221,7 @@ def run(predictions: int, keep: bool) -> dict:
     feedback_events = con.execute("SELECT count(*) FROM raw.feedback_events").fetchall()[0][0]
     labeled = con.execute("SELECT count(*) FROM labeled.labeled_outcomes").fetchall()[0][0]
     con.close()
-    ingest_steps = ("raw_predictions", "raw_feedback_events", "baseline_examples")
-    full_ingest = sum(steps[s]["seconds"] for s in ingest_steps)
+    full_ingest = sum(steps[s]["seconds"] for s in INGEST_STEPS)
     per_asset = {k: v["seconds"] for k, v in steps.items() if "_" in k}
     reference = raw_scan + bare_fit
     results = {
@@ -236,6 +239,7 @@ def run(predictions: int, keep: bool) -> dict:
         "reference": {"raw_scan_s": round(raw_scan, 2), "bare_fit_s": round(bare_fit, 2)},
         "full_ingest_s": round(full_ingest, 2),
         "incremental_ingest_s": round(incremental_s, 2),
+        "incremental_ingest_run_s": round(incremental_run_s, 2),
         "sensor_eval_s": round(sensor_s, 4),
         "sensor_query_10m_rows_s": round(sensor_query_seconds_at(10_000_000, work), 4),
         "ratios": {
@@ -275,7 +279,8 @@ def summary_markdown(r: dict) -> str:
 | train vs fit | {ratios["train_vs_fit"]} |
 | end to end vs reference | {ratios["end_to_end_vs_reference"]} |
 | incremental ingest (+1% files) | {r["incremental_ingest_s"]} s \
-({ratios["incremental_vs_full_ingest"]:.1%} of the full {r["full_ingest_s"]} s) |
+({ratios["incremental_vs_full_ingest"]:.1%} of the full {r["full_ingest_s"]} s; the whole run \
+with its start-up {r["incremental_ingest_run_s"]} s) |
 | new-labels sensor evaluation | {r["sensor_eval_s"]} s |
 | sensor query at 10M labeled rows | {r["sensor_query_10m_rows_s"]} s |
 """

@@ -15,8 +15,11 @@ nothing, and DuckDB writes the rows straight to the database file instead of the
 from __future__ import annotations
 
 import hashlib
+import os
 import zlib
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -518,6 +521,24 @@ def ingest_batch(
         drop_staging(con)
 
 
+def read_and_hash(paths: list[Path], ahead: int = 4) -> Iterator[tuple[bytes, str]]:
+    """Each file's bytes and SHA-256, in order. Reading and hashing release the GIL, so a few
+    files are read ahead on other threads while the caller works on the current one."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pending: deque[Future[tuple[bytes, str]]] = deque()
+        for path in paths:
+            pending.append(pool.submit(_read_and_hash, path))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _read_and_hash(path: Path) -> tuple[bytes, str]:
+    data = path.read_bytes()
+    return data, hashlib.sha256(data).hexdigest()
+
+
 def ingest_files(
     con: duckdb.DuckDBPyConnection,
     landing_dir: Path,
@@ -548,14 +569,18 @@ def ingest_files(
                 )
         batch, batch_size = [], 0
 
+    changed: list[tuple[int, Path, str, os.stat_result]] = []
     for position, path in enumerate(paths):
         rel_path = path.relative_to(landing_dir).as_posix()
         stat = path.stat()
         if (rel_path, stat.st_size, stat.st_mtime_ns) in manifest.stats:
             results[position] = FileResult(spec.kind, rel_path, "skipped")
-            continue
-        data = path.read_bytes()
-        content_hash = hashlib.sha256(data).hexdigest()
+        else:
+            changed.append((position, path, rel_path, stat))
+
+    for (position, path, rel_path, stat), (data, content_hash) in zip(
+        changed, read_and_hash([path for _, path, _, _ in changed]), strict=True
+    ):
         if (rel_path, content_hash) in manifest.hashes:  # touched, but the same content
             results[position] = FileResult(spec.kind, rel_path, "skipped")
             continue

@@ -42,6 +42,15 @@ def policy_table(labeling: LabelingSettings) -> pa.Table:
     )
 
 
+# Which signal decides, as one sortable text per event (the largest wins): outcomes first, then
+# the latest, then the precedence on equal timestamps, then the event id. One text key lets
+# DuckDB pick the winner with a plain max() per prediction instead of ranking every event.
+DECIDING_KEY = """
+    (pol.label_source = 'outcome')::INTEGER
+    || lpad((epoch_us(s.occurred_at) * 8 + pol.precedence + 1000000000000000000)::VARCHAR, 19, '0')
+    || s.event_id
+"""
+
 LABELS_SQL = f"""
 CREATE OR REPLACE TABLE {LABELED_OUTCOMES} AS
 WITH eligible_predictions AS (
@@ -49,29 +58,28 @@ WITH eligible_predictions AS (
     WHERE predicted_at <= $as_of AND list_contains($environments, environment)
 ), signals AS (
     SELECT f.event_id, f.prediction_id, f.occurred_at, f.return_pct,
-           CASE WHEN f.event_type = 'outcome' THEN f.outcome ELSE f.event_type END AS signal,
-           count(*) OVER (PARTITION BY f.prediction_id) AS feedback_events
+           CASE WHEN f.event_type = 'outcome' THEN f.outcome ELSE f.event_type END AS signal
     FROM raw.feedback_events f
     JOIN eligible_predictions p USING (prediction_id)
     WHERE f.occurred_at <= $as_of
       AND list_contains($environments, coalesce(f.environment, p.environment))
+), ranked AS (
+    SELECT s.*, pol.label, pol.strength, pol.label_source, {DECIDING_KEY} AS deciding_key
+    FROM signals s LEFT JOIN label_policy pol USING (signal)
 ), deciding AS (
-    SELECT s.*, pol.label, pol.strength, pol.label_source
-    FROM signals s JOIN label_policy pol USING (signal)
-    WHERE pol.label IS NOT NULL
-    QUALIFY row_number() OVER (
-        PARTITION BY s.prediction_id
-        ORDER BY (pol.label_source = 'outcome') DESC, s.occurred_at DESC,
-                 pol.precedence DESC, s.event_id DESC
-    ) = 1
+    SELECT prediction_id, count(*) AS feedback_events,
+           max(deciding_key) FILTER (WHERE label IS NOT NULL) AS deciding_key
+    FROM ranked GROUP BY prediction_id
+    HAVING max(deciding_key) FILTER (WHERE label IS NOT NULL) IS NOT NULL
 )
 SELECT p.prediction_id, p.entity_id, p.predicted_at, p.environment, p.model_version,
        p.confidence, p.rule_confidence, p.ml_enhanced, p.features,
-       d.label::INTEGER AS label, d.label_source, d.strength, d.occurred_at AS labeled_at,
-       d.signal AS deciding_signal, d.event_id AS deciding_event_id, d.return_pct,
+       r.label::INTEGER AS label, r.label_source, r.strength, r.occurred_at AS labeled_at,
+       r.signal AS deciding_signal, r.event_id AS deciding_event_id, r.return_pct,
        d.feedback_events
-FROM deciding d JOIN eligible_predictions p USING (prediction_id)
-ORDER BY p.predicted_at, p.prediction_id
+FROM deciding d
+JOIN ranked r USING (deciding_key)
+JOIN eligible_predictions p ON p.prediction_id = d.prediction_id
 """
 
 
