@@ -42,44 +42,46 @@ def policy_table(labeling: LabelingSettings) -> pa.Table:
     )
 
 
-# Which signal decides, as one sortable text per event (the largest wins): outcomes first, then
-# the latest, then the precedence on equal timestamps, then the event id. One text key lets
-# DuckDB pick the winner with a plain max() per prediction instead of ranking every event.
+# Which event decides, as one sortable text per event (the largest wins): outcomes first, then
+# the latest, then the precedence on equal timestamps, then the event id (from character 23 on).
+# One text key lets DuckDB pick the winner with a plain max() per prediction instead of ranking
+# every event, and no wide relation is held twice.
 DECIDING_KEY = """
     (pol.label_source = 'outcome')::INTEGER
-    || lpad((epoch_us(s.occurred_at) * 8 + pol.precedence + 1000000000000000000)::VARCHAR, 19, '0')
-    || s.event_id
+    -- 21 digits, never negative, for every timestamp DuckDB can hold
+    || lpad((epoch_us(f.occurred_at)::HUGEINT * 8 + pol.precedence
+             + 100000000000000000000::HUGEINT)::VARCHAR, 21, '0')
+    || f.event_id
 """
+SIGNAL = "CASE WHEN f.event_type = 'outcome' THEN f.outcome ELSE f.event_type END"
 
 LABELS_SQL = f"""
 CREATE OR REPLACE TABLE {LABELED_OUTCOMES} AS
 WITH eligible_predictions AS (
-    SELECT * FROM raw.predictions
+    SELECT prediction_id, environment FROM raw.predictions
     WHERE predicted_at <= $as_of AND list_contains($environments, environment)
-), signals AS (
-    SELECT f.event_id, f.prediction_id, f.occurred_at, f.return_pct,
-           CASE WHEN f.event_type = 'outcome' THEN f.outcome ELSE f.event_type END AS signal
+), ranked AS (
+    SELECT f.prediction_id, pol.label, {DECIDING_KEY} AS deciding_key
     FROM raw.feedback_events f
     JOIN eligible_predictions p USING (prediction_id)
+    LEFT JOIN label_policy pol ON pol.signal = {SIGNAL}
     WHERE f.occurred_at <= $as_of
       AND list_contains($environments, coalesce(f.environment, p.environment))
-), ranked AS (
-    SELECT s.*, pol.label, pol.strength, pol.label_source, {DECIDING_KEY} AS deciding_key
-    FROM signals s LEFT JOIN label_policy pol USING (signal)
 ), deciding AS (
     SELECT prediction_id, count(*) AS feedback_events,
-           max(deciding_key) FILTER (WHERE label IS NOT NULL) AS deciding_key
+           max(deciding_key) FILTER (WHERE label IS NOT NULL)[23:] AS event_id
     FROM ranked GROUP BY prediction_id
     HAVING max(deciding_key) FILTER (WHERE label IS NOT NULL) IS NOT NULL
 )
 SELECT p.prediction_id, p.entity_id, p.predicted_at, p.environment, p.model_version,
        p.confidence, p.rule_confidence, p.ml_enhanced, p.features,
-       r.label::INTEGER AS label, r.label_source, r.strength, r.occurred_at AS labeled_at,
-       r.signal AS deciding_signal, r.event_id AS deciding_event_id, r.return_pct,
+       pol.label::INTEGER AS label, pol.label_source, pol.strength, f.occurred_at AS labeled_at,
+       pol.signal AS deciding_signal, f.event_id AS deciding_event_id, f.return_pct,
        d.feedback_events
 FROM deciding d
-JOIN ranked r USING (deciding_key)
-JOIN eligible_predictions p ON p.prediction_id = d.prediction_id
+JOIN raw.feedback_events f USING (event_id)
+JOIN label_policy pol ON pol.signal = {SIGNAL}
+JOIN raw.predictions p ON p.prediction_id = d.prediction_id
 """
 
 

@@ -86,13 +86,14 @@ def build_training_set(
         WITH feedback_rows AS (
             SELECT prediction_id AS row_id, label_source AS source, label,
                    $outcome_weight * strength AS weight, predicted_at AS event_time,
-                   labeled_at, features
+                   labeled_at, json_transform(features, '{structure}') AS f
             FROM {LABELED_OUTCOMES}
             WHERE labeled_at <= $as_of AND predicted_at <= $as_of
               AND predicted_at > $window_start
         ), baseline_rows AS (
             SELECT example_id AS row_id, 'baseline' AS source, label, 1.0 AS weight,
-                   as_of AS event_time, as_of AS labeled_at, features
+                   as_of AS event_time, as_of AS labeled_at,
+                   json_transform(features, '{structure}') AS f
             FROM raw.baseline_examples
             WHERE as_of <= $as_of AND as_of > $window_start
               AND example_id NOT IN (SELECT row_id FROM feedback_rows)
@@ -126,7 +127,7 @@ def build_training_set(
         )
         SELECT row_id, source, label::INTEGER AS label, weight::DOUBLE AS weight,
                event_time, labeled_at, split, {feature_columns}
-        FROM (SELECT *, json_transform(features, '{structure}') AS f FROM assigned)
+        FROM assigned
         ORDER BY event_time, row_id
         """,
         {
@@ -176,7 +177,6 @@ class Split:
     X: pd.DataFrame
     y: np.ndarray
     weight: np.ndarray
-    source: np.ndarray
 
     def __len__(self) -> int:
         return len(self.y)
@@ -185,7 +185,7 @@ class Split:
 def load_split(con: duckdb.DuckDBPyConnection, split: str, features: list[str]) -> Split:
     columns = ", ".join(_quote(n) for n in features)
     frame = con.execute(
-        f"SELECT label, weight, source, {columns} FROM {TRAINING_SET} WHERE split = ? "
+        f"SELECT label, weight, {columns} FROM {TRAINING_SET} WHERE split = ? "
         "ORDER BY event_time, row_id",
         [split],
     ).df()
@@ -193,7 +193,6 @@ def load_split(con: duckdb.DuckDBPyConnection, split: str, features: list[str]) 
         X=frame[features].astype("float64"),
         y=frame["label"].to_numpy(dtype=np.int64),
         weight=frame["weight"].to_numpy(dtype=np.float64),
-        source=frame["source"].to_numpy(dtype=object),
     )
 
 

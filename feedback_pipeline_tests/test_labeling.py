@@ -46,6 +46,8 @@ CASES = [
         [("accept", None, 5), ("undo", None, 6), ("accept", None, 30)],
         (1, "implicit", 0.5, "accept"),
     ),
+    # time order holds before 1970 too (negative epoch)
+    ([("accept", None, 5), ("reject", None, -60 * 24 * 365 * 60)], (1, "implicit", 0.5, "accept")),
     ([], None),
 ]
 
