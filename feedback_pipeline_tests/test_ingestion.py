@@ -197,10 +197,11 @@ def test_a_changed_file_is_ingested_again_and_repeats_count_as_duplicates(
     assert reporting.accounting_violations(con, "predictions").empty
 
 
-def test_failure_halfway_through_a_file_leaves_nothing_and_rerun_completes(
+def test_failure_halfway_through_a_batch_leaves_nothing_and_rerun_completes(
     con, landing, write_landing, monkeypatch
 ):
     write_landing("predictions", "a.jsonl", [prediction(f"p{i}") for i in range(50)] + ["{"])
+    write_landing("predictions", "b.jsonl", [prediction(f"q{i}") for i in range(20)])
 
     def crash(*args, **kwargs):
         raise RuntimeError("disk full")
@@ -213,9 +214,10 @@ def test_failure_halfway_through_a_file_leaves_nothing_and_rerun_completes(
         assert count(con, f"SELECT count(*) FROM {table}") == 0
 
     monkeypatch.undo()
-    (result,) = ingest_kind(con, landing, "predictions")
-    assert (result.accepted, result.rejected) == (50, 1)
-    assert count(con, "SELECT count(*) FROM raw.predictions") == 50
+    first, second = ingest_kind(con, landing, "predictions")
+    assert (first.accepted, first.rejected, second.accepted) == (50, 1, 20)
+    assert count(con, "SELECT count(*) FROM raw.predictions") == 70
+    assert reporting.accounting_violations(con, "predictions").empty
 
 
 def test_orphan_feedback_is_kept_and_counted_until_its_prediction_lands(
