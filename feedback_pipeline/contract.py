@@ -331,10 +331,22 @@ FROM judged
 """
 
 
+def _canonical_text(spec: FieldSpec, column: str) -> str:
+    """A value as text that is equal for equal content: a features object with its keys sorted
+    and its numbers as doubles (``{"b": 1, "a": 2.50}`` = ``{"a": 2.5, "b": 1.0}``)."""
+    if spec.type == "features":
+        sorted_entries = f"list_sort(map_entries(TRY_CAST({column} AS MAP(VARCHAR, DOUBLE))))"
+        return f"coalesce({sorted_entries}::VARCHAR, {column}::VARCHAR)"
+    return f"{column}::VARCHAR"
+
+
 def record_hash_sql(spec: KindSpec, alias: str) -> str:
     """The md5 of a record's typed values (``alias.<field>``), so that a re-sent record with
-    the same content is recognised as a duplicate whatever its formatting or file format."""
-    parts = ", ".join(f"coalesce({alias}.{f.name}::VARCHAR, '\\N')" for f in spec.fields)
+    the same content is recognised as a duplicate whatever its formatting, key order or file
+    format. Only records whose id repeats are hashed, so the canonical form costs little."""
+    parts = ", ".join(
+        f"coalesce({_canonical_text(f, f'{alias}.{f.name}')}, '\\N')" for f in spec.fields
+    )
     return f"md5(concat_ws(chr(31), {parts}))"
 
 

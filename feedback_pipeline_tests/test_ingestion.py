@@ -151,6 +151,35 @@ def test_exact_repeats_are_duplicates_and_changed_content_is_a_conflict(
     assert stored.fetchall() == [("a", 0.6), ("b", 0.6), ("c", 0.6)]
 
 
+def test_the_same_content_in_another_form_is_a_duplicate_not_a_conflict(
+    con, landing, write_landing
+):
+    """Key order, 1 vs 1.0 and a time zone offset do not change what a record says; a changed
+    feature value does."""
+    original = prediction("a", features={"x": 1, "y": 2.5, "z": None})
+    write_landing("predictions", "day1.jsonl", [original])
+    ingest_kind(con, landing, "predictions")
+    resent = {
+        **original,
+        "features": {"z": None, "y": 2.50, "x": 1.0},
+        "predicted_at": "2026-01-05T12:00:00+02:00",
+    }
+    write_landing("predictions", "day2.jsonl", [dict(reversed(list(resent.items())))])
+    changed = prediction("a", features={"x": 1, "y": 2.6, "z": None})
+    write_landing("predictions", "day3.jsonl", [changed])
+
+    results = {r.path: r for r in ingest_kind(con, landing, "predictions")}
+
+    assert (
+        results["predictions/day2.jsonl"].duplicates,
+        results["predictions/day2.jsonl"].rejected,
+    ) == (1, 0)
+    assert (
+        results["predictions/day3.jsonl"].duplicates,
+        results["predictions/day3.jsonl"].rejected,
+    ) == (0, 1)
+
+
 def test_accounting_invariant_holds_for_every_file(con, landing, write_landing):
     write_landing("predictions", "a.jsonl", [prediction("a"), prediction("a"), "{", "[1]"])
     write_landing("predictions", "b.jsonl", [prediction("a", confidence=0.1), prediction("z")])
