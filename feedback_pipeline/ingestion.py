@@ -1,6 +1,6 @@
 """Land files from the landing zone into ``raw.*`` tables, exactly once, losing nothing.
 
-DESIGN section 4. One file is one transaction. Every record of a file ends up in exactly one
+DESIGN section 4. A file lands whole or not at all. Every record of a file ends up in exactly one
 of: the kind's raw table (accepted), the duplicate count (an exact repeat of an id), or
 ``raw.rejected_records`` (with a reason), and ``raw.ingested_files`` stores
 ``records_read = accepted + duplicates + rejected``. Lines are split with numpy and parsed,
