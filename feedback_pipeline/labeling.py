@@ -71,7 +71,6 @@ WITH eligible_predictions AS (
     SELECT prediction_id, count(*) AS feedback_events,
            max(deciding_key) FILTER (WHERE label IS NOT NULL)[23:] AS event_id
     FROM ranked GROUP BY prediction_id
-    HAVING max(deciding_key) FILTER (WHERE label IS NOT NULL) IS NOT NULL
 )
 SELECT p.prediction_id, p.entity_id, p.predicted_at, p.environment, p.model_version,
        p.confidence, p.rule_confidence, p.ml_enhanced, p.features,
@@ -79,7 +78,7 @@ SELECT p.prediction_id, p.entity_id, p.predicted_at, p.environment, p.model_vers
        pol.signal AS deciding_signal, f.event_id AS deciding_event_id, f.return_pct,
        d.feedback_events
 FROM deciding d
-JOIN raw.feedback_events f USING (event_id)
+JOIN raw.feedback_events f USING (event_id)  -- no deciding event (NULL id): no label
 JOIN label_policy pol ON pol.signal = {SIGNAL}
 JOIN raw.predictions p ON p.prediction_id = d.prediction_id
 """

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import duckdb
 
+from feedback_pipeline.contract import KINDS
+
 SCHEMAS = ("raw", "labeled", "training", "ops")
-RAW_RECORD_TABLES = ("raw.predictions", "raw.feedback_events", "raw.baseline_examples")
 
 DDL = """
 CREATE TABLE IF NOT EXISTS raw.ingested_files (
@@ -136,8 +137,8 @@ def connect(
         con.execute("ALTER TABLE raw.ingested_files ADD COLUMN IF NOT EXISTS mtime_ns BIGINT")
         # Dropped after the first release: a record's content hash is computed from its typed
         # values when a repeated id needs it, instead of being written for every record.
-        for table in RAW_RECORD_TABLES:
-            con.execute(f"ALTER TABLE {table} DROP COLUMN IF EXISTS record_hash")
+        for spec in KINDS.values():
+            con.execute(f"ALTER TABLE {spec.table} DROP COLUMN IF EXISTS record_hash")
     return con
 
 
