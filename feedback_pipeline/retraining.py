@@ -106,6 +106,7 @@ def train_challengers(
             f"validation rows in the window {info['window_start']} .. {info['as_of']} (as_of): "
             "is as_of right for this data, and lookback_days wide enough?"
         )
+    registry.start_package_scan()  # MLflow's one-time set-up runs while the models fit
     budget = settings.models.search_budget if search else 1
     engine = (
         dask_client(settings.models.dask_scheduler)

@@ -183,16 +183,17 @@ class Split:
 
 
 def load_split(con: duckdb.DuckDBPyConnection, split: str, features: list[str]) -> Split:
+    """One split as float64 features (NULL -> NaN), labels and weights, in time order."""
     columns = ", ".join(_quote(n) for n in features)
-    frame = con.execute(
+    arrays = con.execute(
         f"SELECT label, weight, {columns} FROM {TRAINING_SET} WHERE split = ? "
         "ORDER BY event_time, row_id",
         [split],
-    ).df()
+    ).fetchnumpy()  # straight to numpy: no intermediate DataFrame to copy
     return Split(
-        X=frame[features].astype("float64"),
-        y=frame["label"].to_numpy(dtype=np.int64),
-        weight=frame["weight"].to_numpy(dtype=np.float64),
+        X=pd.DataFrame({n: np.ma.filled(arrays[n].astype(np.float64), np.nan) for n in features}),
+        y=np.asarray(arrays["label"], dtype=np.int64),
+        weight=np.asarray(arrays["weight"], dtype=np.float64),
     )
 
 

@@ -13,6 +13,7 @@ from feedback_pipeline.training_set import (
     build_training_set,
     discover_features,
     load_info,
+    load_split,
 )
 from feedback_pipeline_tests.conftest import SIMULATED_AS_OF
 
@@ -120,3 +121,26 @@ def test_same_data_and_settings_give_the_same_hash(sim_con):
 def test_outcome_weight_is_validated():
     with pytest.raises(ValueError, match="outcome_weight"):
         Settings.model_validate({"training": {"outcome_weight": 0.05}})
+
+
+def test_a_split_loads_in_time_order_with_missing_features_as_nan(sim_con):
+    summary = build(sim_con)
+    gap, rsi = "gap", "rsi"
+    sim_con.execute(
+        f"""UPDATE {TRAINING_SET} SET {gap} = NULL WHERE split = 'train' AND hash(row_id) % 7 = 0;
+            UPDATE {TRAINING_SET} SET {rsi} = NULL WHERE split = 'train' AND hash(row_id) % 5 = 1"""
+    )
+    split = load_split(sim_con, "train", summary.features)
+    expected = sim_con.execute(
+        f"""SELECT label, weight, {", ".join(summary.features)} FROM {TRAINING_SET}
+            WHERE split = 'train' ORDER BY event_time, row_id"""
+    ).df()
+    assert len(split) == len(expected)
+    assert (split.y == expected["label"].to_numpy()).all()
+    assert (split.weight == expected["weight"].to_numpy()).all()
+    assert list(split.X.columns) == summary.features
+    assert (split.X.dtypes == "float64").all()
+    # Missing features are NaN (XGBoost's missing value), at exactly the NULL cells.
+    assert (split.X.isna().to_numpy() == expected[summary.features].isna().to_numpy()).all()
+    assert split.X[[gap, rsi]].isna().sum().min() > 0
+    assert split.X.fillna(0).equals(expected[summary.features].astype("float64").fillna(0))
