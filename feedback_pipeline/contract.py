@@ -122,7 +122,8 @@ BASELINE = KindSpec(
 KINDS: dict[str, KindSpec] = {spec.kind: spec for spec in (PREDICTIONS, FEEDBACK, BASELINE)}
 
 
-def _q(text: str) -> str:
+def sql_string(text: str) -> str:
+    """``text`` as a SQL string literal."""
     return "'" + text.replace("'", "''") + "'"
 
 
@@ -250,7 +251,7 @@ def _field_checks(spec: FieldSpec, lenient: bool) -> list[tuple[str, str]]:
             )
         )
     if spec.choices:
-        allowed = ", ".join(_q(c) for c in spec.choices)
+        allowed = ", ".join(sql_string(c) for c in spec.choices)
         checks.append(
             (f"{v} NOT IN ({allowed})", f"{name} must be one of {', '.join(spec.choices)}")
         )
@@ -284,14 +285,14 @@ def validation_sql(spec: KindSpec, docs_relation: str, lenient: bool = False) ->
     rule_checks = [(_rename_to_values(rule.broken_when, spec), rule.reason) for rule in spec.rules]
     checks.extend(rule_checks)
     whens = "\n            ".join(
-        f"WHEN {cond} THEN {'parse_error' if reason == '__parse_error__' else _q(reason)}"
+        f"WHEN {cond} THEN {'parse_error' if reason == '__parse_error__' else sql_string(reason)}"
         for cond, reason in checks
     )
     outputs = []
     for f in spec.fields:
         value = f"v_{f.name}"
         if f.default is not None:
-            value = f"coalesce({value}, {_q(f.default)})"
+            value = f"coalesce({value}, {sql_string(f.default)})"
         outputs.append(f"{value}::{SQL_TYPES[f.type]} AS {f.name}")
     return f"""
 WITH parsed AS (

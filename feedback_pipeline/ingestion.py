@@ -14,7 +14,9 @@ nothing, and DuckDB writes the rows straight to the database file instead of the
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import os
 import zlib
 from collections import deque
@@ -27,7 +29,13 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from feedback_pipeline.contract import KINDS, KindSpec, record_hash_sql, validation_sql
+from feedback_pipeline.contract import (
+    KINDS,
+    KindSpec,
+    record_hash_sql,
+    sql_string,
+    validation_sql,
+)
 from feedback_pipeline.warehouse import transaction
 
 FORMATS = {
@@ -159,18 +167,59 @@ def _json_lines(data: bytes, file_index: int, as_text: bool) -> pa.Table:
     return _with_file_index(lines, file_index).add_column(2, "unterminated", pa.array(unterminated))
 
 
-def _csv_docs(con: duckdb.DuckDBPyConnection, path: Path) -> pa.Table:
-    """CSV rows as JSON docs; lines the CSV parser refuses come with its reason.
+def csv_records(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """The line number each CSV record starts on, and whether it is blank; the header first.
 
-    Line numbers assume one record per line (no newlines inside quoted cells).
+    A newline ends a record only where the quotes before it are balanced (a quote inside a
+    quoted cell is doubled, which keeps the count even), so a cell with line breaks does not
+    shift the line numbers of the records after it.
     """
-    if path.stat().st_size == 0:
+    start = len(UTF8_BOM) if data.startswith(UTF8_BOM) else 0
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    newlines = np.flatnonzero(buffer == 10)
+    quotes = np.flatnonzero(buffer == 34)
+    ends = newlines[np.searchsorted(quotes, newlines) % 2 == 0]
+    starts = np.concatenate([[start], ends + 1])
+    record_ends = np.append(ends, len(data))
+    inside = starts < len(data)  # a final newline opens no record
+    starts, record_ends = starts[inside], record_ends[inside]
+    lengths = record_ends - starts
+    first_byte = buffer[np.minimum(starts, max(len(data) - 1, 0))] if len(data) else lengths
+    blank = (lengths == 0) | ((lengths == 1) & (first_byte == 13))
+    return np.searchsorted(newlines, starts) + 1, blank
+
+
+def _csv_header(data: bytes) -> list[str]:
+    """The column names of the header record; the CSV dialect is fixed, never guessed."""
+    text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", errors="replace", newline="")
+    try:
+        names = next(csv.reader(text), [])
+    except csv.Error as error:
+        raise UnreadableFile(f"not a readable CSV header: {error}") from None
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if not names or "" in names or repeated or any("\ufffd" in n for n in names):
+        raise UnreadableFile(
+            "the CSV header must name every column once, in UTF-8; got "
+            + ", ".join(repr(n) for n in names)
+        )
+    return names
+
+
+def _csv_docs(con: duckdb.DuckDBPyConnection, path: Path, data: bytes) -> pa.Table:
+    """CSV rows as JSON docs; records the CSV parser refuses come with its reason.
+
+    RFC 4180 with a header: comma-separated, ``"`` quotes, a quote in a quoted cell doubled,
+    cells may hold line breaks. Every record carries the line it starts on.
+    """
+    if not data or data.isspace():
         return DOCS_SCHEMA.remove(0).empty_table()
+    columns = ", ".join(f"{sql_string(name)}: 'VARCHAR'" for name in _csv_header(data))
     con.execute("DROP TABLE IF EXISTS csv_reject_errors; DROP TABLE IF EXISTS csv_reject_scans")
     try:
         good = con.sql(
-            """
-            SELECT to_json(t)::VARCHAR AS doc FROM read_csv(?, all_varchar = true, header = true,
+            f"""
+            SELECT to_json(t)::VARCHAR AS doc FROM read_csv(?, auto_detect = false,
+                header = true, delim = ',', quote = '"', escape = '"', columns = {{{columns}}},
                 store_rejects = true, rejects_table = 'csv_reject_errors',
                 rejects_scan = 'csv_reject_scans') t
             """,
@@ -178,29 +227,42 @@ def _csv_docs(con: duckdb.DuckDBPyConnection, path: Path) -> pa.Table:
         ).to_arrow_table()
     except duckdb.Error as error:
         raise UnreadableFile(f"not a readable CSV file: {error}") from None
+    # DuckDB numbers records in file order, the header as 1 and blank lines included.
     bad = con.sql(
         """
-        SELECT line AS line_no, any_value(csv_line) AS raw_text, NULL::VARCHAR AS doc,
+        SELECT line AS record, trim(any_value(csv_line), chr(13) || chr(10)) AS raw_text,
+               NULL::VARCHAR AS doc,
                'unparseable CSV line: ' || string_agg(error_type || ': ' || error_message, '; ')
                    AS parse_error
         FROM csv_reject_errors GROUP BY line ORDER BY line
         """
     ).to_arrow_table()
     con.execute("DROP TABLE csv_reject_errors; DROP TABLE csv_reject_scans")
-    # Good rows keep file order: their line numbers are the data lines the parser did not refuse.
-    all_lines = np.arange(2, 2 + good.num_rows + bad.num_rows, dtype=np.int64)
-    good_lines = np.setdiff1d(all_lines, bad.column("line_no").to_numpy(), assume_unique=True)
+    line_numbers, blank = csv_records(data)
+    bad_records = bad.column("record").to_numpy()
+    data_records = np.arange(2, len(line_numbers) + 1)
+    good_records = data_records[~blank[1:] & ~np.isin(data_records, bad_records)]
+    if len(good_records) == good.num_rows and bad_records.max(initial=0) <= len(line_numbers):
+        good_lines, bad_lines = line_numbers[good_records - 1], line_numbers[bad_records - 1]
+    else:  # a stray quote outside a quoted cell: count one record per line, as DuckDB does
+        good_lines = np.setdiff1d(
+            np.arange(2, 2 + good.num_rows + bad.num_rows), bad_records, assume_unique=True
+        )[: good.num_rows]
+        bad_lines = bad_records
     docs = good.column("doc")
     good_docs = pa.table(
         {
-            "line_no": good_lines[: good.num_rows],
+            "line_no": good_lines.astype(np.int64),
             "raw_text": docs,
             "doc": docs,
             "parse_error": pa.nulls(good.num_rows, pa.large_string()),
         }
     )
+    bad_docs = bad.drop_columns(["record"]).add_column(
+        0, "line_no", pa.array(bad_lines.astype(np.int64))
+    )
     schema = DOCS_SCHEMA.remove(0)
-    return pa.concat_tables([good_docs.cast(schema), bad.cast(schema)])
+    return pa.concat_tables([good_docs.cast(schema), bad_docs.cast(schema)])
 
 
 def _parquet_docs(con: duckdb.DuckDBPyConnection, path: Path) -> pa.Table:
@@ -239,7 +301,8 @@ def stage_batch(con: duckdb.DuckDBPyConnection, kind: str, batch: list[PendingFi
                 lines = _json_lines(data, index, as_text=valid_utf8)
                 (staged.text_lines if valid_utf8 else staged.byte_lines).append(lines)
             elif pending.fmt == "csv":
-                staged.lenient_docs.append(_with_file_index(_csv_docs(con, pending.path), index))
+                docs = _csv_docs(con, pending.path, pending.data)
+                staged.lenient_docs.append(_with_file_index(docs, index))
             elif pending.fmt == "parquet":
                 staged.strict_docs.append(_with_file_index(_parquet_docs(con, pending.path), index))
         except UnreadableFile as error:

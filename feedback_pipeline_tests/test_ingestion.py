@@ -126,6 +126,71 @@ def test_csv_and_parquet_land_with_the_same_rules(con, landing, write_landing):
     assert count(con, "SELECT count(*) FROM raw.predictions WHERE prediction_id = 'q1'") == 1
 
 
+FEEDBACK_CSV_HEADER = b"event_id,prediction_id,event_type,occurred_at,notes\r\n"
+
+
+def test_csv_cells_may_span_lines_and_every_record_keeps_its_own_line_number(
+    con, landing, write_landing
+):
+    body = (
+        b"\xef\xbb\xbf"
+        + FEEDBACK_CSV_HEADER  # a BOM and CRLF line ends
+        + b'e1,p1,accept,2026-01-05T10:00:00Z,"first line\r\nsecond line"\r\n'  # lines 2-3
+        + b"e2,p2\r\n"  # line 4: too few cells
+        + b"\r\n"  # line 5: blank, not a record
+        + b'e3,p3,reject,2026-01-05T10:00:00Z,"a ""quoted"", word"\r\n'  # line 6
+        + b'e4,p4,undo,2026-01-05T10:00:00Z,"x\ny\nz"\r\n'  # lines 7-9
+        + b"e5,p5,accept,2026-01-05T10:00:00Z,ok\r\n"  # line 10
+        + b'e6,p6,accept,2026-01-05T10:00:00Z,"never closed\r\n'  # line 11: open quote
+    )
+    path = write_landing("feedback", "notes.csv", body)
+    result = ingest_file(con, landing, path, KINDS["feedback"])
+    assert (result.records_read, result.accepted, result.rejected) == (6, 4, 2)
+    accepted = con.execute(
+        "SELECT event_id, source_line, notes FROM raw.feedback_events ORDER BY event_id"
+    ).fetchall()
+    assert accepted == [
+        ("e1", 2, "first line\r\nsecond line"),
+        ("e3", 6, 'a "quoted", word'),
+        ("e4", 7, "x\ny\nz"),
+        ("e5", 10, "ok"),
+    ]
+    rejected = con.execute(
+        "SELECT line_number, raw_text, reason FROM raw.rejected_records ORDER BY 1"
+    ).fetchall()
+    assert [(line, text[:5]) for line, text, _ in rejected] == [(4, "e2,p2"), (11, "e6,p6")]
+    assert all(reason.startswith("unparseable CSV line") for _, _, reason in rejected)
+
+
+def test_csv_header_must_name_each_column_once(con, landing, write_landing):
+    path = write_landing("feedback", "twice.csv", b"event_id,notes,notes\ne1,a,b\n")
+    result = ingest_file(con, landing, path, KINDS["feedback"])
+    assert result.status == "unreadable"
+    assert "repeated" in result.error or "once" in result.error
+    assert count(con, "SELECT count(*) FROM raw.feedback_events") == 0
+
+
+def test_csv_line_numbers_fall_back_to_one_record_per_line_after_a_stray_quote(
+    con, landing, write_landing
+):
+    """A quote inside an unquoted cell unbalances the quote count; numbering stays sane."""
+    body = (
+        FEEDBACK_CSV_HEADER
+        + b'e1,p1,accept,2026-01-05T10:00:00Z,5" screen\r\n'
+        + b"e2,p2,accept,2026-01-05T10:00:00Z,ok\r\n"
+        + b"e3,p3\r\n"
+    )
+    lines, _ = ingestion.csv_records(body)
+    assert list(lines) == [1, 2]  # by quotes alone, e1 would swallow the lines after it
+    path = write_landing("feedback", "stray.csv", body)
+    result = ingest_file(con, landing, path, KINDS["feedback"])
+    assert (result.records_read, result.accepted, result.rejected) == (3, 2, 1)
+    assert con.execute(
+        "SELECT event_id, source_line, notes FROM raw.feedback_events ORDER BY 1"
+    ).fetchall() == [("e1", 2, '5" screen'), ("e2", 3, "ok")]
+    assert count(con, "SELECT line_number FROM raw.rejected_records") == 4
+
+
 def test_exact_repeats_are_duplicates_and_changed_content_is_a_conflict(
     con, landing, write_landing
 ):
