@@ -269,9 +269,11 @@ def _parquet_docs(con: duckdb.DuckDBPyConnection, path: Path) -> pa.Table:
     try:
         table = con.sql(
             """
-            SELECT file_row_number + 1 AS line_no, to_json(t)::VARCHAR AS raw_text,
-                   to_json(t)::VARCHAR AS doc, NULL::VARCHAR AS parse_error
-            FROM read_parquet(?, file_row_number = true) t
+            SELECT line_no, doc AS raw_text, doc, NULL::VARCHAR AS parse_error
+            FROM (
+                SELECT file_row_number + 1 AS line_no, to_json(t)::VARCHAR AS doc
+                FROM read_parquet(?, file_row_number = true) t
+            )
             """,
             params=[str(path)],
         ).to_arrow_table()
