@@ -58,7 +58,8 @@ def main() -> int:
     except mlflow.exceptions.MlflowException:
         print("No champion in the registry yet.")
     else:
-        scores = champion.predict(sample)["probability"].astype(float).round(3).tolist()
+        features = champion.metadata.get_input_schema().input_names()  # the signature's
+        scores = champion.predict(sample[features])["probability"].astype(float).round(3).tolist()
         print(f"{champion_uri} loads and predicts; holdout sample scores: {scores}")
     print(
         "\nLook around:\n"
