@@ -1,13 +1,17 @@
 """MLflow: every challenger is a run and a version of ``feedback_model`` (DESIGN section 7).
 
 Models are logged as a small pyfunc that returns the probability that a prediction is good, so
-every family loads and predicts the same way: ``models:/feedback_model@champion``.
+every family loads and predicts the same way: ``models:/feedback_model@champion``. The pyfunc is
+logged as code (``serving_model.py``) beside the fitted estimator, so loading it needs only the
+model's requirements, not this package and not MLflow's pickling of a Python object.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
+import tempfile
 import threading
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
@@ -20,23 +24,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from mlflow.utils import requirements_utils
+from xgboost import XGBClassifier
 
 MODEL_NAME = "feedback_model"
 EXPERIMENT = "feedback_pipeline"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-
-
-class ProbabilityModel(mlflow.pyfunc.PythonModel):
-    """Wraps a fitted classifier; ``predict`` returns ``probability`` (of a good prediction)."""
-
-    def __init__(self, estimator: Any, features: list[str]):
-        self.estimator = estimator
-        self.features = list(features)
-
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        frame = pd.DataFrame(model_input)[self.features].astype("float64")
-        return pd.DataFrame({"probability": self.estimator.predict_proba(frame)[:, 1]})
 
 
 @dataclass(frozen=True)
@@ -47,8 +40,24 @@ class RegisteredChallenger:
 
 
 def _requirements() -> list[str]:
-    names = ("mlflow", "pandas", "scikit-learn", "xgboost", "cloudpickle")
+    names = ("mlflow", "pandas", "scikit-learn", "xgboost")
     return [f"{name}=={package_version(name)}" for name in names]
+
+
+# Logged with every model: the code MLflow runs to load and score it (see serving_model.py).
+SERVING_MODEL_CODE = Path(__file__).with_name("serving_model.py")
+
+
+def _save_estimator(estimator: Any, folder: Path) -> tuple[Path, str]:
+    """The fitted estimator as a file: XGBoost in its own JSON format, scikit-learn pickled."""
+    if isinstance(estimator, XGBClassifier):
+        path = folder / "estimator.json"
+        estimator.save_model(path)
+        return path, "xgboost_json"
+    path = folder / "estimator.pkl"
+    with path.open("wb") as file:
+        pickle.dump(estimator, file)
+    return path, "pickle"
 
 
 class Registry:
@@ -96,20 +105,25 @@ class Registry:
         """One run with params, metrics, tags, model card and model; a new registered version."""
         if self._package_scan is not None:
             self._package_scan.join()  # MLflow's package map is complete before it is read
-        python_model = ProbabilityModel(estimator, features)
         example = example[features].astype("float64").head(5)
-        signature = infer_signature(example, python_model.predict(None, example))
-        with mlflow.start_run(
-            experiment_id=self.experiment_id(), run_name=f"{family}-{tags.get('as_of', '')}"
-        ) as run:
+        output = pd.DataFrame({"probability": estimator.predict_proba(example)[:, 1]})
+        with (
+            mlflow.start_run(
+                experiment_id=self.experiment_id(), run_name=f"{family}-{tags.get('as_of', '')}"
+            ) as run,
+            tempfile.TemporaryDirectory() as folder,
+        ):
             mlflow.log_params({k: _param(v) for k, v in params.items()})
             mlflow.log_metrics({k: v for k, v in metrics.items() if _finite(v)})
             mlflow.set_tags(tags)
             mlflow.log_text(model_card, "model_card.md")
+            estimator_file, estimator_format = _save_estimator(estimator, Path(folder))
             info = mlflow.pyfunc.log_model(
                 name="model",
-                python_model=python_model,
-                signature=signature,
+                python_model=str(SERVING_MODEL_CODE),
+                artifacts={"estimator": str(estimator_file)},
+                model_config={"features": list(features), "estimator_format": estimator_format},
+                signature=infer_signature(example, output),
                 input_example=example,
                 registered_model_name=MODEL_NAME,
                 pip_requirements=_requirements(),
