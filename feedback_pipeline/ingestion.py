@@ -105,28 +105,37 @@ def is_utf8(data: bytes) -> bool:
     return True
 
 
+def _line_starts(data: bytes, line_ends: np.ndarray) -> np.ndarray:
+    """Where each line starts: after a UTF-8 BOM, then after each newline in ``line_ends``;
+    a newline that ends the data opens no line."""
+    start = len(UTF8_BOM) if data.startswith(UTF8_BOM) else 0
+    starts = np.concatenate([[start], line_ends + 1]).astype(np.int64)
+    return starts[starts < len(data)]
+
+
+def _blank(buffer: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Lines holding nothing but their line ending (LF or CRLF): not records."""
+    ends = np.append(starts[1:] - 1, len(buffer) - int(len(buffer) > 0 and buffer[-1] == 10))
+    lengths = ends - starts
+    first_byte = buffer[np.minimum(starts, max(len(buffer) - 1, 0))] if len(buffer) else lengths
+    return (lengths == 0) | ((lengths == 1) & (first_byte == 13))
+
+
 def split_lines(data: bytes, as_text: bool = False) -> pa.Table:
     """``(line_no, line)`` for every line of ``data``, zero-copy, without a per-line loop.
 
     ``as_text`` (only for data known to be valid UTF-8) yields strings instead of bytes.
     Line numbers count every line; blank lines are left out.
     """
-    start = len(UTF8_BOM) if data.startswith(UTF8_BOM) else 0
     buffer = np.frombuffer(data, dtype=np.uint8)
-    ends = np.flatnonzero(buffer == 10) + 1
-    if len(data) > start and (len(ends) == 0 or ends[-1] != len(data)):
-        ends = np.append(ends, len(data))
-    ends = ends[ends > start]
-    offsets = np.concatenate([[start], ends]).astype(np.int64)
+    starts = _line_starts(data, np.flatnonzero(buffer == 10))
+    offsets = np.append(starts, len(data)).astype(np.int64)
     array_type = pa.large_string() if as_text else pa.large_binary()
     lines = pa.Array.from_buffers(
-        array_type, len(ends), [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+        array_type, len(starts), [None, pa.py_buffer(offsets), pa.py_buffer(data)]
     )
-    table = pa.table({"line_no": np.arange(1, len(ends) + 1, dtype=np.int64), "line": lines})
-    # Blank lines (only a line ending) are not records.
-    lengths = np.diff(offsets)
-    first_byte = buffer[np.minimum(offsets[:-1], max(len(data) - 1, 0))] if len(data) else lengths
-    blank = ((lengths == 1) & (first_byte == 10)) | ((lengths == 2) & (first_byte == 13))
+    table = pa.table({"line_no": np.arange(1, len(starts) + 1, dtype=np.int64), "line": lines})
+    blank = _blank(buffer, starts)
     return table.filter(pa.array(~blank)) if blank.any() else table
 
 
@@ -174,19 +183,11 @@ def csv_records(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     quoted cell is doubled, which keeps the count even), so a cell with line breaks does not
     shift the line numbers of the records after it.
     """
-    start = len(UTF8_BOM) if data.startswith(UTF8_BOM) else 0
     buffer = np.frombuffer(data, dtype=np.uint8)
     newlines = np.flatnonzero(buffer == 10)
     quotes = np.flatnonzero(buffer == 34)
-    ends = newlines[np.searchsorted(quotes, newlines) % 2 == 0]
-    starts = np.concatenate([[start], ends + 1])
-    record_ends = np.append(ends, len(data))
-    inside = starts < len(data)  # a final newline opens no record
-    starts, record_ends = starts[inside], record_ends[inside]
-    lengths = record_ends - starts
-    first_byte = buffer[np.minimum(starts, max(len(data) - 1, 0))] if len(data) else lengths
-    blank = (lengths == 0) | ((lengths == 1) & (first_byte == 13))
-    return np.searchsorted(newlines, starts) + 1, blank
+    starts = _line_starts(data, newlines[np.searchsorted(quotes, newlines) % 2 == 0])
+    return np.searchsorted(newlines, starts) + 1, _blank(buffer, starts)
 
 
 def _csv_header(data: bytes) -> list[str]:

@@ -334,6 +334,8 @@ def test_split_lines_numbers_every_line_and_skips_blank_ones():
     assert table.column("line").to_pylist() == [b"a\n", b"b\r\n", b"c"]
     assert ingestion.split_lines(b"").num_rows == 0
     assert ingestion.split_lines(b"\xef\xbb\xbfx\n").column("line").to_pylist() == [b"x\n"]
+    # A last line without a newline that starts with a CR is a record, not a blank line.
+    assert ingestion.split_lines(b"a\n\r5").column("line").to_pylist() == [b"a\n", b"\r5"]
 
 
 def test_repeated_ids_are_detected(con, landing, write_landing):
