@@ -517,16 +517,13 @@ MANIFEST_SCHEMA = pa.schema(
 )
 
 
-def write_manifest(con: duckdb.DuckDBPyConnection, rows: list[tuple]) -> None:
-    """One ``raw.ingested_files`` row per file (``MANIFEST_SCHEMA`` in order), in one statement:
-    a row-by-row insert costs more than the rest of a small file's ingestion."""
+def write_manifest(con: duckdb.DuckDBPyConnection, rows: list[dict]) -> None:
+    """``raw.ingested_files`` rows (``MANIFEST_SCHEMA`` columns), in one statement: a
+    row-by-row insert costs more than the rest of a small file's ingestion."""
     if not rows:
         return
-    manifest = pa.Table.from_pylist(
-        [dict(zip(MANIFEST_SCHEMA.names, row, strict=True)) for row in rows], MANIFEST_SCHEMA
-    )
     columns = ", ".join(MANIFEST_SCHEMA.names)
-    con.register("manifest_rows", manifest)
+    con.register("manifest_rows", pa.Table.from_pylist(rows, MANIFEST_SCHEMA))
     try:
         con.execute(
             f"INSERT INTO raw.ingested_files ({columns}, ingested_at) "
@@ -536,21 +533,15 @@ def write_manifest(con: duckdb.DuckDBPyConnection, rows: list[tuple]) -> None:
         con.unregister("manifest_rows")
 
 
-def manifest_row(result: FileResult, pending: PendingFile) -> tuple:
-    return (
-        result.kind,
-        result.path,
-        pending.content_hash,
-        pending.fmt,
-        len(pending.data),
-        result.status,
-        result.error,
-        result.records_read,
-        result.accepted,
-        result.duplicates,
-        result.rejected,
-        pending.mtime_ns,
-    )
+def manifest_row(result: FileResult, pending: PendingFile) -> dict:
+    """One file's manifest row: its result plus what was read."""
+    return {
+        **result.as_dict(),
+        "content_hash": pending.content_hash,
+        "file_format": pending.fmt,
+        "size_bytes": len(pending.data),
+        "mtime_ns": pending.mtime_ns,
+    }
 
 
 @dataclass
