@@ -26,6 +26,8 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils import requirements_utils
 from xgboost import XGBClassifier
 
+from feedback_pipeline.training import predict_probability
+
 MODEL_NAME = "feedback_model"
 EXPERIMENT = "feedback_pipeline"
 CHAMPION = "champion"
@@ -106,7 +108,7 @@ class Registry:
         if self._package_scan is not None:
             self._package_scan.join()  # MLflow's package map is complete before it is read
         example = example[features].astype("float64").head(5)
-        output = pd.DataFrame({"probability": estimator.predict_proba(example)[:, 1]})
+        output = pd.DataFrame({"probability": predict_probability(estimator, example)})
         with (
             mlflow.start_run(
                 experiment_id=self.experiment_id(), run_name=f"{family}-{tags.get('as_of', '')}"
