@@ -31,6 +31,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
@@ -50,4 +51,4 @@ status: $(STAMP)
 	$(BIN)/feedback-pipeline status
 
 clean:
-	rm -rf data/warehouse.duckdb data/warehouse.duckdb.wal data/dagster data/mlflow.db data/mlartifacts
+	rm -rf data/landing data/warehouse.duckdb data/warehouse.duckdb.wal data/dagster data/mlflow.db data/mlartifacts

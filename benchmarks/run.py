@@ -25,17 +25,16 @@ import dagster as dg
 import duckdb
 import numpy as np
 
-from feedback_pipeline import warehouse
-from feedback_pipeline.contract import KINDS, SQL_TYPES
-from feedback_pipeline.definitions import build_defs
-from feedback_pipeline.jobs import retrain_run_config
-from feedback_pipeline.registry import local_registry
-from feedback_pipeline.resources import local_resources
-from feedback_pipeline.sensors import new_labels_sensor
+from feedback_pipeline.defs.definitions import build_defs
+from feedback_pipeline.defs.resources import local_resources
+from feedback_pipeline.defs.run_context import run_context_config
+from feedback_pipeline.ingest.contract import KINDS, SQL_TYPES
+from feedback_pipeline.monitoring.triggers import count_new_labels
+from feedback_pipeline.registry.mlflow_registry import local_registry
 from feedback_pipeline.settings import Settings
-from feedback_pipeline.training import build_estimator
-from feedback_pipeline.training_set import load_info, load_split
-from feedback_pipeline.triggers import count_new_labels
+from feedback_pipeline.training.dataset import load_info, load_split
+from feedback_pipeline.training.families import build_estimator
+from feedback_pipeline.warehouse import connection as warehouse
 
 RESULTS = Path(__file__).parent / "results"
 INGEST_STEPS = ("raw_predictions", "raw_feedback_events", "baseline_examples")
@@ -127,10 +126,10 @@ def bare_fit_seconds(data_dir: Path) -> tuple[float, int]:
     """A bare XGBoost fit with the pipeline's parameters on the final training matrix."""
     settings = Settings()
     con = warehouse.connect(data_dir / "warehouse.duckdb", read_only=True)
-    train = load_split(con, "train", load_info(con)["features"])
+    train = load_split(con, "train", load_info(con).features)
     con.close()
     estimator = build_estimator(
-        "xgboost", settings.models.hyperparameters["xgboost"], settings.models.seed
+        "xgboost", settings.models.hyperparameters.for_family("xgboost"), settings.models.seed
     )
     started = time.perf_counter()
     estimator.fit(train.X, train.y, sample_weight=train.weight)
@@ -162,8 +161,9 @@ def step_metrics(instance: dg.DagsterInstance, run_id: str, sampler: RssSampler)
 
 def sensor_seconds(instance: dg.DagsterInstance, data_dir: Path) -> float:
     context = dg.build_sensor_context(instance=instance, resources=local_resources(data_dir))
+    sensor = build_defs(data_dir).resolve_sensor_def("new_labels_sensor")
     started = time.perf_counter()
-    new_labels_sensor(context)
+    sensor(context)
     return time.perf_counter() - started
 
 
@@ -207,7 +207,7 @@ def run(predictions: int, keep: bool) -> dict:
     with dg.instance_for_test(temp_dir=str(home)) as instance:
         started = time.perf_counter()
         result = defs.resolve_job_def("retrain_job").execute_in_process(
-            instance=instance, run_config={**retrain_run_config(as_of), **quiet}
+            instance=instance, run_config={**run_context_config(as_of), **quiet}
         )
         end_to_end = time.perf_counter() - started
         assert result.success

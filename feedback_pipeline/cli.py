@@ -5,17 +5,26 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 
-from feedback_pipeline import ledger, reporting, retraining, warehouse
-from feedback_pipeline.labeling import LABELED_OUTCOMES, orphan_feedback_count
-from feedback_pipeline.registry import CHAMPION, local_registry
-from feedback_pipeline.settings import default_data_dir
+from feedback_pipeline.labels.outcomes import orphan_feedback_count
+from feedback_pipeline.monitoring.triggers import count_new_labels, data_watermark
+from feedback_pipeline.promotion import ledger
+from feedback_pipeline.promotion.apply import force_promote, rollback
+from feedback_pipeline.registry.mlflow_registry import (
+    CHAMPION,
+    RegistryUnavailable,
+    local_registry,
+)
+from feedback_pipeline.settings import SettingsError, default_data_dir
 from feedback_pipeline.simulator import SimulationConfig, simulate
-from feedback_pipeline.warehouse import table_exists
+from feedback_pipeline.warehouse import connection as warehouse
+from feedback_pipeline.warehouse import summaries as reporting
+from feedback_pipeline.warehouse.connection import table_exists
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -52,17 +61,12 @@ def champion_summary(data_dir: Path, con) -> tuple[str, pd.DataFrame | None]:
         for k, v in registry.run_metrics(version).items()
         if k.startswith("holdout_")
     }
-    watermark = tags.get("data_watermark")
-    since = None
-    if watermark and watermark != "None" and table_exists(con, LABELED_OUTCOMES):
-        since = con.execute(
-            f"SELECT count(*) FROM {LABELED_OUTCOMES} WHERE labeled_at > ?::TIMESTAMP",
-            [watermark],
-        ).fetchall()[0][0]
+    watermark = data_watermark(registry)  # the same watermark and count as the sensor
+    since = count_new_labels(con, watermark, datetime.now(UTC).replace(tzinfo=None))
     line = (
         f"champion: feedback_model version {version} ({tags.get('family', '?')}), trained "
-        f"as of {tags.get('as_of')}, data watermark {watermark}; labels since watermark: "
-        f"{since}"
+        f"as of {tags.get('as_of')}; data watermark {watermark}; matured labels since the "
+        f"watermark: {since}"
     )
     return line, pd.DataFrame([metrics]) if metrics else None
 
@@ -103,12 +107,15 @@ def _move(args: argparse.Namespace) -> int:
     try:
         registry = local_registry(args.data_dir)
         if args.command == "rollback":
-            old, new = retraining.rollback(con, registry, args.reason, args.to)
+            change = rollback(con, registry, args.reason, args.to)
         else:
-            old, new = retraining.force_promote(con, registry, args.version, args.reason)
+            change = force_promote(con, registry, args.version, args.reason)
     finally:
         con.close()
-    print(f"champion: version {old} -> {new} ({args.command}, recorded in {ledger.LEDGER})")
+    print(
+        f"champion: version {change.old_version} -> {change.new_version} ({args.command}, "
+        f"recorded in {ledger.LEDGER})"
+    )
     return 0
 
 
@@ -155,9 +162,20 @@ def main(argv: list[str] | None = None) -> int:
     args.data_dir = (args.data_dir or default_data_dir()).resolve()
     try:
         return args.handler(args)
-    except ValueError as error:
+    except (ValueError, SettingsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except RegistryUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    except duckdb.IOException as error:
+        print(
+            f"error: the warehouse in {args.data_dir} is busy or unreadable ({error}). "
+            "Another process (a Dagster run, `make dev`) holds its write lock: wait for the run "
+            "to finish, or stop that process, then retry.",
+            file=sys.stderr,
+        )
+        return 3
 
 
 if __name__ == "__main__":

@@ -1,46 +1,42 @@
-"""``make demo``: run retrain_job on the committed sample, end to end, and say what happened."""
+"""``make demo``: lay down a demo landing zone that ends today, run retrain_job end to end with
+no run config (as the UI's "Materialize all" or the weekly schedule would), say what happened."""
 
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 
-import dagster as dg
 import duckdb
 import mlflow
 
-from feedback_pipeline import ledger
 from feedback_pipeline.cli import print_status
-from feedback_pipeline.definitions import defs
-from feedback_pipeline.jobs import retrain_run_config
-from feedback_pipeline.registry import MODEL_NAME, default_tracking_uri
+from feedback_pipeline.defs.launch import run_job
+from feedback_pipeline.ingest.landing_files import landing_files
+from feedback_pipeline.promotion import ledger
+from feedback_pipeline.registry.mlflow_registry import CHAMPION, MODEL_NAME, default_tracking_uri
 from feedback_pipeline.settings import default_data_dir
-from feedback_pipeline.training_set import TRAINING_SET
-
-# The committed sample covers 2026-01-05 .. 2026-02-19; the demo looks at it from just after.
-SAMPLE_AS_OF = "2026-02-22T00:00:00Z"
+from feedback_pipeline.simulator.feedback_stream import simulate_demo_stream
+from feedback_pipeline.warehouse.tables import TRAINING_SET
 
 
 def main() -> int:
     data_dir = default_data_dir()
-    print(f"Running retrain_job on {data_dir / 'landing'} as of {SAMPLE_AS_OF} ...")
-    with dg.DagsterInstance.get() as instance:
-        result = defs.resolve_job_def("retrain_job").execute_in_process(
-            instance=instance,
-            # the full log is in the Dagster UI; the console gets warnings and the summary below
-            run_config={
-                **retrain_run_config(SAMPLE_AS_OF),
-                "loggers": {"console": {"config": {"log_level": "WARNING"}}},
-            },
-            tags={"trigger": "demo"},
-            raise_on_error=False,
+    landing = data_dir / "landing"
+    if not any(landing_files(landing, kind) for kind in ("predictions", "feedback", "baseline")):
+        today = datetime.now(UTC).date()
+        summary = simulate_demo_stream(landing, today)
+        print(
+            f"Laid down a demo landing zone in {landing}: {summary.predictions:,} predictions over "
+            f"the six weeks before {today}, their feedback and weak labels, and a few deliberately "
+            "broken records and files."
         )
-    if not result.success:
+    print(f"Running retrain_job on {landing} as of now ...")
+    outcome = run_job("retrain_job", tags={"trigger": "demo"})
+    if not outcome.success:
         print("retrain_job failed; see the run in the Dagster UI (`make dev`)", file=sys.stderr)
-        for event in result.all_events:
-            if event.is_step_failure:
-                print(event.step_failure_data.error.message, file=sys.stderr)
+        print("\n".join(outcome.errors), file=sys.stderr)
         return 1
-    print(f"retrain_job succeeded (run {result.run_id})\n")
+    print(f"retrain_job succeeded (run {outcome.run_id})\n")
     print_status(data_dir)
 
     con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)
@@ -52,7 +48,7 @@ def main() -> int:
         f"({decision.reason})"
     )
     mlflow.set_tracking_uri(default_tracking_uri(data_dir))
-    champion_uri = f"models:/{MODEL_NAME}@champion"
+    champion_uri = f"models:/{MODEL_NAME}@{CHAMPION}"
     try:
         champion = mlflow.pyfunc.load_model(champion_uri)
     except mlflow.exceptions.MlflowException:
@@ -63,7 +59,8 @@ def main() -> int:
         print(f"{champion_uri} loads and predicts; holdout sample scores: {scores}")
     print(
         "\nLook around:\n"
-        "  make dev     Dagster UI on http://127.0.0.1:3000 (asset graph, metadata, checks)\n"
+        "  make dev     Dagster UI on http://127.0.0.1:3000 (asset graph, metadata, checks);\n"
+        '               "Materialize all" retrains as of now on this landing zone\n'
         "  make mlflow  MLflow UI on http://127.0.0.1:5000 (runs, versions, model cards, plots)\n"
         "  make status  this summary again"
     )

@@ -12,13 +12,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from croniter import croniter
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from feedback_pipeline.vocabulary import ENVIRONMENTS, LABEL_SOURCES, POLICY_SIGNALS
 
 SETTINGS_ENV_VAR = "FEEDBACK_PIPELINE_SETTINGS"
 DATA_DIR_ENV_VAR = "FEEDBACK_PIPELINE_DATA_DIR"
 
-Environment = Literal["prod", "dev"]
-LabelSource = Literal["outcome", "explicit", "implicit"]
+Environment = Literal[ENVIRONMENTS]
+LabelSource = Literal[LABEL_SOURCES]
 
 
 class SettingsError(ValueError):
@@ -37,47 +40,30 @@ class LabelRule(_Strict):
     source: LabelSource
 
 
-def _default_policy() -> dict[str, LabelRule]:
-    return {
-        "win": LabelRule(label=1, strength=1.0, source="outcome"),
-        "loss": LabelRule(label=0, strength=1.0, source="outcome"),
-        "breakeven": LabelRule(label=0, strength=0.5, source="outcome"),
-        "reject": LabelRule(label=0, strength=1.0, source="explicit"),
-        "undo": LabelRule(label=0, strength=1.5, source="explicit"),
-        "accept": LabelRule(label=1, strength=0.5, source="implicit"),
-        "export": LabelRule(label=1, strength=0.5, source="implicit"),
-        "modify": LabelRule(label=1, strength=0.25, source="implicit"),
-    }
+class LabelPolicy(_Strict):
+    """DESIGN section 5: one rule per signal (a trade outcome or a human event type)."""
+
+    win: LabelRule = LabelRule(label=1, strength=1.0, source="outcome")
+    loss: LabelRule = LabelRule(label=0, strength=1.0, source="outcome")
+    breakeven: LabelRule = LabelRule(label=0, strength=0.5, source="outcome")
+    reject: LabelRule = LabelRule(label=0, strength=1.0, source="explicit")
+    undo: LabelRule = LabelRule(label=0, strength=1.5, source="explicit")
+    accept: LabelRule = LabelRule(label=1, strength=0.5, source="implicit")
+    export: LabelRule = LabelRule(label=1, strength=0.5, source="implicit")
+    modify: LabelRule = LabelRule(label=1, strength=0.25, source="implicit")
+
+    def rule(self, signal: str) -> LabelRule:
+        return getattr(self, signal)
 
 
-# Signals a policy must cover: the three trade outcomes and the five human event types.
-POLICY_SIGNALS = ("win", "loss", "breakeven", "reject", "undo", "accept", "export", "modify")
+assert set(LabelPolicy.model_fields) == set(POLICY_SIGNALS), "policy must cover every signal"
 
 
 class LabelingSettings(_Strict):
     """DESIGN section 5: the label policy as data."""
 
-    policy: dict[str, LabelRule] = Field(default_factory=_default_policy)
+    policy: LabelPolicy = Field(default_factory=LabelPolicy)
     environments: list[Environment] = Field(default_factory=lambda: ["prod"], min_length=1)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _merge_policy_overrides(cls, data: Any) -> Any:
-        """A settings file may override a few signals; the rest keep their defaults."""
-        if isinstance(data, dict) and isinstance(data.get("policy"), dict):
-            unknown = sorted(set(data["policy"]) - set(POLICY_SIGNALS))
-            if unknown:
-                raise ValueError(
-                    f"policy: unknown signal(s) {unknown}; expected some of {list(POLICY_SIGNALS)}"
-                )
-            defaults = {k: v.model_dump() for k, v in _default_policy().items()}
-            for signal, rule in data["policy"].items():
-                if isinstance(rule, dict):
-                    defaults[signal] = {**defaults[signal], **rule}
-                else:
-                    defaults[signal] = rule
-            data = {**data, "policy": defaults}
-        return data
 
 
 Family = Literal["xgboost", "logistic_regression", "random_forest"]
@@ -102,25 +88,41 @@ class TrainingSettings(_Strict):
     validation_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
 
 
-def _default_hyperparameters() -> dict[str, dict[str, Any]]:
-    return {
-        "xgboost": {
-            "n_estimators": 200,
-            "max_depth": 4,
-            "learning_rate": 0.1,
-            "subsample": 0.9,
-            "min_child_weight": 1.0,
-        },
-        "logistic_regression": {"C": 1.0},
-        "random_forest": {"n_estimators": 200, "max_depth": 8, "min_samples_leaf": 5},
-    }
+class XGBoostParams(_Strict):
+    n_estimators: int = Field(default=200, ge=1, le=5000)
+    max_depth: int = Field(default=4, ge=1, le=16)
+    learning_rate: float = Field(default=0.1, gt=0.0, le=1.0)
+    subsample: float = Field(default=0.9, gt=0.0, le=1.0)
+    min_child_weight: float = Field(default=1.0, ge=0.0)
+
+
+class LogisticRegressionParams(_Strict):
+    C: float = Field(default=1.0, gt=0.0)
+
+
+class RandomForestParams(_Strict):
+    n_estimators: int = Field(default=200, ge=1, le=5000)
+    max_depth: int | None = Field(default=8, ge=1)
+    min_samples_leaf: int = Field(default=5, ge=1)
+
+
+class Hyperparameters(_Strict):
+    """Per family, typed: a misspelled parameter names the field instead of reaching the
+    estimator."""
+
+    xgboost: XGBoostParams = Field(default_factory=XGBoostParams)
+    logistic_regression: LogisticRegressionParams = Field(default_factory=LogisticRegressionParams)
+    random_forest: RandomForestParams = Field(default_factory=RandomForestParams)
+
+    def for_family(self, family: str) -> dict[str, Any]:
+        return getattr(self, family).model_dump()
 
 
 class ModelSettings(_Strict):
     """DESIGN section 7: which families run and with what hyperparameters."""
 
     families: list[Family] = Field(default_factory=lambda: ["xgboost"], min_length=1)
-    hyperparameters: dict[Family, dict[str, Any]] = Field(default_factory=_default_hyperparameters)
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     seed: int = 42
     engine: Literal["local", "dask"] = Field(
         default="local", description="dask: XGBoost trains with xgboost.dask on a Dask cluster"
@@ -131,19 +133,6 @@ class ModelSettings(_Strict):
     search_budget: int = Field(
         default=4, ge=1, le=50, description="candidates per family in a full retrain's search"
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _merge_hyperparameters(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("hyperparameters"), dict):
-            merged = _default_hyperparameters()
-            for family, params in data["hyperparameters"].items():
-                if family in merged and isinstance(params, dict):
-                    merged[family] = {**merged[family], **params}
-                else:
-                    merged[family] = params
-            data = {**data, "hyperparameters": merged}
-        return data
 
 
 class GateSettings(_Strict):
@@ -177,12 +166,12 @@ class TriggerSettings(_Strict):
     landing_interval_seconds: int = Field(default=60, ge=5)
     new_labels_interval_seconds: int = Field(default=300, ge=5)
 
-    @model_validator(mode="after")
-    def _valid_crons(self) -> TriggerSettings:
-        for name in ("weekly_cron", "monthly_cron"):
-            if len(getattr(self, name).split()) != 5:
-                raise ValueError(f"{name}: expected a 5-field cron expression")
-        return self
+    @field_validator("weekly_cron", "monthly_cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        if len(value.split()) != 5 or not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a valid 5-field cron expression")
+        return value
 
 
 class Settings(_Strict):
@@ -208,9 +197,10 @@ def _format_validation_error(error: ValidationError, origin: str) -> str:
 
 
 def parse_settings(raw: dict[str, Any] | None, origin: str = "settings") -> Settings:
-    """Validate a settings mapping; raise SettingsError naming each bad field."""
+    """Validate a (partial) settings mapping over the defaults; raise SettingsError naming each
+    bad field. A file or run may set one field deep inside a section and keep the rest."""
     try:
-        return Settings.model_validate(raw or {})
+        return Settings.model_validate(deep_merge(Settings().model_dump(), raw or {}))
     except ValidationError as error:
         raise SettingsError(_format_validation_error(error, origin)) from None
 
@@ -234,15 +224,15 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
 
 def with_overrides(settings: Settings, overrides: dict[str, Any]) -> Settings:
     """Apply per-run overrides (a nested mapping, e.g. from Dagster run config) to settings."""
-    merged = _deep_merge(settings.model_dump(), overrides)
-    return parse_settings(merged, origin="run config")
+    return parse_settings(deep_merge(settings.model_dump(), overrides), origin="run config")
 
 
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` over ``base``, recursively for nested mappings; neither is modified."""
     merged = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged

@@ -13,11 +13,11 @@ import dagster as dg
 import duckdb
 import pytest
 
-from feedback_pipeline import warehouse
-from feedback_pipeline.ingestion import ingest_kind
-from feedback_pipeline.labeling import build_labeled_outcomes
+from feedback_pipeline.ingest.landing_files import ingest_kind
+from feedback_pipeline.labels.outcomes import build_labeled_outcomes
 from feedback_pipeline.settings import LabelingSettings
-from feedback_pipeline.simulator import SimulationConfig, simulate
+from feedback_pipeline.simulator.feedback_stream import SimulationConfig, simulate
+from feedback_pipeline.warehouse import connection as warehouse
 
 
 @pytest.fixture
@@ -97,6 +97,11 @@ def baseline(eid: str, **overrides) -> dict:
 
 
 SIMULATED_AS_OF = datetime(2026, 2, 17)
+
+# The committed sample of January-February 2026 (data/README.md says how it was made) and the
+# point in time just after it ends.
+SAMPLE_LANDING = Path(__file__).resolve().parent / "fixtures" / "sample_landing"
+SAMPLE_AS_OF = "2026-02-22T00:00:00Z"
 
 
 @pytest.fixture(scope="session")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from feedback_pipeline.cli import main
-from feedback_pipeline.ingestion import ingest_kind
-from feedback_pipeline.labeling import build_labeled_outcomes
+from feedback_pipeline.ingest.landing_files import ingest_kind
+from feedback_pipeline.labels.outcomes import build_labeled_outcomes
 from feedback_pipeline.settings import LabelingSettings
-from feedback_pipeline_tests.test_labeling import FAR_FUTURE
+from feedback_pipeline_tests.labels.test_outcomes import FAR_FUTURE
 
 
 def test_simulate_then_status(data_dir, con, capsys):

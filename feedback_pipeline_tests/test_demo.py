@@ -1,35 +1,60 @@
-"""`make demo`, the front door: the committed sample runs end to end and the champion predicts."""
+"""The front door: `make demo` on an empty data dir, then a retrain with no run config at all
+(what the weekly schedule or the UI's "Materialize all" does) on the data the demo laid down."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-SAMPLE_LANDING = Path(__file__).resolve().parents[1] / "data" / "landing"
+import duckdb
+
+from feedback_pipeline.registry.mlflow_registry import CHALLENGER, CHAMPION, local_registry
+
+DAGSTER = Path(sys.executable).with_name("dagster")
 
 
-def test_demo_runs_the_sample_end_to_end_and_the_champion_predicts(tmp_path):
+def test_demo_then_retrain_job_with_no_config_succeeds_and_moves_no_alias(tmp_path):
     data_dir, home = tmp_path / "data", tmp_path / "dagster_home"
-    shutil.copytree(SAMPLE_LANDING, data_dir / "landing")
     home.mkdir()
     env = {**os.environ, "FEEDBACK_PIPELINE_DATA_DIR": str(data_dir), "DAGSTER_HOME": str(home)}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("FEEDBACK_PIPELINE_SETTINGS", None)
-    done = subprocess.run(
+    demo = subprocess.run(
         [sys.executable, "-m", "feedback_pipeline.demo"],
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output
-    assert "retrain_job succeeded" in done.stdout
-    assert "This run's decision: promoted" in done.stdout  # a fresh registry: first champion
-    assert "models:/feedback_model@champion loads and predicts" in done.stdout
+    output = demo.stdout + demo.stderr
+    assert demo.returncode == 0, output
+    assert "Laid down a demo landing zone" in demo.stdout
+    assert "retrain_job succeeded" in demo.stdout
+    assert "This run's decision: promoted" in demo.stdout  # a fresh registry: first champion
+    assert "models:/feedback_model@champion loads and predicts" in demo.stdout
     # The champion is scored on exactly the features its signature names.
     assert "not defined in the model signature" not in output
-    assert (data_dir / "warehouse.duckdb").exists() and (data_dir / "mlflow.db").exists()
+    registry = local_registry(data_dir)
+    aliases = (registry.alias_version(CHAMPION), registry.alias_version(CHALLENGER))
+    versions = registry.versions()
+    assert aliases[0] is not None
+
+    again = subprocess.run(
+        [DAGSTER, "job", "execute", "-m", "feedback_pipeline.definitions", "-j", "retrain_job"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert (registry.alias_version(CHAMPION), registry.alias_version(CHALLENGER)) == aliases
+    assert registry.versions() == versions  # the same data makes the same model: no new one
+    con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)
+    ledger = con.execute(
+        "SELECT promoted, trigger FROM ops.retraining_events ORDER BY recorded_at"
+    ).fetchall()
+    con.close()
+    assert ledger == [(True, "demo"), (False, "manual")]

@@ -1,0 +1,93 @@
+"""Stages 3-4: the blended training set and the challengers (DESIGN sections 6-7)."""
+
+import dagster as dg
+
+from feedback_pipeline.defs.resources import MlflowRegistryResource, WarehouseResource
+from feedback_pipeline.defs.run_context import WAREHOUSE_POOL, RunContextResource
+from feedback_pipeline.training.challengers import ChallengerRound, train_challengers
+from feedback_pipeline.training.dataset import (
+    TrainingSetError,
+    build_training_set,
+    discover_features,
+)
+from feedback_pipeline.warehouse.summaries import markdown
+
+
+@dg.asset(
+    pool=WAREHOUSE_POOL,
+    group_name="training",
+    kinds={"duckdb"},
+    deps=["labeled_outcomes", "baseline_examples"],
+)
+def training_set(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    run_context: RunContextResource,
+) -> dg.MaterializeResult:
+    """Feedback rows weighted above weak baseline labels, time-split: `training.training_set`."""
+    settings = run_context.settings()
+    training = settings.training
+    if run_context.full_retrain:
+        training = training.model_copy(
+            update={"lookback_days": settings.full_retrain.lookback_days}
+        )
+    as_of = run_context.as_of_datetime()
+    with warehouse.connect() as con:
+        try:
+            features = discover_features(con, settings.features)
+            summary = build_training_set(con, training, features, as_of)
+        except TrainingSetError as error:
+            raise dg.Failure(description=str(error)) from None
+    info = summary.info
+    context.log.info(f"training set as of {as_of}: {info.rows} rows, {len(features)} features")
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": dg.MetadataValue.int(info.rows),
+            "as_of": as_of.isoformat(),
+            "window_start": info.window_start.isoformat(),
+            "content_hash": info.content_hash,
+            "data_watermark": str(info.data_watermark),
+            "features": ", ".join(features),
+            "outcome_weight": training.outcome_weight,
+            "rows_by_split_and_source": dg.MetadataValue.md(markdown(summary.counts)),
+        }
+    )
+
+
+@dg.asset(
+    pool=WAREHOUSE_POOL,
+    group_name="training",
+    kinds={"mlflow", "xgboost", "sklearn"},
+    deps=[training_set],
+)
+def challenger_models(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    run_context: RunContextResource,
+    mlflow_registry: MlflowRegistryResource,
+) -> dg.Output[ChallengerRound]:
+    """One challenger per family: an MLflow run and a new version of `feedback_model`."""
+    settings = run_context.settings()
+    full = run_context.full_retrain
+    families = settings.full_retrain.families if full else settings.models.families
+    tags = {"dagster_run_id": context.run_id, "trigger": run_context.trigger(context)}
+    with warehouse.connect(read_only=True) as con:
+        round_ = train_challengers(
+            con,
+            mlflow_registry.get_registry(),
+            settings,
+            list(families),
+            full,
+            tags,
+            context.log.info,
+        )
+    table = [{"version": c.version, "family": c.family, **c.validation} for c in round_.challengers]
+    return dg.Output(
+        round_,
+        metadata={
+            "as_of": round_.as_of.isoformat(),
+            "training_set_hash": round_.training_set_hash,
+            "versions": ", ".join(c.version for c in round_.challengers),
+            "validation_metrics": dg.MetadataValue.md(markdown(table)),
+        },
+    )

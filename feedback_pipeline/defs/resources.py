@@ -1,0 +1,66 @@
+"""Every outside system behind a ConfigurableResource, with a local (embedded) variant."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+
+from feedback_pipeline.defs.run_context import RunContextResource
+from feedback_pipeline.registry.mlflow_registry import Registry, default_tracking_uri
+from feedback_pipeline.settings import SETTINGS_ENV_VAR
+from feedback_pipeline.warehouse import connection as warehouse
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """The DuckDB warehouse file (DESIGN section 3: ``$DATA_DIR/warehouse.duckdb``)."""
+
+    path: str
+
+    @contextmanager
+    def connect(
+        self, read_only: bool = False, lock_timeout: float = 120.0
+    ) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection; waits up to ``lock_timeout`` s while another process holds the file."""
+        con = warehouse.connect(self.path, read_only=read_only, lock_timeout=lock_timeout)
+        try:
+            yield con
+        finally:
+            con.close()
+
+
+class LandingZoneResource(dg.ConfigurableResource):
+    """Where files land: ``<path>/{predictions,feedback,baseline}/``."""
+
+    path: str
+
+    @property
+    def root(self) -> Path:
+        return Path(self.path)
+
+
+class MlflowRegistryResource(dg.ConfigurableResource):
+    """MLflow tracking store and model registry (``MLFLOW_TRACKING_URI`` or local sqlite)."""
+
+    tracking_uri: str
+    artifact_root: str
+
+    def get_registry(self) -> Registry:
+        return Registry(self.tracking_uri, self.artifact_root)
+
+
+def local_resources(data_dir: Path) -> dict[str, dg.ConfigurableResource]:
+    """The embedded defaults: everything under one data directory."""
+    return {
+        "warehouse": WarehouseResource(path=str(data_dir / "warehouse.duckdb")),
+        "landing_zone": LandingZoneResource(path=str(data_dir / "landing")),
+        "run_context": RunContextResource(settings_file=os.environ.get(SETTINGS_ENV_VAR) or None),
+        "mlflow_registry": MlflowRegistryResource(
+            tracking_uri=default_tracking_uri(data_dir),
+            artifact_root=str(data_dir / "mlartifacts"),
+        ),
+    }

@@ -1,0 +1,129 @@
+"""Sensors: enough new labels -> retrain; new landing files -> ingest; failed retrain -> ledger."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import dagster as dg
+import duckdb
+
+from feedback_pipeline.defs.jobs import full_retrain_job, ingest_job, retrain_job
+from feedback_pipeline.defs.resources import (
+    LandingZoneResource,
+    MlflowRegistryResource,
+    WarehouseResource,
+)
+from feedback_pipeline.defs.run_context import RunContextResource, run_context_config
+from feedback_pipeline.monitoring import triggers
+from feedback_pipeline.promotion import ledger
+from feedback_pipeline.registry.mlflow_registry import CHAMPION, RegistryUnavailable
+from feedback_pipeline.settings import TriggerSettings
+
+
+def new_labels_request(
+    context: dg.SensorEvaluationContext,
+    warehouse: WarehouseResource,
+    mlflow_registry: MlflowRegistryResource,
+    run_context: RunContextResource,
+) -> dg.RunRequest | dg.SkipReason:
+    """A retrain once enough matured labels arrived after the data watermark."""
+    threshold = run_context.settings().triggers.new_labels_threshold
+    now = datetime.now(UTC).replace(tzinfo=None)
+    registry = mlflow_registry.get_registry()  # an MLflow outage fails the tick, loudly
+    try:
+        with warehouse.connect(read_only=True, lock_timeout=0) as con:
+            found = triggers.new_labels(con, registry, threshold, now)
+    except duckdb.IOException as error:  # a run holds the writer lock: look again next tick
+        return dg.SkipReason(f"warehouse busy, will check again: {error}")
+    watermark = found.watermark.isoformat() if found.watermark else "none (no model yet)"
+    if not found.enough:
+        return dg.SkipReason(
+            f"{found.count} new labels since watermark {watermark}, threshold {threshold}"
+        )
+    as_of = now.isoformat() + "Z"
+    context.log.info(f"{found.count} new labels since {watermark}: requesting a retrain")
+    return dg.RunRequest(
+        run_key=found.run_key,
+        run_config=run_context_config(as_of),
+        tags={
+            "trigger": "new_labels",
+            "as_of": as_of,
+            "data_watermark": watermark,
+            "new_labels": str(found.count),
+        },
+    )
+
+
+def build_sensors(triggers_settings: TriggerSettings) -> list[dg.SensorDefinition]:
+    @dg.sensor(
+        name="new_labels_sensor",
+        job=retrain_job,
+        minimum_interval_seconds=triggers_settings.new_labels_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Retrain once enough matured labels arrived after the data watermark.",
+    )
+    def new_labels_sensor(
+        context: dg.SensorEvaluationContext,
+        warehouse: WarehouseResource,
+        mlflow_registry: MlflowRegistryResource,
+        run_context: RunContextResource,
+    ):
+        return new_labels_request(context, warehouse, mlflow_registry, run_context)
+
+    @dg.sensor(
+        name="landing_files_sensor",
+        job=ingest_job,
+        minimum_interval_seconds=triggers_settings.landing_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Ingest when files are added to or changed in the landing zone.",
+    )
+    def landing_files_sensor(
+        context: dg.SensorEvaluationContext, landing_zone: LandingZoneResource
+    ):
+        return landing_files_request(context, landing_zone)
+
+    return [new_labels_sensor, landing_files_sensor]
+
+
+def landing_files_request(
+    context: dg.SensorEvaluationContext, landing_zone: LandingZoneResource
+) -> dg.RunRequest | dg.SkipReason:
+    """An ingest run when files were added to or changed in the landing zone."""
+    signature, files = triggers.landing_signature(landing_zone.root)
+    if files == 0:
+        return dg.SkipReason(f"no files in {landing_zone.root}")
+    if signature == context.cursor:
+        return dg.SkipReason(f"no new or changed files among {files}")
+    context.update_cursor(signature)
+    return dg.RunRequest(run_key=f"landing:{signature}", tags={"trigger": "landing_files"})
+
+
+@dg.run_failure_sensor(
+    name="retrain_failure_sensor",
+    monitored_jobs=[retrain_job, full_retrain_job],
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Records failed retrains in the promotion ledger.",
+)
+def retrain_failure_sensor(
+    context: dg.RunFailureSensorContext,
+    warehouse: WarehouseResource,
+    mlflow_registry: MlflowRegistryResource,
+):
+    reason = f"run failed: {context.failure_event.message}"
+    try:
+        champion = mlflow_registry.get_registry().alias_version(CHAMPION)
+    except RegistryUnavailable as error:  # recorded, with the champion unknown, not guessed
+        champion = None
+        reason += f" (champion unknown: {error})"
+    tags = context.dagster_run.tags
+    with warehouse.connect() as con:
+        ledger.append_event(
+            con,
+            "failed_retrain",
+            reason,
+            False,
+            champion,
+            champion,
+            trigger=tags.get("trigger", "manual"),
+            dagster_run_id=context.dagster_run.run_id,
+        )

@@ -1,0 +1,233 @@
+"""The evaluation report: challengers and the current champion on the same holdout, the gate's
+decision, logged to MLflow (DESIGN section 8). A typed object, never edited after it is made."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+import duckdb
+import numpy as np
+
+from feedback_pipeline.evaluation.metrics import (
+    bootstrap_deltas,
+    classification_metrics,
+    majority_accuracy,
+)
+from feedback_pipeline.evaluation.plots import close, holdout_figures
+from feedback_pipeline.promotion.gate import Decision, decide
+from feedback_pipeline.registry.mlflow_registry import CHAMPION, Registry
+from feedback_pipeline.settings import GateSettings
+from feedback_pipeline.training.challengers import Challenger, ChallengerRound, model_card
+from feedback_pipeline.training.dataset import load_info, load_split, split_counts
+from feedback_pipeline.warehouse.summaries import markdown
+
+Progress = Callable[[str], None]
+
+
+class StaleChallengersError(ValueError):
+    """The challengers were trained on another training set than the one now in the warehouse."""
+
+
+@dataclass(frozen=True)
+class ScoredChallenger:
+    challenger: Challenger
+    holdout: dict[str, float]
+
+    @property
+    def label(self) -> str:
+        return f"{self.challenger.family} v{self.challenger.version}"
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    as_of: datetime
+    training_set_hash: str
+    features: list[str]
+    holdout_rows: int
+    majority_accuracy: float
+    challengers: tuple[ScoredChallenger, ...]
+    best: ScoredChallenger  # chosen on validation, never on the holdout
+    champion_version: str | None
+    champion_metrics: dict[str, float] | None
+    deltas: dict[str, dict[str, float]] | None
+    decision: Decision
+    gate: GateSettings
+
+    @property
+    def mode(self) -> str:
+        return self.gate.mode
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for ``evaluation/report.json``."""
+        return {
+            "as_of": str(self.as_of),
+            "training_set_hash": self.training_set_hash,
+            "features": self.features,
+            "holdout_rows": self.holdout_rows,
+            "majority_accuracy": self.majority_accuracy,
+            "challengers": [
+                {**asdict(s.challenger), "as_of": str(s.challenger.as_of), "holdout": s.holdout}
+                for s in self.challengers
+            ],
+            "best_version": self.best.challenger.version,
+            "champion_version": self.champion_version,
+            "champion_metrics": self.champion_metrics,
+            "deltas": self.deltas,
+            "decision": self.decision.as_dict(),
+            "mode": self.mode,
+            "gate": self.gate.model_dump(),
+        }
+
+    def tables(self) -> dict[str, str]:
+        """The report's parts as markdown: holdout metrics, deltas, decision."""
+        rows = [{"model": s.label, **s.holdout} for s in self.challengers]
+        if self.champion_metrics:
+            rows.insert(0, {"model": f"champion v{self.champion_version}", **self.champion_metrics})
+        deltas = [{"metric": m, **d} for m, d in (self.deltas or {}).items()]
+        verdict = "PROMOTE" if self.decision.promote else "KEEP CHAMPION"
+        dry = " (dry run: nothing moves)" if self.mode == "dry_run" else ""
+        return {
+            "holdout_metrics": f"Holdout: {self.holdout_rows} matured outcome/explicit rows, "
+            f"unweighted. Best challenger on validation: v{self.best.challenger.version}. "
+            f"Majority-class accuracy {self.majority_accuracy:.4f}.\n\n" + markdown(rows),
+            "deltas": "Challenger minus champion, with bootstrap "
+            f"{self.gate.confidence_level:.0%} intervals.\n\n" + markdown(deltas),
+            "decision": f"**{verdict}**{dry}: {self.decision.reason}",
+        }
+
+    def markdown(self) -> str:
+        tables = self.tables()
+        return "\n\n".join(
+            [
+                "## Champion vs challengers on the holdout",
+                tables["holdout_metrics"],
+                "## Deltas",
+                tables["deltas"],
+                "## Decision",
+                tables["decision"],
+            ]
+        )
+
+
+def evaluate(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    round_: ChallengerRound,
+    gate: GateSettings,
+    seed: int,
+    progress: Progress = print,
+) -> EvaluationReport:
+    """Score the challengers and the current champion on the same holdout and decide.
+
+    Refuses challengers trained on another training set than the current one: their holdout
+    would be rows they may have trained on."""
+    info = load_info(con)
+    if round_.training_set_hash != info.content_hash:
+        raise StaleChallengersError(
+            f"challengers were trained on training set {round_.training_set_hash} (as of "
+            f"{round_.as_of}) but the current training set is {info.content_hash} (as of "
+            f"{info.as_of}): rematerialize challenger_models, then evaluation_report"
+        )
+    holdout = load_split(con, "holdout", info.features)
+    champion_version = registry.alias_version(CHAMPION)  # raises if MLflow is unreachable
+    scorable = len(holdout) > 0
+    probabilities: dict[str, np.ndarray] = {}
+    scored = []
+    for challenger in round_.challengers:
+        p = (
+            registry.predict_probability(challenger.version, holdout.X).to_numpy()
+            if scorable
+            else np.array([])
+        )
+        metrics = classification_metrics(holdout.y, p, gate.threshold) if scorable else {}
+        scored.append(ScoredChallenger(challenger, metrics))
+        probabilities[scored[-1].label] = p
+        registry.log_metrics(challenger.run_id, {f"holdout_{k}": v for k, v in metrics.items()})
+    best = next(s for s in scored if s.challenger == round_.best)
+    champion_metrics = deltas = None
+    if champion_version is not None and scorable:
+        p_champion = registry.predict_probability(champion_version, holdout.X).to_numpy()
+        probabilities[f"champion v{champion_version}"] = p_champion
+        champion_metrics = classification_metrics(holdout.y, p_champion, gate.threshold)
+        deltas = bootstrap_deltas(
+            holdout.y,
+            probabilities[best.label],
+            p_champion,
+            gate.threshold,
+            gate.bootstrap_samples,
+            gate.confidence_level,
+            seed,
+        )
+    majority = majority_accuracy(holdout.y)
+    decision = decide(
+        gate,
+        len(holdout),
+        best.holdout,
+        champion_metrics if champion_version is not None else None,
+        deltas,
+        majority,
+    )
+    progress(f"decision: {decision.reason}")
+    report = EvaluationReport(
+        as_of=info.as_of,
+        training_set_hash=info.content_hash,
+        features=info.features,
+        holdout_rows=len(holdout),
+        majority_accuracy=majority,
+        challengers=tuple(scored),
+        best=best,
+        champion_version=champion_version,
+        champion_metrics=champion_metrics,
+        deltas=deltas,
+        decision=decision,
+        gate=gate,
+    )
+    _log(registry, report, con, holdout.y, probabilities)
+    return report
+
+
+def _log(
+    registry: Registry,
+    report: EvaluationReport,
+    con: duckdb.DuckDBPyConnection,
+    y: np.ndarray,
+    probabilities: dict[str, np.ndarray],
+) -> None:
+    """Model cards that now tell the holdout and the decision; the report and plots on the best
+    challenger's run."""
+    info = load_info(con)
+    counts = split_counts(con)
+    best = report.best.challenger
+    for scored in report.challengers:
+        challenger = scored.challenger
+        role = (
+            "the best challenger on validation"
+            if challenger == best
+            else f"not the best challenger on validation (v{best.version} is)"
+        )
+        registry.log_text(
+            challenger.run_id,
+            model_card(
+                challenger.family,
+                challenger.params,
+                info,
+                counts,
+                challenger.validation,
+                "## Holdout metrics (unweighted)\n\n"
+                + markdown([scored.holdout])
+                + f"\n\n## Decision\n\nThis version is {role}. {report.decision.reason}",
+            ),
+            "model_card.md",
+        )
+    figures = holdout_figures(y, probabilities) if len(set(y.tolist())) == 2 else {}
+    registry.log_report(
+        best.run_id,
+        json.dumps(report.as_dict(), indent=2, default=str),
+        report.markdown(),
+        figures,
+    )
+    close(figures)

@@ -1,0 +1,1 @@
+"""Landing files -> raw tables: the data contract as data, formats, validation, manifest."""

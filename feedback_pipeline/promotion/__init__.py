@@ -1,0 +1,1 @@
+"""The gate (pure), applying its decision, rollback, forced promotion and the ledger."""

@@ -1,0 +1,100 @@
+"""Moving the ``champion`` alias: the gate's decision, a rollback or a forced promotion, each
+written to the ledger (DESIGN section 8). The one place that moves aliases."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import duckdb
+
+from feedback_pipeline.evaluation.report import EvaluationReport
+from feedback_pipeline.promotion import ledger
+from feedback_pipeline.registry.mlflow_registry import CHALLENGER, CHAMPION, Registry
+
+
+@dataclass(frozen=True)
+class ChampionChange:
+    old_version: str | None
+    new_version: str | None
+    promoted: bool
+    reason: str
+
+
+def apply_decision(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    report: EvaluationReport,
+    trigger: str,
+    dagster_run_id: str | None,
+) -> ChampionChange:
+    """Move the aliases as decided and append the decision to the ledger, promoted or not."""
+    decision = report.decision
+    old = registry.alias_version(CHAMPION)
+    best = report.best.challenger.version
+    now = datetime.now().isoformat(timespec="seconds")
+    if report.mode == "enforce":
+        registry.set_alias(CHALLENGER, best)
+    if decision.applied:
+        registry.set_alias(CHAMPION, best)
+        registry.tag_version(best, "promoted_at", now)
+        if old is not None and old != best:
+            registry.tag_version(old, "retired_at", now)
+            registry.tag_version(old, "replaced_by", best)
+    new = best if decision.applied else old
+    ledger.append_event(
+        con,
+        "retrain",
+        decision.reason,
+        decision.applied,
+        old,
+        new,
+        trigger=trigger,
+        as_of=report.as_of,
+        challenger_version=best,
+        mode=report.mode,
+        metrics={"challenger": report.best.holdout, "champion": report.champion_metrics},
+        deltas=report.deltas,
+        dagster_run_id=dagster_run_id,
+    )
+    return ChampionChange(old, new, decision.applied, decision.reason)
+
+
+def rollback(
+    con: duckdb.DuckDBPyConnection, registry: Registry, reason: str, to_version: str | None = None
+) -> ChampionChange:
+    """Point ``champion`` back at the previous champion (or ``to_version``); ledger it."""
+    current = registry.alias_version(CHAMPION)
+    if to_version is None:
+        to_version = ledger.previous_champion(con, current)
+        if to_version is None:
+            raise ValueError(
+                f"no previous champion recorded before version {current}; pass --to VERSION"
+            )
+    return _move_champion(con, registry, to_version, reason, "rollback", current)
+
+
+def force_promote(
+    con: duckdb.DuckDBPyConnection, registry: Registry, version: str, reason: str
+) -> ChampionChange:
+    return _move_champion(
+        con, registry, version, reason, "forced_promotion", registry.alias_version(CHAMPION)
+    )
+
+
+def _move_champion(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    version: str,
+    reason: str,
+    action: str,
+    current: str | None,
+) -> ChampionChange:
+    if not reason or not reason.strip():
+        raise ValueError("--reason is required")
+    if str(version) not in registry.versions():
+        raise ValueError(f"feedback_model has no version {version}")
+    registry.set_alias(CHAMPION, str(version))
+    registry.tag_version(str(version), "promoted_at", datetime.now().isoformat(timespec="seconds"))
+    ledger.append_event(con, action, reason, True, current, str(version), trigger="cli")
+    return ChampionChange(current, str(version), True, reason)

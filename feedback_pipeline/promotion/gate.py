@@ -1,0 +1,115 @@
+"""The promotion gate (DESIGN section 8) as a pure function of metrics and policy data."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from feedback_pipeline.settings import GateSettings
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool  # the gate passed
+    applied: bool  # the gate passed and mode is enforce: the alias moves
+    reason: str
+    deciding_metric: str | None = None
+    checks: dict[str, bool] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def decide(
+    gate: GateSettings,
+    holdout_rows: int,
+    challenger: dict[str, float],
+    champion: dict[str, float] | None,
+    deltas: dict[str, dict[str, float]] | None,
+    majority_accuracy: float,
+) -> Decision:
+    """Decide whether the challenger replaces the champion; every outcome has a reason."""
+    decision = _decide(gate, holdout_rows, challenger, champion, deltas, majority_accuracy)
+    if gate.mode == "dry_run":
+        verdict = "would promote" if decision.promote else "would not promote"
+        return Decision(
+            decision.promote,
+            False,
+            f"[dry run, nothing moved] {verdict}: {decision.reason}",
+            decision.deciding_metric,
+            decision.checks,
+        )
+    return decision
+
+
+def _decide(gate, holdout_rows, challenger, champion, deltas, majority_accuracy) -> Decision:
+    if holdout_rows < gate.min_holdout_rows:
+        return Decision(
+            False,
+            False,
+            f"holdout has {holdout_rows} rows, fewer than min_holdout_rows={gate.min_holdout_rows}",
+            checks={"holdout_size": False},
+        )
+    if champion is None:
+        beats_majority = challenger["accuracy"] > majority_accuracy
+        auc_ok = challenger["roc_auc"] >= gate.cold_start_min_auc
+        checks = {"beats_majority_class": beats_majority, "min_auc": auc_ok}
+        summary = (
+            f"accuracy {challenger['accuracy']:.3f} vs majority class "
+            f"{majority_accuracy:.3f}, AUC {challenger['roc_auc']:.3f} (needs >= "
+            f"{gate.cold_start_min_auc})"
+        )
+        if beats_majority and auc_ok:
+            return Decision(
+                True, True, f"no champion yet; challenger qualifies: {summary}", "accuracy", checks
+            )
+        return Decision(
+            False, False, f"no champion yet; challenger does not qualify: {summary}", None, checks
+        )
+
+    assert deltas is not None
+    accuracy_gain = challenger["accuracy"] - champion["accuracy"]
+    f1_gain = challenger["f1_weighted"] - champion["f1_weighted"]
+    auc_drop = champion["roc_auc"] - challenger["roc_auc"]
+    margins = {
+        "accuracy": accuracy_gain >= gate.min_accuracy_gain,
+        "f1_weighted": f1_gain >= gate.min_f1_gain,
+    }
+    met = [metric for metric, ok in margins.items() if ok]
+    gains = (
+        f"accuracy {accuracy_gain:+.3f} (needs +{gate.min_accuracy_gain}), weighted F1 "
+        f"{f1_gain:+.3f} (needs +{gate.min_f1_gain})"
+    )
+    checks = {"margin": bool(met), "auc_guardrail": auc_drop <= gate.max_auc_drop}
+    if not met:
+        return Decision(False, False, f"no gain large enough: {gains}", None, checks)
+    if auc_drop > gate.max_auc_drop:
+        return Decision(
+            False,
+            False,
+            f"AUC drops by {auc_drop:.3f}, more than max_auc_drop={gate.max_auc_drop} ({gains})",
+            met[0],
+            checks,
+        )
+    # The incumbent rule is an OR of two claims of improvement. Each claim stands on its own
+    # evidence: a met margin whose bootstrap lower bound is above 0 decides, whichever it is.
+    # A met but noisy accuracy gain neither decides nor vetoes a met and significant F1 gain.
+    significant = [metric for metric in met if deltas[metric]["low"] > 0]
+    checks["significant"] = bool(significant)
+    deciding = (significant or met)[0]
+    low = deltas[deciding]["low"]
+    if gate.require_significance and not significant:
+        bounds = ", ".join(f"{m} {deltas[m]['low']:+.3f}" for m in met)
+        return Decision(
+            False,
+            False,
+            f"no met gain is significant: bootstrap lower bound(s) {bounds} <= 0 ({gains})",
+            deciding,
+            checks,
+        )
+    return Decision(
+        True,
+        True,
+        f"challenger beats champion on {deciding}: {gains}; bootstrap lower bound {low:+.3f}",
+        deciding,
+        checks,
+    )

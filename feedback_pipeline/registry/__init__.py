@@ -1,0 +1,1 @@
+"""MLflow: logging, registering, aliases and the serving model (DESIGN section 7)."""

@@ -1,0 +1,238 @@
+"""MLflow: every challenger is a run and a version of ``feedback_model`` (DESIGN section 7).
+
+Models are logged as a small pyfunc that returns the probability that a prediction is good, so
+every family loads and predicts the same way: ``models:/feedback_model@champion``. The pyfunc is
+logged as code (``serving_model.py``) beside the fitted estimator, so loading it needs only the
+model's requirements, not this package and not MLflow's pickling of a Python object.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+import threading
+from dataclasses import dataclass
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+from mlflow.utils import requirements_utils
+from xgboost import XGBClassifier
+
+from feedback_pipeline.training.families import predict_probability
+
+MODEL_NAME = "feedback_model"
+EXPERIMENT = "feedback_pipeline"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+class RegistryUnavailable(RuntimeError):
+    """MLflow could not answer (server down, store unreadable): never read as "not found"."""
+
+    def __init__(self, tracking_uri: str, error: Exception):
+        super().__init__(
+            f"MLflow at {tracking_uri} did not answer: {str(error).splitlines()[0][:300]}. "
+            "Check that the tracking server is up and MLFLOW_TRACKING_URI is right, then rerun; "
+            "nothing was promoted."
+        )
+
+
+def _not_found(error: MlflowException) -> bool:
+    return error.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or (
+        error.error_code == "INVALID_PARAMETER_VALUE" and "not found" in str(error).lower()
+    )
+
+
+@dataclass(frozen=True)
+class RegisteredChallenger:
+    version: str
+    run_id: str
+    family: str
+
+
+def _requirements() -> list[str]:
+    names = ("mlflow", "pandas", "scikit-learn", "xgboost")
+    return [f"{name}=={package_version(name)}" for name in names]
+
+
+# Logged with every model: the code MLflow runs to load and score it (see serving_model.py).
+SERVING_MODEL_CODE = Path(__file__).with_name("serving_model.py")
+
+
+def _save_estimator(estimator: Any, folder: Path) -> tuple[Path, str]:
+    """The fitted estimator as a file: XGBoost in its own JSON format, scikit-learn pickled."""
+    if isinstance(estimator, XGBClassifier):
+        path = folder / "estimator.json"
+        estimator.save_model(path)
+        return path, "xgboost_json"
+    path = folder / "estimator.pkl"
+    with path.open("wb") as file:
+        pickle.dump(estimator, file)
+    return path, "pickle"
+
+
+class Registry:
+    """The MLflow tracking store and model registry."""
+
+    def __init__(self, tracking_uri: str, artifact_root: str):
+        self.tracking_uri = tracking_uri
+        self.artifact_root = artifact_root
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self._package_scan: threading.Thread | None = None
+
+    def start_package_scan(self) -> None:
+        """Start, on a background thread, the scan of installed packages that MLflow makes once
+        per process before it logs the first model (about 0.6 s), so it overlaps training.
+
+        It calls a private MLflow function; if that is gone, ``log_model`` scans as before.
+        """
+        scan = getattr(requirements_utils, "_init_packages_to_modules_map", None)
+        if scan is not None and self._package_scan is None:
+            self._package_scan = threading.Thread(target=scan, name="mlflow-package-scan")
+            self._package_scan.start()
+
+    def experiment_id(self) -> str:
+        experiment = self.client.get_experiment_by_name(EXPERIMENT)
+        if experiment is not None:
+            return experiment.experiment_id
+        Path(self.artifact_root).mkdir(parents=True, exist_ok=True)
+        return self.client.create_experiment(
+            EXPERIMENT, artifact_location=Path(self.artifact_root).resolve().as_uri()
+        )
+
+    def log_challenger(
+        self,
+        estimator: Any,
+        family: str,
+        features: list[str],
+        example: pd.DataFrame,
+        params: dict[str, Any],
+        metrics: dict[str, float],
+        tags: dict[str, str],
+        model_card: str,
+    ) -> RegisteredChallenger:
+        """One run with params, metrics, tags, model card and model; a new registered version."""
+        if self._package_scan is not None:
+            self._package_scan.join()  # MLflow's package map is complete before it is read
+        example = example[features].astype("float64").head(5)
+        output = pd.DataFrame({"probability": predict_probability(estimator, example)})
+        with (
+            mlflow.start_run(
+                experiment_id=self.experiment_id(), run_name=f"{family}-{tags.get('as_of', '')}"
+            ) as run,
+            tempfile.TemporaryDirectory() as folder,
+        ):
+            mlflow.log_params({k: _param(v) for k, v in params.items()})
+            mlflow.log_metrics({k: v for k, v in metrics.items() if _finite(v)})
+            mlflow.set_tags(tags)
+            mlflow.log_text(model_card, "model_card.md")
+            estimator_file, estimator_format = _save_estimator(estimator, Path(folder))
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(SERVING_MODEL_CODE),
+                artifacts={"estimator": str(estimator_file)},
+                model_config={"features": list(features), "estimator_format": estimator_format},
+                signature=infer_signature(example, output),
+                input_example=example,
+                registered_model_name=MODEL_NAME,
+                pip_requirements=_requirements(),
+            )
+        version = str(info.registered_model_version)
+        for key, value in tags.items():
+            self.client.set_model_version_tag(MODEL_NAME, version, key, value)
+        self.client.set_model_version_tag(MODEL_NAME, version, "family", family)
+        return RegisteredChallenger(version, run.info.run_id, family)
+
+    def find_version(self, tag: str, value: str) -> RegisteredChallenger | None:
+        """The newest version carrying ``tag=value`` (e.g. the same fit key), if any."""
+        for model_version in sorted(
+            self.client.search_model_versions(f"name = '{MODEL_NAME}'"),
+            key=lambda v: -int(v.version),
+        ):
+            if model_version.tags.get(tag) == value:
+                family = model_version.tags.get("family", "")
+                return RegisteredChallenger(
+                    str(model_version.version), model_version.run_id, family
+                )
+        return None
+
+    def alias_version(self, alias: str) -> str | None:
+        """The version ``alias`` points at; None only when MLflow says it does not exist.
+
+        Any other MLflow error (an unreachable server, a broken store) is raised as a
+        RegistryUnavailable: a failed lookup must never look like "no champion yet", which
+        would send a retrain down the cold-start path."""
+        try:
+            return str(self.client.get_model_version_by_alias(MODEL_NAME, alias).version)
+        except MlflowException as error:
+            if _not_found(error):
+                return None
+            raise RegistryUnavailable(self.tracking_uri, error) from error
+
+    def version_tags(self, version: str) -> dict[str, str]:
+        return dict(self.client.get_model_version(MODEL_NAME, version).tags)
+
+    def run_id(self, version: str) -> str:
+        return self.client.get_model_version(MODEL_NAME, version).run_id
+
+    def run_metrics(self, version: str) -> dict[str, float]:
+        return dict(self.client.get_run(self.run_id(version)).data.metrics)
+
+    def versions(self) -> list[str]:
+        found = self.client.search_model_versions(f"name = '{MODEL_NAME}'")
+        return sorted((str(v.version) for v in found), key=int)
+
+    def load(self, version: str) -> mlflow.pyfunc.PyFuncModel:
+        return mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{version}")
+
+    def predict_probability(self, version: str, X: pd.DataFrame) -> pd.Series:
+        return self.load(version).predict(X)["probability"]
+
+    def set_alias(self, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(MODEL_NAME, alias, version)
+
+    def tag_version(self, version: str, key: str, value: str) -> None:
+        self.client.set_model_version_tag(MODEL_NAME, version, key, value)
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            if _finite(value):
+                self.client.log_metric(run_id, key, value)
+
+    def log_text(self, run_id: str, text: str, path: str) -> None:
+        self.client.log_text(run_id, text, path)
+
+    def log_report(self, run_id: str, report_json: str, markdown: str, figures: dict) -> None:
+        self.client.log_text(run_id, report_json, "evaluation/report.json")
+        self.client.log_text(run_id, markdown, "evaluation/report.md")
+        for name, figure in figures.items():
+            self.client.log_figure(run_id, figure, f"evaluation/{name}.png")
+
+
+def default_tracking_uri(data_dir: Path) -> str:
+    """``$MLFLOW_TRACKING_URI``, else a sqlite store in the data directory."""
+    return (
+        os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(data_dir / 'mlflow.db').resolve()}"
+    )
+
+
+def local_registry(data_dir: Path) -> Registry:
+    return Registry(default_tracking_uri(data_dir), str(data_dir / "mlartifacts"))
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and value == value and abs(value) != float("inf")
+
+
+def _param(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, dict | list) else str(value)

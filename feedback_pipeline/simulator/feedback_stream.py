@@ -1,0 +1,470 @@
+"""Synthetic landing data: predictions, feedback events and baseline examples with drift.
+
+Deterministic by seed (each day has its own generator seeded by ``(seed, kind, day)``), one day
+of data in memory at a time, vectorised numpy + DuckDB rendering (no Python loop per record).
+
+The world: a deployed model scores items with 8 numeric features. Whether a prediction was
+*good* follows a logistic model whose weights drift linearly from ``W_START`` to ``W_END`` over
+``drift_days`` (180 by default), while the deployed model keeps scoring with the stale
+``W_START``. People accept, export, modify, reject or accept-then-undo (85% of them right);
+trades close days later as win, loss or breakeven. An automatic labeler provides weak baseline
+labels: it sees only the market features, and 25% of its labels are flipped. Late predictions
+land three days after their feedback (orphans until then). A small rate of bad records of every
+kind in DESIGN section 4 is mixed in.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from feedback_pipeline.ingest.contract import KINDS
+
+FEATURES = (
+    "momentum",
+    "volatility",
+    "volume_z",
+    "spread",
+    "rsi",
+    "sentiment",
+    "gap",
+    "trend",
+)
+MARKET_FEATURES = ("momentum", "volatility", "volume_z", "spread")
+W_START = 2.0 * np.array([1.6, -0.8, 0.6, -0.4, 0.0, 0.9, 0.0, 0.5])
+W_END = 2.0 * np.array([-0.4, -0.8, 0.6, -0.4, 1.4, 0.2, 0.8, 0.5])
+LATE_DAYS = 3
+KIND_CODES = {"predictions": 1, "feedback": 2, "baseline": 3}
+
+# Record-level corruptions as JSON merge patches (RFC 7396: null removes a key).
+BAD_PATCHES: dict[str, list[tuple[str, str]]] = {
+    "predictions": [
+        ("missing_id", '{"prediction_id": null}'),
+        ("confidence_out_of_range", '{"confidence": 1.7}'),
+        ("bad_timestamp", '{"predicted_at": "last tuesday"}'),
+        ("bad_environment", '{"environment": "staging"}'),
+        ("feature_not_number", '{"features": {"momentum": "high"}}'),
+        ("features_not_object", '{"features": "none"}'),
+        ("confidence_as_text", '{"confidence": "0.5"}'),
+    ],
+    "feedback": [
+        ("missing_prediction_id", '{"prediction_id": null}'),
+        ("unknown_event_type", '{"event_type": "like"}'),
+        ("outcome_without_result", '{"event_type": "outcome", "outcome": null}'),
+        ("bad_timestamp", '{"occurred_at": "2026-13-45T99:00:00"}'),
+        ("bad_outcome", '{"event_type": "outcome", "outcome": "jackpot"}'),
+    ],
+    "baseline": [
+        ("label_not_binary", '{"label": 2}'),
+        ("missing_features", '{"features": null}'),
+        ("bad_timestamp", '{"as_of": "soon"}'),
+    ],
+}
+CONFLICT_PATCH = {
+    "predictions": '{"confidence": 0.123}',
+    "feedback": '{"notes": "edited after the fact"}',
+    "baseline": '{"source": "relabeled"}',
+}
+# Text-level corruptions, one per jsonl file in rotation (only when bad_rate > 0).
+TEXT_CORRUPTIONS = ("nan_token", "invalid_utf8", "truncated_last_line", "crlf", "none")
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    start: date = date(2026, 1, 5)
+    days: int = 60
+    predictions_per_day: int = 200
+    baseline_per_day: int = 100
+    seed: int = 7
+    bad_rate: float = 0.01
+    dev_share: float = 0.1
+    late_share: float = 0.02
+    outcome_rate: float = 0.5
+    human_rate: float = 0.5
+    human_accuracy: float = 0.85
+    weak_label_noise: float = 0.25
+    file_format: Literal["jsonl", "csv", "parquet"] = "jsonl"
+    n_entities: int = 50
+    drift_days: int = 180
+
+    def __post_init__(self) -> None:
+        if self.days < 1:
+            raise ValueError("days must be >= 1")
+        if self.predictions_per_day < 1:
+            raise ValueError("predictions_per_day must be >= 1")
+        for name in (
+            "bad_rate",
+            "dev_share",
+            "late_share",
+            "outcome_rate",
+            "human_rate",
+            "human_accuracy",
+            "weak_label_noise",
+        ):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+
+
+@dataclass
+class SimulationSummary:
+    predictions: int = 0
+    feedback_events: int = 0
+    baseline_examples: int = 0
+    bad_records: int = 0
+    files: list[str] = field(default_factory=list)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _rng(seed: int, kind: str, day: int) -> np.random.Generator:
+    return np.random.default_rng([seed, KIND_CODES[kind], day])
+
+
+def true_weights(day: int, drift_days: int) -> np.ndarray:
+    """The drifting ground truth: the 'good prediction' logit's weights on ``day``; the drift
+    from ``W_START`` to ``W_END`` takes ``drift_days`` and then stays."""
+    share = min(day / max(drift_days, 1), 1.0)
+    return (1.0 - share) * W_START + share * W_END
+
+
+def _timestamps(day_start: datetime, seconds: np.ndarray) -> pd.Series:
+    return pd.Series(pd.Timestamp(day_start) + pd.to_timedelta(np.round(seconds), unit="s"))
+
+
+def _ids(prefix: str, n: int) -> np.ndarray:
+    """``prefix`` + zero-padded sequence numbers, vectorised."""
+    return np.char.add(prefix, np.char.zfill(np.arange(n).astype("U7"), 7)).astype(object)
+
+
+def _feature_frame(rng: np.random.Generator, n: int) -> pd.DataFrame:
+    return pd.DataFrame(rng.normal(size=(n, len(FEATURES))).round(4), columns=list(FEATURES))
+
+
+def predictions_for_day(config: SimulationConfig, day: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """One day's predictions and their hidden ground truth (1 = the prediction was good)."""
+    rng = _rng(config.seed, "predictions", day)
+    n = config.predictions_per_day
+    features = _feature_frame(rng, n)
+    x = features.to_numpy()
+    good = rng.random(n) < _sigmoid(x @ true_weights(day, config.drift_days) + 0.2)
+    day_start = datetime.combine(config.start + timedelta(days=day), datetime.min.time())
+    frame = features.assign(
+        prediction_id=_ids(f"p{config.start + timedelta(days=day):%Y%m%d}-", n),
+        seq=np.arange(n),
+        predicted_at=_timestamps(day_start, rng.uniform(0, 86_399, n)),
+        confidence=_sigmoid(x @ W_START * 0.8 + rng.normal(0, 0.4, n)).round(4),
+        rule_confidence=_sigmoid(x[:, 0] * 0.8 + rng.normal(0, 0.6, n)).round(4),
+        ml_enhanced=rng.random(n) < 0.7,
+        environment=np.where(rng.random(n) < config.dev_share, "dev", "prod"),
+        entity=rng.integers(0, config.n_entities, n),
+        model_version=np.where(day < config.days // 2, "v1", "v2"),
+        zone_suffix=np.where(rng.random(n) < 0.5, "Z", ""),
+        late=rng.random(n) < config.late_share,
+    )
+    return frame, good
+
+
+def feedback_for_day(
+    config: SimulationConfig, day: int, predictions: pd.DataFrame, good: np.ndarray
+) -> pd.DataFrame:
+    """Human signals within hours and trade outcomes days later, for one day's predictions."""
+    rng = _rng(config.seed, "feedback", day)
+    n = len(predictions)
+    predicted_at = predictions["predicted_at"].to_numpy()
+    env = np.where(rng.random(n) < 0.5, predictions["environment"].to_numpy(), None)
+    human_right = rng.random(n) < config.human_accuracy
+    says_good = np.where(human_right, good, ~good)
+    draw = rng.random(n)
+    positive_type = np.select([draw < 0.7, draw < 0.85], ["accept", "export"], "modify")
+    negative_type = np.where(draw < 0.7, "reject", "accept")  # accept, then undo below
+    human_type = np.where(says_good, positive_type, negative_type)
+    has_human = rng.random(n) < config.human_rate
+    human_at = predicted_at + pd.to_timedelta(np.round(rng.uniform(60, 6 * 3600, n)), unit="s")
+    has_undo = has_human & ~says_good & (human_type == "accept")
+    undo_at = human_at + pd.to_timedelta(np.round(rng.uniform(60, 7200, n)), unit="s")
+
+    outcome_draw = rng.random(n)
+    outcome = np.where(
+        good,
+        np.where(outcome_draw < 0.9, "win", "breakeven"),
+        np.where(outcome_draw < 0.85, "loss", "breakeven"),
+    )
+    magnitude = np.abs(rng.normal(1.3, 1.0, n))
+    return_pct = np.select(
+        [outcome == "win", outcome == "loss"], [magnitude, -magnitude], rng.normal(0, 0.05, n)
+    ).round(3)
+    has_outcome = rng.random(n) < config.outcome_rate
+    outcome_at = predicted_at + pd.to_timedelta(np.round(rng.uniform(1, 10, n) * 86_400), unit="s")
+    confidence = predictions["confidence"].to_numpy()
+    ids = predictions["prediction_id"].to_numpy()
+    modified = np.where(human_type == "modify", (confidence * rng.normal(1, 0.1, n)).round(4), None)
+    source = np.where(rng.random(n) < 0.8, "ui", "api")
+
+    def events(mask: np.ndarray, suffix: str, event_type, at, **extra) -> pd.DataFrame:
+        frame = pd.DataFrame(
+            {
+                "event_id": "e" + ids[mask] + suffix,
+                "prediction_id": ids[mask],
+                "event_type": np.broadcast_to(event_type, n)[mask],
+                "occurred_at": np.asarray(at)[mask],
+                "environment": env[mask],
+                "source": np.where(suffix == "-o", "broker", source[mask]),
+            }
+        )
+        for name, values in extra.items():
+            frame[name] = np.broadcast_to(values, n)[mask]
+        return frame
+
+    frames = [
+        events(has_human, "-h", human_type, human_at, modified_value=modified),
+        events(has_undo, "-u", "undo", undo_at),
+        events(has_outcome, "-o", "outcome", outcome_at, outcome=outcome, return_pct=return_pct),
+    ]
+    feedback = pd.concat(frames, ignore_index=True)
+    # Outcomes that have not happened by the end of the simulation are not known yet.
+    horizon = pd.Timestamp(config.start + timedelta(days=config.days))
+    feedback = feedback[pd.to_datetime(feedback["occurred_at"]) < horizon]
+    return feedback.sort_values(["occurred_at", "event_id"], ignore_index=True)
+
+
+def baseline_for_day(config: SimulationConfig, day: int) -> pd.DataFrame:
+    rng = _rng(config.seed, "baseline", day)
+    n = config.baseline_per_day
+    features = _feature_frame(rng, n)
+    # The automatic labeler (forward returns) sees the market features only, not the rest.
+    market = np.array([name in MARKET_FEATURES for name in FEATURES])
+    weights = true_weights(day, config.drift_days) * market
+    good = rng.random(n) < _sigmoid(features.to_numpy() @ weights + 0.2)
+    weak = np.where(rng.random(n) < config.weak_label_noise, ~good, good).astype(int)
+    day_start = datetime.combine(config.start + timedelta(days=day), datetime.min.time())
+    return features.assign(
+        example_id=_ids(f"b{config.start + timedelta(days=day):%Y%m%d}-", n),
+        seq=np.arange(n),
+        as_of=_timestamps(day_start, np.full(n, 23 * 3600.0)),
+        label=weak,
+        entity=rng.integers(0, config.n_entities, n),
+    )
+
+
+FEATURES_SQL = "struct_pack(" + ", ".join(f"{f} := {f}" for f in FEATURES) + ")"
+
+RENDER_SQL = {
+    "predictions": f"""
+        SELECT prediction_id AS id, late,
+               to_json(struct_pack(
+                   prediction_id := prediction_id,
+                   predicted_at := strftime(predicted_at, '%Y-%m-%dT%H:%M:%S') || zone_suffix,
+                   confidence := confidence,
+                   features := {FEATURES_SQL},
+                   entity_id := 'T' || lpad(entity::VARCHAR, 3, '0'),
+                   model_version := model_version,
+                   environment := environment,
+                   rule_confidence := rule_confidence,
+                   ml_enhanced := ml_enhanced
+               ))::VARCHAR AS record
+        FROM frame ORDER BY seq""",
+    "feedback": """
+        SELECT event_id AS id, false AS late,
+               to_json(struct_pack(
+                   event_id := event_id, prediction_id := prediction_id, event_type := event_type,
+                   occurred_at := strftime(occurred_at, '%Y-%m-%dT%H:%M:%SZ'),
+                   outcome := outcome, return_pct := return_pct,
+                   modified_value := modified_value, environment := environment,
+                   source := source
+               ))::VARCHAR AS record
+        FROM frame ORDER BY occurred_at, event_id""",
+    "baseline": f"""
+        SELECT example_id AS id, false AS late,
+               to_json(struct_pack(
+                   example_id := example_id,
+                   as_of := strftime(as_of, '%Y-%m-%dT%H:%M:%SZ'),
+                   label := label, features := {FEATURES_SQL},
+                   entity_id := 'T' || lpad(entity::VARCHAR, 3, '0'),
+                   source := 'forward_returns'
+               ))::VARCHAR AS record
+        FROM frame ORDER BY seq""",
+}
+
+
+def render_records(
+    con: duckdb.DuckDBPyConnection,
+    kind: str,
+    frame: pd.DataFrame,
+    rng: np.random.Generator,
+    bad_rate: float,
+) -> tuple[pd.DataFrame, int]:
+    """JSON text per record, with ``bad_rate`` of them corrupted, duplicated or conflicting."""
+    con.register("frame", frame)
+    rendered = con.sql(RENDER_SQL[kind]).df()
+    con.unregister("frame")
+    n = len(rendered)
+    patches = BAD_PATCHES[kind]
+    bad_kind = np.where(rng.random(n) < bad_rate, rng.integers(0, len(patches) + 2, n), -1)
+    rendered["patch"] = None
+    patched = (bad_kind >= 0) & (bad_kind < len(patches))
+    patch_texts = np.array([p for _, p in patches], dtype=object)
+    rendered.loc[patched, "patch"] = patch_texts[bad_kind[patched]]
+    con.register("rendered", rendered)
+    records = con.sql(
+        "SELECT id, late, CASE WHEN patch IS NULL THEN record "
+        "ELSE json_merge_patch(record, patch)::VARCHAR END AS record FROM rendered"
+    ).df()
+    con.unregister("rendered")
+    duplicate = records[bad_kind == len(patches)]
+    conflict = records[bad_kind == len(patches) + 1].copy()
+    if len(conflict):
+        con.register("conflict", conflict)
+        conflict = con.sql(
+            f"SELECT id, late, json_merge_patch(record, '{CONFLICT_PATCH[kind]}')::VARCHAR "
+            "AS record FROM conflict"
+        ).df()
+        con.unregister("conflict")
+    out = pd.concat([records, duplicate, conflict], ignore_index=True)
+    return out, int(patched.sum() + len(duplicate) + len(conflict))
+
+
+NAN_FIELD = {"predictions": "confidence", "feedback": "return_pct", "baseline": "label"}
+
+
+def _nan_token_line(kind: str, template: str) -> str:
+    """A copy of one record with a fresh id and a bare ``NaN`` token in a numeric field."""
+    record = json.loads(template)
+    id_field = KINDS[kind].id_field
+    record[id_field] = f"{record.get(id_field)}-nan"
+    record[NAN_FIELD[kind]] = float("nan")
+    return json.dumps(record)  # json.dumps writes NaN as the bare token
+
+
+def _write_jsonl(path: Path, kind: str, records: pd.Series, corruption: str) -> int:
+    """Write JSON lines, applying one text-level corruption; returns extra bad lines added."""
+    lines = records.tolist()
+    extra = 0
+    if corruption == "nan_token" and lines:
+        lines.insert(len(lines) // 2, _nan_token_line(kind, lines[0]))
+        extra = 1
+    newline = "\r\n" if corruption == "crlf" else "\n"
+    body = newline.join(lines).encode("utf-8") + (newline.encode() if lines else b"")
+    if corruption == "invalid_utf8" and lines:
+        body += b'{"id": "broken \xff\xfe encoding"}\n'
+        extra = 1
+    if corruption == "truncated_last_line" and lines:
+        body += lines[-1].encode("utf-8")[: max(len(lines[-1]) // 2, 1)]
+        extra = 1
+    path.write_bytes(body)
+    return extra
+
+
+# Parquet column types by contract field type (features are a MAP, written separately).
+PARQUET_TYPES = {
+    "string": "VARCHAR",
+    "enum": "VARCHAR",
+    "timestamp": "TIMESTAMPTZ",
+    "number": "DOUBLE",
+    "bool": "BOOLEAN",
+    "label": "INTEGER",
+}
+
+
+def _write_table(
+    con: duckdb.DuckDBPyConnection, path: Path, records: pd.Series, fmt: str, kind: str
+) -> None:
+    """CSV (features as JSON text) or parquet (typed columns) from the JSON records."""
+    con.register("records", pd.DataFrame({"record": records}))
+    fields = KINDS[kind].fields  # the contract's own field list and types
+    if fmt == "csv":
+        columns = ", ".join(
+            f"(record->'$.{f.name}')::VARCHAR AS {f.name}"
+            if f.type == "features"
+            else f"record->>'$.{f.name}' AS {f.name}"
+            for f in fields
+        )
+        con.execute(f"COPY (SELECT {columns} FROM records) TO '{path}' (FORMAT csv, HEADER)")
+    else:
+        columns = ", ".join(
+            f"TRY_CAST(record->'$.{f.name}' AS MAP(VARCHAR, DOUBLE)) AS {f.name}"
+            if f.type == "features"
+            else f"TRY_CAST(record->>'$.{f.name}' AS {PARQUET_TYPES[f.type]}) AS {f.name}"
+            for f in fields
+        )
+        con.execute(f"COPY (SELECT {columns} FROM records) TO '{path}' (FORMAT parquet)")
+    con.unregister("records")
+
+
+def simulate(landing_dir: Path, config: SimulationConfig) -> SimulationSummary:
+    """Write ``config.days`` days of landing files under ``landing_dir``; returns counts."""
+    summary = SimulationSummary()
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    suffix = {"jsonl": ".jsonl", "csv": ".csv", "parquet": ".parquet"}[config.file_format]
+    for kind in KIND_CODES:
+        (landing_dir / kind).mkdir(parents=True, exist_ok=True)
+
+    def write(kind: str, name: str, records: pd.Series, day: int) -> None:
+        path = landing_dir / kind / f"{name}{suffix}"
+        if config.file_format == "jsonl":
+            corruption = TEXT_CORRUPTIONS[(day + KIND_CODES[kind]) % len(TEXT_CORRUPTIONS)]
+            summary.bad_records += _write_jsonl(
+                path, kind, records, corruption if config.bad_rate > 0 else "none"
+            )
+        else:
+            _write_table(con, path, records, config.file_format, kind)
+        summary.files.append(path.relative_to(landing_dir).as_posix())
+
+    for day in range(config.days):
+        stamp = (config.start + timedelta(days=day)).isoformat()
+        predictions, good = predictions_for_day(config, day)
+        feedback = feedback_for_day(config, day, predictions, good)
+        baseline = baseline_for_day(config, day)
+        for kind, frame in (
+            ("predictions", predictions),
+            ("feedback", feedback),
+            ("baseline", baseline),
+        ):
+            rng = _rng(config.seed + 1_000_003, kind, day)
+            records, bad = render_records(con, kind, frame, rng, config.bad_rate)
+            summary.bad_records += bad
+            on_time = records[~records["late"]]
+            write(kind, f"{kind}_{stamp}", on_time["record"], day)
+            if kind == "predictions" and records["late"].any():
+                landed = (config.start + timedelta(days=day + LATE_DAYS)).isoformat()
+                write(
+                    kind, f"late_{stamp}_landed_{landed}", records[records["late"]]["record"], day
+                )
+        summary.predictions += len(predictions)
+        summary.feedback_events += len(feedback)
+        summary.baseline_examples += len(baseline)
+    if config.bad_rate > 0:
+        for kind in KIND_CODES:
+            (landing_dir / kind / f"empty_{kind}.jsonl").write_bytes(b"")
+            (landing_dir / kind / f"README_{kind}.txt").write_text(
+                "not a data file: lands as an unsupported extension\n"
+            )
+    con.close()
+    return summary
+
+
+DEMO_DAYS = 42
+
+
+def simulate_demo_stream(landing_dir: Path, end: date, seed: int = 7) -> SimulationSummary:
+    """The demo's landing zone: six weeks of the drifting stream ending at ``end`` (midnight
+    UTC, so every event it writes has happened by the time a run looks at it), with the same
+    rate of broken records and files as the committed test sample."""
+    config = SimulationConfig(
+        start=end - timedelta(days=DEMO_DAYS),
+        days=DEMO_DAYS,
+        predictions_per_day=60,
+        baseline_per_day=30,
+        seed=seed,
+    )
+    return simulate(landing_dir, config)

@@ -1,0 +1,210 @@
+"""Challengers: one fit per family on `train`, chosen on `validation`, logged and registered.
+
+A fit on the same training set with the same parameters reuses its earlier version, so a retrain
+on unchanged data creates no version and moves no alias.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from feedback_pipeline.registry.mlflow_registry import Registry
+from feedback_pipeline.settings import Settings
+from feedback_pipeline.training.dataset import (
+    Split,
+    TrainingSetInfo,
+    load_info,
+    load_split,
+    split_counts,
+)
+from feedback_pipeline.training.families import dask_client, train_family
+from feedback_pipeline.warehouse.summaries import markdown
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Challenger:
+    """A registered challenger and the training set it was fitted on."""
+
+    version: str
+    run_id: str
+    family: str
+    params: dict[str, Any]
+    validation: dict[str, float]
+    training_set_hash: str
+    as_of: datetime
+
+
+@dataclass(frozen=True)
+class ChallengerRound:
+    """What ``challenger_models`` hands to ``evaluation_report``: one round on one training set."""
+
+    training_set_hash: str
+    as_of: datetime
+    challengers: tuple[Challenger, ...] = field(default_factory=tuple)
+
+    @property
+    def best(self) -> Challenger:
+        """Chosen on weighted validation log loss, never on the holdout."""
+        return min(self.challengers, key=lambda c: c.validation["log_loss"])
+
+
+def model_card(
+    family: str,
+    params: dict,
+    info: TrainingSetInfo,
+    counts: pd.DataFrame,
+    validation: dict[str, float],
+    extra: str = "",
+) -> str:
+    return "\n\n".join(
+        [
+            f"# feedback_model challenger: {family}",
+            f"Data window: {info.window_start} .. {info.as_of} (as_of), training-set hash "
+            f"`{info.content_hash}`, data watermark {info.data_watermark}.",
+            f"Features: {', '.join(info.features)}",
+            "## Hyperparameters\n\n" + markdown([params]),
+            "## Rows per split and source\n\n" + markdown(counts),
+            "## Validation metrics (weighted)\n\n" + markdown([validation]),
+            extra,
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The current training set, loaded once per round."""
+
+    info: TrainingSetInfo
+    train: Split
+    validation: Split
+    counts: pd.DataFrame
+
+
+def train_challengers(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    settings: Settings,
+    families: list[str],
+    search: bool,
+    tags: dict[str, str],
+    progress: Progress = print,
+) -> ChallengerRound:
+    """Fit one challenger per family on `train`, pick hyperparameters on `validation`, log
+    each as an MLflow run and register it as a new version of `feedback_model`. With
+    `models.engine: dask` XGBoost trains on a Dask cluster and registers like a local one."""
+    info = load_info(con)
+    data = TrainingData(
+        info,
+        load_split(con, "train", info.features),
+        load_split(con, "validation", info.features),
+        split_counts(con),
+    )
+    if len(data.train) == 0 or len(data.validation) == 0:
+        raise ValueError(
+            f"training set too small: {len(data.train)} train and {len(data.validation)} "
+            f"validation rows in the window {info.window_start} .. {info.as_of} (as_of): "
+            "is as_of right for this data, and lookback_days wide enough?"
+        )
+    registry.start_package_scan()  # MLflow's one-time set-up runs while the models fit
+    budget = settings.models.search_budget if search else 1
+    engine = (
+        dask_client(settings.models.dask_scheduler)
+        if settings.models.engine == "dask"
+        else contextlib.nullcontext()
+    )
+    with engine as client:
+        if client is not None:
+            progress(f"training XGBoost on Dask, scheduler {client.scheduler.address}")
+        challengers = tuple(
+            _train_and_register(registry, settings, family, budget, tags, data, client, progress)
+            for family in families
+        )
+    return ChallengerRound(info.content_hash, info.as_of, challengers)
+
+
+def _train_and_register(
+    registry: Registry,
+    settings: Settings,
+    family: str,
+    budget: int,
+    tags: dict[str, str],
+    data: TrainingData,
+    client: Any,
+    progress: Progress,
+) -> Challenger:
+    """One family: fit (and search), then register a new version or reuse an identical one."""
+    info, features = data.info, data.info.features
+    progress(f"training {family} on {len(data.train):,} rows ({budget} candidate(s))")
+    fitted = train_family(
+        family,
+        settings.models.hyperparameters.for_family(family),
+        data.train,
+        data.validation,
+        settings.models.seed,
+        budget,
+        settings.gate.threshold,
+        client,
+    )
+    fit_params = {
+        "family": family,
+        **fitted.params,
+        "outcome_weight": settings.training.outcome_weight,
+        "lookback_days": info.settings["lookback_days"],
+        "use_outcomes": info.settings["use_outcomes"],
+        "seed": settings.models.seed,
+        "candidates_tried": fitted.candidates_tried,
+        "engine": "dask" if client is not None and family == "xgboost" else "local",
+    }
+    # The same rows and the same parameters make the same model, whatever the run's as_of.
+    fit_key = hashlib.md5(
+        json.dumps([info.content_hash, fit_params], sort_keys=True, default=str).encode()
+    ).hexdigest()
+    registered = registry.find_version("fit_key", fit_key)
+    if registered is not None:  # same data, same settings: the same model, not a new one
+        progress(f"{family}: unchanged data and settings, reusing version {registered.version}")
+    else:
+        metrics = {f"validation_{k}": v for k, v in fitted.validation_metrics.items()}
+        metrics.update({"rows_train": len(data.train), "rows_validation": len(data.validation)})
+        version_tags = {
+            **tags,
+            "as_of": str(info.as_of),
+            "training_set_hash": info.content_hash,
+            "data_watermark": str(info.data_watermark),
+            "features": json.dumps(features),
+            "fit_key": fit_key,
+        }
+        card = model_card(family, fitted.params, info, data.counts, fitted.validation_metrics)
+        registered = registry.log_challenger(
+            fitted.estimator,
+            family,
+            features,
+            data.validation.X,
+            {**fit_params, "as_of": str(info.as_of)},
+            metrics,
+            version_tags,
+            card,
+        )
+        progress(
+            f"{family}: registered version {registered.version} "
+            f"(validation log loss {fitted.validation_metrics['log_loss']:.4f})"
+        )
+    return Challenger(
+        version=registered.version,
+        run_id=registered.run_id,
+        family=family,
+        params=fitted.params,
+        validation=fitted.validation_metrics,
+        training_set_hash=info.content_hash,
+        as_of=info.as_of,
+    )

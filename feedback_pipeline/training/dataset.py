@@ -1,0 +1,324 @@
+"""The blended, time-split training set (DESIGN section 6), built in DuckDB SQL.
+
+Feedback-labeled predictions weigh ``outcome_weight x strength``; baseline examples weigh 1.0.
+Splits are time-ordered: ``train`` < ``validation`` < ``holdout``. The holdout is the most recent
+``holdout_fraction`` of *matured* outcome/explicit rows only (predictions at least
+``maturity_days`` old, so their outcomes had time to arrive; never weak labels) and is scored
+unweighted; rows as recent as the holdout's start are left out of train/validation (no leakage).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from feedback_pipeline.labels.outcomes import labels_as_of
+from feedback_pipeline.settings import TrainingSettings
+from feedback_pipeline.vocabulary import BASELINE_SOURCE, HOLDOUT_SOURCES
+from feedback_pipeline.warehouse.connection import table_exists
+from feedback_pipeline.warehouse.tables import (
+    LABELED_OUTCOMES,
+    RAW_BASELINE_EXAMPLES,
+    TRAINING_SET,
+    TRAINING_SET_INFO,
+)
+
+META_COLUMNS = ("row_id", "source", "label", "weight", "event_time", "labeled_at", "split")
+FEATURE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\- ]{0,63}$")
+
+
+@dataclass(frozen=True)
+class TrainingSetInfo:
+    """What ``training.training_set_info`` records about the current training set."""
+
+    as_of: datetime
+    window_start: datetime
+    features: list[str]
+    rows: int
+    content_hash: str
+    data_watermark: datetime | None  # latest labeled_at of a feedback row used
+    settings: dict[str, Any]  # the TrainingSettings it was built with
+
+
+@dataclass(frozen=True)
+class TrainingSetSummary:
+    info: TrainingSetInfo
+    counts: pd.DataFrame  # rows per source and split with the positive rate
+
+
+class TrainingSetError(ValueError):
+    pass
+
+
+def discover_features(con: duckdb.DuckDBPyConnection, configured: list[str] | None) -> list[str]:
+    """The configured feature list, else the numeric features present in the data."""
+    if configured:
+        names = list(configured)
+    else:
+        rows = con.execute(
+            f"""
+            SELECT DISTINCT unnest(json_keys(features)) AS name FROM (
+                SELECT features FROM {LABELED_OUTCOMES}
+                UNION ALL SELECT features FROM {RAW_BASELINE_EXAMPLES}
+            ) USING SAMPLE reservoir(20000 ROWS) REPEATABLE (7)
+            ORDER BY name
+            """
+        ).fetchall()
+        names = [name for (name,) in rows]
+    bad = [n for n in names if not FEATURE_NAME.match(n) or n in META_COLUMNS]
+    if bad:
+        raise TrainingSetError(f"features: unusable feature names {bad}")
+    if not names:
+        raise TrainingSetError("features: no features found in the data")
+    return names
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def build_training_set(
+    con: duckdb.DuckDBPyConnection,
+    training: TrainingSettings,
+    features: list[str],
+    as_of: datetime,
+) -> TrainingSetSummary:
+    """(Re)build ``training.training_set`` and its one-row info table as of ``as_of``.
+
+    Refuses labels built for another ``as_of`` (the set would silently mix two points in time)
+    and fails, naming ``as_of`` and the data's time range, when the window leaves nothing to
+    train or validate on.
+
+    Maturity is measured on the data's own clock, the newest label visible as of ``as_of``: a
+    stalled feedback feed does not make unlabeled rows look final, and a rerun on unchanged data
+    builds the identical set (same content hash) whenever it runs.
+    """
+    labels_built_as_of = labels_as_of(con)
+    if labels_built_as_of != as_of:
+        raise TrainingSetError(
+            f"labeled_outcomes was built as of {labels_built_as_of} but this training set is as "
+            f"of {as_of}: rematerialize labeled_outcomes with the same as_of first (retrain_job "
+            "builds both from one run context)"
+        )
+    window_start = as_of - timedelta(days=training.lookback_days)
+    (data_clock,) = con.execute(
+        f"SELECT max(labeled_at) FROM {LABELED_OUTCOMES} WHERE labeled_at <= ? "
+        "AND predicted_at <= ?",
+        [as_of, as_of],
+    ).fetchall()[0]
+    data_clock = min(data_clock or as_of, as_of)
+    structure = json.dumps({name: "DOUBLE" for name in features})
+    feature_columns = ", ".join(f"f.{_quote(n)} AS {_quote(n)}" for n in features)
+    con.execute(
+        f"""
+        CREATE OR REPLACE TABLE {TRAINING_SET} AS
+        WITH feedback_rows AS (
+            SELECT prediction_id AS row_id, label_source AS source, label,
+                   $outcome_weight * strength AS weight, predicted_at AS event_time,
+                   labeled_at, json_transform(features, '{structure}') AS f
+            FROM {LABELED_OUTCOMES}
+            WHERE labeled_at <= $as_of AND predicted_at <= $as_of
+              AND predicted_at > $window_start
+        ), baseline_rows AS (
+            SELECT example_id AS row_id, '{BASELINE_SOURCE}' AS source, label, 1.0 AS weight,
+                   as_of AS event_time, as_of AS labeled_at,
+                   json_transform(features, '{structure}') AS f
+            FROM {RAW_BASELINE_EXAMPLES}
+            WHERE as_of <= $as_of AND as_of > $window_start
+              AND example_id NOT IN (SELECT row_id FROM feedback_rows)
+        ), candidates AS (
+            SELECT * FROM feedback_rows UNION ALL SELECT * FROM baseline_rows
+        ), holdout_ranked AS (
+            SELECT row_id,
+                   row_number() OVER (ORDER BY event_time, row_id) AS position,
+                   count(*) OVER () AS total
+            FROM candidates
+            WHERE source IN {HOLDOUT_SOURCES} AND event_time <= $matured_before
+        ), holdout AS (
+            SELECT row_id FROM holdout_ranked
+            WHERE position > total - greatest(1, round(total * $holdout_fraction))
+        ), holdout_start AS (
+            SELECT min(c.event_time) AS t FROM candidates c JOIN holdout USING (row_id)
+        ), fit_rows AS (
+            SELECT c.*, row_number() OVER (ORDER BY event_time, row_id) AS position,
+                   count(*) OVER () AS total
+            FROM candidates c, holdout_start h
+            WHERE c.row_id NOT IN (SELECT row_id FROM holdout)
+              AND (h.t IS NULL OR c.event_time < h.t)
+              AND (c.source = '{BASELINE_SOURCE}' OR $use_outcomes)
+        ), assigned AS (
+            SELECT * EXCLUDE (position, total),
+                   CASE WHEN position > total - round(total * $validation_fraction)
+                        THEN 'validation' ELSE 'train' END AS split
+            FROM fit_rows
+            UNION ALL
+            SELECT c.*, 'holdout' AS split FROM candidates c JOIN holdout USING (row_id)
+        )
+        SELECT row_id, source, label::INTEGER AS label, weight::DOUBLE AS weight,
+               event_time, labeled_at, split, {feature_columns}
+        FROM assigned
+        ORDER BY event_time, row_id
+        """,
+        {
+            "as_of": as_of,
+            "window_start": window_start,
+            "outcome_weight": training.outcome_weight,
+            "use_outcomes": training.use_outcomes,
+            "holdout_fraction": training.holdout_fraction,
+            "validation_fraction": training.validation_fraction,
+            "matured_before": data_clock - timedelta(days=training.maturity_days),
+        },
+    )
+    rows, content_hash, watermark = con.execute(
+        f"""
+        SELECT count(*),
+               -- order-free: XOR of per-row hashes (row ids are unique); 30x cheaper than md5
+               format('{{:016x}}', coalesce(bit_xor(hash(t)), 0)),
+               max(labeled_at) FILTER (WHERE source <> '{BASELINE_SOURCE}' AND split <> 'holdout')
+        FROM {TRAINING_SET} t
+        """
+    ).fetchall()[0]
+    counts = split_counts(con)
+    by_split = counts.groupby("split")["rows"].sum()
+    if not by_split.get("train", 0) or not by_split.get("validation", 0):
+        raise TrainingSetError(
+            f"training set empty for as_of {as_of}: {by_split.get('train', 0)} train and "
+            f"{by_split.get('validation', 0)} validation rows in the window {window_start} .. "
+            f"{as_of} ({training.lookback_days} lookback days); the data spans "
+            f"{data_time_range(con)}. Set as_of inside the data's range or widen "
+            "training.lookback_days."
+        )
+    info = TrainingSetInfo(
+        as_of,
+        window_start,
+        features,
+        int(rows),
+        content_hash,
+        watermark,
+        training.model_dump(),
+    )
+    con.execute(
+        f"""
+        CREATE OR REPLACE TABLE {TRAINING_SET_INFO} AS
+        SELECT ?::TIMESTAMP AS as_of, ?::TIMESTAMP AS window_start, ?::VARCHAR[] AS features,
+               ?::BIGINT AS rows, ?::VARCHAR AS content_hash, ?::TIMESTAMP AS data_watermark,
+               ?::JSON AS settings
+        """,
+        [as_of, window_start, features, rows, content_hash, watermark, training.model_dump_json()],
+    )
+    return TrainingSetSummary(info, counts)
+
+
+def split_counts(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """Rows, positive rate and total weight per split and source."""
+    return con.execute(
+        f"""
+        SELECT split, source, count(*) AS rows, round(avg(label), 3) AS positive_rate,
+               round(sum(weight), 1) AS total_weight
+        FROM {TRAINING_SET} GROUP BY split, source
+        ORDER BY list_position(['train', 'validation', 'holdout'], split), source
+        """
+    ).df()
+
+
+def data_time_range(con: duckdb.DuckDBPyConnection) -> str:
+    """The time range of labeled predictions and baseline examples, for error messages."""
+    low, high = con.execute(
+        f"""
+        SELECT min(t), max(t) FROM (
+            SELECT predicted_at AS t FROM {LABELED_OUTCOMES}
+            UNION ALL SELECT as_of FROM {RAW_BASELINE_EXAMPLES})
+        """
+    ).fetchall()[0]
+    return f"{low} .. {high}" if low is not None else "nothing (no labels and no baseline rows)"
+
+
+@dataclass(frozen=True)
+class TrainingSetVerdict:
+    problems: list[str]  # what makes the set unusable for training; empty when usable
+    holdout_rule: str  # whether the gate can judge on this holdout, or which rule refuses
+    counts: dict[str, int]
+
+
+def training_set_problems(
+    con: duckdb.DuckDBPyConnection, min_holdout_rows: int
+) -> TrainingSetVerdict:
+    """Both classes in train and validation not empty; the holdout's size against the gate."""
+    train_rows, train_positive, validation_rows, holdout_rows = con.execute(
+        f"""
+        SELECT count(*) FILTER (WHERE split = 'train'),
+               count(*) FILTER (WHERE split = 'train' AND label = 1),
+               count(*) FILTER (WHERE split = 'validation'),
+               count(*) FILTER (WHERE split = 'holdout')
+        FROM {TRAINING_SET}
+        """
+    ).fetchall()[0]
+    problems = []
+    if train_positive in (0, train_rows):
+        problems.append(
+            f"train has a single class ({train_positive} positive of {train_rows} rows): "
+            "nothing to learn; widen training.lookback_days or wait for more labels"
+        )
+    if validation_rows == 0:
+        problems.append("validation is empty: challengers cannot be chosen")
+    if holdout_rows >= min_holdout_rows:
+        rule = f"holdout has {holdout_rows} rows (>= min_holdout_rows={min_holdout_rows})"
+    else:
+        rule = (
+            f"holdout has {holdout_rows} rows, fewer than gate.min_holdout_rows="
+            f"{min_holdout_rows}: the gate will refuse to promote (with or without a champion)"
+        )
+    counts = {
+        "train_rows": train_rows,
+        "train_positive": train_positive,
+        "validation_rows": validation_rows,
+        "holdout_rows": holdout_rows,
+    }
+    return TrainingSetVerdict(problems, rule, counts)
+
+
+@dataclass(frozen=True)
+class Split:
+    X: pd.DataFrame
+    y: np.ndarray
+    weight: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def load_split(con: duckdb.DuckDBPyConnection, split: str, features: list[str]) -> Split:
+    """One split as float64 features (NULL -> NaN), labels and weights, in time order."""
+    columns = ", ".join(_quote(n) for n in features)
+    arrays = con.execute(
+        f"SELECT label, weight, {columns} FROM {TRAINING_SET} WHERE split = ? "
+        "ORDER BY event_time, row_id",
+        [split],
+    ).fetchnumpy()  # straight to numpy: no intermediate DataFrame to copy
+    return Split(
+        X=pd.DataFrame({n: np.ma.filled(arrays[n].astype(np.float64), np.nan) for n in features}),
+        y=np.asarray(arrays["label"], dtype=np.int64),
+        weight=np.asarray(arrays["weight"], dtype=np.float64),
+    )
+
+
+def load_info(con: duckdb.DuckDBPyConnection) -> TrainingSetInfo:
+    if not table_exists(con, TRAINING_SET_INFO):
+        raise TrainingSetError("no training set yet: materialize training_set first")
+    rows = con.execute(
+        f"SELECT as_of, window_start, features, rows, content_hash, data_watermark, settings "
+        f"FROM {TRAINING_SET_INFO}"
+    ).fetchall()
+    if not rows:
+        raise TrainingSetError("no training set yet: materialize training_set first")
+    as_of, window_start, features, count, content_hash, watermark, settings = rows[0]
+    return TrainingSetInfo(
+        as_of, window_start, list(features), count, content_hash, watermark, json.loads(settings)
+    )

@@ -1,0 +1,168 @@
+"""Challenger model families (DESIGN section 7): build, fit with sample weights, search."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from xgboost import XGBClassifier
+
+from feedback_pipeline.evaluation.metrics import classification_metrics
+from feedback_pipeline.training.dataset import Split
+
+# A full retrain's search draws candidates from these ranges (deterministic by seed).
+SEARCH_SPACE: dict[str, dict[str, list[Any]]] = {
+    "xgboost": {
+        "max_depth": [2, 3, 4, 6],
+        "learning_rate": [0.03, 0.05, 0.1, 0.2],
+        "n_estimators": [100, 200, 400],
+        "min_child_weight": [1.0, 5.0, 10.0],
+    },
+    "logistic_regression": {"C": [0.01, 0.1, 1.0, 10.0]},
+    "random_forest": {"max_depth": [4, 8, 12], "min_samples_leaf": [2, 5, 20]},
+}
+
+
+def build_estimator(family: str, params: dict[str, Any], seed: int):
+    """An unfitted estimator; scikit-learn families impute missing features first."""
+    if family == "xgboost":
+        return XGBClassifier(
+            tree_method="hist", n_jobs=2, random_state=seed, eval_metric="logloss", **params
+        )
+    if family == "logistic_regression":
+        model = LogisticRegression(max_iter=2000, random_state=seed, **params)
+        return Pipeline(
+            [
+                ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+                ("scale", StandardScaler()),
+                ("model", model),
+            ]
+        )
+    if family == "random_forest":
+        model = RandomForestClassifier(n_jobs=2, random_state=seed, **params)
+        return Pipeline(
+            [
+                ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+                ("model", model),
+            ]
+        )
+    raise ValueError(f"models.families: unknown family {family!r}")
+
+
+@contextmanager
+def dask_client(scheduler: str | None) -> Iterator[Any]:
+    """A Dask client: on ``scheduler`` if given, else on a local cluster of 2 worker processes."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        with Client(scheduler) as client:
+            yield client
+        return
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+def fit_xgboost_on_dask(params: dict[str, Any], train: Split, seed: int, client: Any):
+    """Train with ``xgboost.dask`` across the cluster's workers; return a plain
+    ``XGBClassifier`` holding the trained booster, so it predicts, logs and registers exactly
+    like a locally trained one."""
+    import dask.dataframe as dd
+    from xgboost import dask as dxgb
+
+    partitions = max(len(client.scheduler_info()["workers"]), 1)
+    frame = train.X.assign(_label=train.y, _weight=train.weight)  # one frame: aligned partitions
+    table = dd.from_pandas(frame, npartitions=partitions)
+    X, y, w = table[list(train.X.columns)], table["_label"], table["_weight"]
+    distributed_model = dxgb.DaskXGBClassifier(
+        tree_method="hist", random_state=seed, eval_metric="logloss", **params
+    )
+    distributed_model.client = client
+    distributed_model.fit(X, y, sample_weight=w)
+    local = build_estimator("xgboost", params, seed)
+    local.load_model(bytearray(distributed_model.get_booster().save_raw("json")))
+    return local
+
+
+def fit(family: str, params: dict[str, Any], train: Split, seed: int, client: Any = None):
+    """Fit one candidate with sample weights; XGBoost on Dask when a client is given."""
+    if client is not None and family == "xgboost":
+        return fit_xgboost_on_dask(params, train, seed, client)
+    estimator = build_estimator(family, params, seed)
+    if isinstance(estimator, Pipeline):
+        estimator.fit(train.X, train.y, model__sample_weight=train.weight)
+    else:
+        estimator.fit(train.X, train.y, sample_weight=train.weight)
+    return estimator
+
+
+def predict_probability(estimator, X: pd.DataFrame) -> np.ndarray:
+    return estimator.predict_proba(X)[:, 1]
+
+
+def search_candidates(
+    family: str, base: dict[str, Any], budget: int, seed: int
+) -> list[dict[str, Any]]:
+    """The base parameters plus ``budget - 1`` random draws from the family's search space."""
+    rng = np.random.default_rng([seed, len(family)])
+    space = SEARCH_SPACE.get(family, {})
+    candidates = [dict(base)]
+    for _ in range(budget - 1):
+        draw = {k: values[int(rng.integers(len(values)))] for k, values in space.items()}
+        candidates.append({**base, **draw})
+    unique = []
+    for c in candidates:
+        if c not in unique:
+            unique.append(c)
+    return unique
+
+
+@dataclass
+class FittedChallenger:
+    family: str
+    params: dict[str, Any]
+    estimator: Any
+    validation_metrics: dict[str, float]
+    candidates_tried: int
+
+
+def train_family(
+    family: str,
+    base_params: dict[str, Any],
+    train: Split,
+    validation: Split,
+    seed: int,
+    budget: int = 1,
+    threshold: float = 0.5,
+    client: Any = None,
+) -> FittedChallenger:
+    """Fit each candidate, keep the one with the best weighted validation log loss."""
+    if len(np.unique(train.y)) < 2:
+        raise ValueError("training split has a single class: not enough labeled data to train")
+    best: FittedChallenger | None = None
+    candidates = search_candidates(family, base_params, budget, seed)
+    for params in candidates:
+        estimator = fit(family, params, train, seed, client)
+        metrics = classification_metrics(
+            validation.y,
+            predict_probability(estimator, validation.X),
+            threshold,
+            weights=validation.weight,
+        )
+        if best is None or metrics["log_loss"] < best.validation_metrics["log_loss"]:
+            best = FittedChallenger(family, params, estimator, metrics, len(candidates))
+    assert best is not None
+    return best

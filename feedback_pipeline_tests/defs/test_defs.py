@@ -1,0 +1,70 @@
+"""The Definitions load and hold what DESIGN and the README promise."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from feedback_pipeline.defs.checks import asset_checks
+from feedback_pipeline.defs.definitions import defs
+
+INGEST_ASSETS = {"raw_predictions", "raw_feedback_events", "baseline_examples", "labeled_outcomes"}
+ASSETS = INGEST_ASSETS | {
+    "training_set",
+    "challenger_models",
+    "evaluation_report",
+    "champion_model",
+}
+
+
+def test_definitions_load():
+    dg.Definitions.validate_loadable(defs)
+
+
+def test_assets_and_groups():
+    graph = defs.resolve_asset_graph()
+    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert keys == ASSETS
+    groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
+    assert groups["raw_predictions"] == "ingestion"
+    assert groups["labeled_outcomes"] == "labeling"
+    assert groups["challenger_models"] == "training"
+    assert groups["champion_model"] == "evaluation"
+
+
+def asset_nodes(job_name: str) -> set[str]:
+    return {n.name for n in defs.resolve_job_def(job_name).graph.node_defs} & ASSETS
+
+
+def test_jobs_select_the_right_assets():
+    assert asset_nodes("ingest_job") == INGEST_ASSETS
+    assert asset_nodes("retrain_job") == ASSETS
+    assert asset_nodes("full_retrain_job") == ASSETS
+
+
+def test_full_retrain_job_runs_all_families_over_the_wide_window_by_default():
+    config = defs.resolve_job_def("full_retrain_job").config_mapping
+    resolved = config.resolve_from_unvalidated_config({})
+    assert resolved["resources"]["run_context"]["config"]["full_retrain"] is True
+
+
+def test_checks_exist_and_the_right_ones_block():
+    specs = {
+        (spec.asset_key.to_user_string(), spec.name): spec.blocking
+        for checks in asset_checks
+        for spec in checks.check_specs
+    }
+    blocking = {key for key, blocks in specs.items() if blocks}
+    assert blocking == {
+        ("raw_predictions", "records_accounted_for"),
+        ("raw_feedback_events", "records_accounted_for"),
+        ("baseline_examples", "records_accounted_for"),
+        ("labeled_outcomes", "labels_are_valid"),
+        ("training_set", "training_set_is_usable"),
+    }
+    assert set(specs) - blocking == {
+        ("raw_predictions", "landing_files_readable"),
+        ("raw_feedback_events", "landing_files_readable"),
+        ("baseline_examples", "landing_files_readable"),
+    }
+    graph = defs.resolve_asset_graph()
+    assert {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys} == set(specs)

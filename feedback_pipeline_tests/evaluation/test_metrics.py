@@ -1,0 +1,63 @@
+"""Holdout metrics and bootstrap intervals agree with scikit-learn and with common sense."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from feedback_pipeline.evaluation.metrics import (
+    _bootstrap_metric,
+    bootstrap_deltas,
+    calibration_error,
+    classification_metrics,
+    majority_accuracy,
+)
+
+RNG = np.random.default_rng(0)
+Y = RNG.integers(0, 2, 400)
+GOOD = np.clip(Y * 0.6 + RNG.normal(0.2, 0.2, 400), 0, 1)
+NOISE = RNG.random(400)
+
+
+def test_vectorised_auc_matches_scikit_learn():
+    ours = _bootstrap_metric("roc_auc", Y[None, :], GOOD[None, :], 0.5)[0]
+    assert np.isclose(ours, roc_auc_score(Y, GOOD))
+
+
+def test_identical_models_have_zero_deltas():
+    result = bootstrap_deltas(Y, GOOD, GOOD, samples=200)
+    for metric in ("accuracy", "f1_weighted", "roc_auc"):
+        assert result[metric] == {"delta": 0.0, "low": 0.0, "high": 0.0}
+
+
+def test_a_much_better_model_has_a_positive_lower_bound():
+    result = bootstrap_deltas(Y, GOOD, NOISE, samples=300)
+    assert result["accuracy"]["low"] > 0
+    assert result["roc_auc"]["low"] > 0
+    assert result["accuracy"]["low"] <= result["accuracy"]["delta"] <= result["accuracy"]["high"]
+
+
+def test_metrics_and_baselines():
+    m = classification_metrics(Y, GOOD)
+    assert set(m) == {
+        "accuracy",
+        "f1_weighted",
+        "roc_auc",
+        "log_loss",
+        "brier",
+        "calibration_error",
+        "precision",
+        "fp_rate",
+    }
+    assert m["accuracy"] > 0.8 and m["roc_auc"] > 0.9
+    assert majority_accuracy(np.array([1, 1, 1, 0])) == 0.75
+    assert calibration_error(np.array([1, 0]), np.array([1.0, 0.0])) == 0.0
+    assert np.isclose(calibration_error(np.array([0, 0]), np.array([0.9, 0.9])), 0.9)
+
+
+def test_chunked_bootstrap_matches_one_chunk():
+    whole = bootstrap_deltas(Y, GOOD, NOISE, samples=120, seed=3)
+    chunked = bootstrap_deltas(Y, GOOD, NOISE, samples=120, seed=3, cells_per_chunk=400 * 7)
+    for metric in ("accuracy", "f1_weighted", "roc_auc"):
+        assert whole[metric]["delta"] == chunked[metric]["delta"]
+        assert np.isclose(whole[metric]["low"], chunked[metric]["low"], atol=0.03)

@@ -1,0 +1,147 @@
+"""The label policy (DESIGN section 5), table-driven, on a real DuckDB file."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+
+from feedback_pipeline.ingest.landing_files import ingest_kind
+from feedback_pipeline.labels.outcomes import build_labeled_outcomes
+from feedback_pipeline.settings import LabelingSettings, parse_settings
+from feedback_pipeline_tests.conftest import feedback, prediction
+
+T0 = datetime(2026, 1, 5, 10, 0)
+FAR_FUTURE = datetime(2030, 1, 1)
+
+
+def at(minutes: float) -> str:
+    return (T0 + timedelta(minutes=minutes)).isoformat() + "Z"
+
+
+CASES = [
+    # (events as (type, outcome, minutes after T0), expected (label, source, strength, signal))
+    ([("accept", None, 5)], (1, "implicit", 0.5, "accept")),
+    ([("export", None, 5)], (1, "implicit", 0.5, "export")),
+    ([("modify", None, 5)], (1, "implicit", 0.25, "modify")),
+    ([("reject", None, 5)], (0, "explicit", 1.0, "reject")),
+    ([("undo", None, 5)], (0, "explicit", 1.5, "undo")),
+    ([("outcome", "win", 5)], (1, "outcome", 1.0, "win")),
+    ([("outcome", "loss", 5)], (0, "outcome", 1.0, "loss")),
+    ([("outcome", "breakeven", 5)], (0, "outcome", 0.5, "breakeven")),
+    # outcomes override every human signal, earlier or later
+    ([("reject", None, 5), ("outcome", "win", 60)], (1, "outcome", 1.0, "win")),
+    ([("outcome", "loss", 5), ("accept", None, 60)], (0, "outcome", 1.0, "loss")),
+    # the latest outcome wins
+    ([("outcome", "loss", 5), ("outcome", "win", 60)], (1, "outcome", 1.0, "win")),
+    # among human signals the latest wins
+    ([("reject", None, 5), ("accept", None, 60)], (1, "implicit", 0.5, "accept")),
+    ([("accept", None, 5), ("reject", None, 60)], (0, "explicit", 1.0, "reject")),
+    # undo beats an earlier accept, also at the very same instant
+    ([("accept", None, 5), ("undo", None, 6)], (0, "explicit", 1.5, "undo")),
+    ([("accept", None, 5), ("undo", None, 5)], (0, "explicit", 1.5, "undo")),
+    ([("export", None, 5), ("undo", None, 5)], (0, "explicit", 1.5, "undo")),
+    # a later accept after an undo is a fresh decision
+    (
+        [("accept", None, 5), ("undo", None, 6), ("accept", None, 30)],
+        (1, "implicit", 0.5, "accept"),
+    ),
+    # time order holds before 1970 too (negative epoch)
+    ([("accept", None, 5), ("reject", None, -60 * 24 * 365 * 60)], (1, "implicit", 0.5, "accept")),
+    ([], None),
+]
+
+
+def land(con, landing, write_landing, events, environment="prod", feedback_env=None, pid="p1"):
+    write_landing(
+        "predictions",
+        f"{pid}.jsonl",
+        [prediction(pid, predicted_at=at(0), environment=environment)],
+    )
+    records = [
+        feedback(
+            f"{pid}-e{i}",
+            pid,
+            kind,
+            at(minutes),
+            **({"outcome": outcome} if outcome else {}),
+            **({"environment": feedback_env} if feedback_env else {}),
+        )
+        for i, (kind, outcome, minutes) in enumerate(events)
+    ]
+    write_landing("feedback", f"{pid}-feedback.jsonl", records)
+    ingest_kind(con, landing, "predictions")
+    ingest_kind(con, landing, "feedback")
+
+
+def labels(con) -> list[tuple]:
+    return con.execute(
+        "SELECT label, label_source, strength, deciding_signal FROM labeled.labeled_outcomes"
+    ).fetchall()
+
+
+@pytest.mark.parametrize(("events", "expected"), CASES, ids=lambda v: str(v)[:60])
+def test_default_policy(con, landing, write_landing, events, expected):
+    land(con, landing, write_landing, events)
+    rows = build_labeled_outcomes(con, LabelingSettings(), FAR_FUTURE)
+    assert rows == (0 if expected is None else 1)
+    assert labels(con) == ([] if expected is None else [expected])
+
+
+def test_point_in_time_sees_only_what_was_known(con, landing, write_landing):
+    land(con, landing, write_landing, [("accept", None, 5), ("outcome", "loss", 3 * 24 * 60)])
+
+    build_labeled_outcomes(con, LabelingSettings(), T0 + timedelta(minutes=1))
+    assert labels(con) == []  # nothing known yet
+    build_labeled_outcomes(con, LabelingSettings(), T0 + timedelta(hours=1))
+    assert labels(con) == [(1, "implicit", 0.5, "accept")]
+    build_labeled_outcomes(con, LabelingSettings(), T0 + timedelta(days=4))
+    assert labels(con) == [(0, "outcome", 1.0, "loss")]
+    labeled_at = con.execute("SELECT labeled_at FROM labeled.labeled_outcomes").fetchall()[0][0]
+    assert labeled_at == T0 + timedelta(days=3)
+
+
+def test_predictions_after_as_of_are_left_out(con, landing, write_landing):
+    land(con, landing, write_landing, [("reject", None, 5)])
+    assert build_labeled_outcomes(con, LabelingSettings(), T0 - timedelta(minutes=1)) == 0
+
+
+def test_prod_only_by_default_and_dev_feedback_never_labels_prod(con, landing, write_landing):
+    land(con, landing, write_landing, [("reject", None, 5)], environment="dev", pid="dev1")
+    land(con, landing, write_landing, [("reject", None, 5)], feedback_env="dev", pid="prod1")
+    land(con, landing, write_landing, [("reject", None, 5)], pid="prod2")
+
+    build_labeled_outcomes(con, LabelingSettings(), FAR_FUTURE)
+    ids = con.execute("SELECT prediction_id FROM labeled.labeled_outcomes").fetchall()
+    assert ids == [("prod2",)]
+
+    build_labeled_outcomes(con, LabelingSettings(environments=["prod", "dev"]), FAR_FUTURE)
+    ids = con.execute("SELECT prediction_id FROM labeled.labeled_outcomes ORDER BY 1").fetchall()
+    assert ids == [("dev1",), ("prod1",), ("prod2",)]
+
+
+def test_policy_is_data_breakeven_can_be_excluded(con, landing, write_landing):
+    land(con, landing, write_landing, [("accept", None, 5), ("outcome", "breakeven", 60)])
+    policy = parse_settings({"labeling": {"policy": {"breakeven": {"label": None}}}}).labeling
+    build_labeled_outcomes(con, policy, FAR_FUTURE)
+    # the excluded outcome is ignored, so the human signal decides
+    assert labels(con) == [(1, "implicit", 0.5, "accept")]
+
+
+def test_policy_strengths_come_from_settings(con, landing, write_landing):
+    land(con, landing, write_landing, [("modify", None, 5)])
+    policy = parse_settings(
+        {"labeling": {"policy": {"modify": {"label": 0, "strength": 2}}}}
+    ).labeling
+    build_labeled_outcomes(con, policy, FAR_FUTURE)
+    assert labels(con) == [(0, "implicit", 2.0, "modify")]
+
+
+def test_rebuild_is_idempotent_and_matches_late_predictions(con, landing, write_landing):
+    write_landing("feedback", "f.jsonl", [feedback("e1", "late", "reject", at(5))])
+    ingest_kind(con, landing, "feedback")
+    assert build_labeled_outcomes(con, LabelingSettings(), FAR_FUTURE) == 0
+    write_landing("predictions", "p.jsonl", [prediction("late", predicted_at=at(0))])
+    ingest_kind(con, landing, "predictions")
+    assert build_labeled_outcomes(con, LabelingSettings(), FAR_FUTURE) == 1
+    assert build_labeled_outcomes(con, LabelingSettings(), FAR_FUTURE) == 1

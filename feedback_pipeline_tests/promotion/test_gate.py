@@ -1,0 +1,214 @@
+"""The promotion gate (DESIGN section 8), table-driven."""
+
+from __future__ import annotations
+
+import pytest
+
+from feedback_pipeline.promotion.gate import decide
+from feedback_pipeline.settings import GateSettings
+
+
+def metrics(accuracy: float, f1: float, auc: float) -> dict[str, float]:
+    return {"accuracy": accuracy, "f1_weighted": f1, "roc_auc": auc}
+
+
+def deltas(accuracy_low: float = 0.01, f1_low: float = 0.01) -> dict:
+    return {
+        "accuracy": {"delta": 0.0, "low": accuracy_low, "high": 0.1},
+        "f1_weighted": {"delta": 0.0, "low": f1_low, "high": 0.1},
+        "roc_auc": {"delta": 0.0, "low": -0.01, "high": 0.01},
+    }
+
+
+CHAMPION = metrics(0.70, 0.70, 0.75)
+CASES = [
+    # (name, gate overrides, holdout rows, challenger, champion, deltas, majority, promote, reason)
+    (
+        "cold start qualifies",
+        {},
+        500,
+        metrics(0.72, 0.7, 0.70),
+        None,
+        None,
+        0.6,
+        True,
+        "no champion yet; challenger qualifies",
+    ),
+    (
+        "cold start below majority class",
+        {},
+        500,
+        metrics(0.58, 0.5, 0.70),
+        None,
+        None,
+        0.6,
+        False,
+        "no champion yet; challenger does not qualify",
+    ),
+    (
+        "cold start AUC too low",
+        {},
+        500,
+        metrics(0.65, 0.6, 0.54),
+        None,
+        None,
+        0.6,
+        False,
+        "does not qualify",
+    ),
+    (
+        "promote by accuracy",
+        {},
+        500,
+        metrics(0.73, 0.71, 0.76),
+        CHAMPION,
+        deltas(),
+        0.6,
+        True,
+        "challenger beats champion on accuracy",
+    ),
+    (
+        "promote by F1",
+        {},
+        500,
+        metrics(0.71, 0.74, 0.76),
+        CHAMPION,
+        deltas(),
+        0.6,
+        True,
+        "challenger beats champion on f1_weighted",
+    ),
+    (
+        "no gain large enough",
+        {},
+        500,
+        metrics(0.71, 0.72, 0.80),
+        CHAMPION,
+        deltas(),
+        0.6,
+        False,
+        "no gain large enough",
+    ),
+    (
+        "blocked by AUC guardrail",
+        {},
+        500,
+        metrics(0.75, 0.75, 0.73),
+        CHAMPION,
+        deltas(),
+        0.6,
+        False,
+        "AUC drops by 0.020",
+    ),
+    (
+        "blocked by significance",
+        {},
+        500,
+        metrics(0.75, 0.71, 0.76),
+        CHAMPION,
+        deltas(accuracy_low=-0.004),
+        0.6,
+        False,
+        "no met gain is significant: bootstrap lower bound(s) accuracy -0.004",
+    ),
+    (
+        # The OR rule: accuracy's margin is met but noisy, F1's margin is met and significant.
+        # Each margin is its own claim of improvement; the one with evidence decides.
+        "accuracy met but noisy, F1 met and significant: F1 decides",
+        {},
+        500,
+        metrics(0.73, 0.74, 0.76),
+        CHAMPION,
+        deltas(accuracy_low=-0.004, f1_low=0.006),
+        0.6,
+        True,
+        "beats champion on f1_weighted",
+    ),
+    (
+        "both margins met, neither significant",
+        {},
+        500,
+        metrics(0.73, 0.74, 0.76),
+        CHAMPION,
+        deltas(accuracy_low=-0.004, f1_low=-0.002),
+        0.6,
+        False,
+        "accuracy -0.004, f1_weighted -0.002",
+    ),
+    (
+        "F1 significant but its margin not met: no claim",
+        {},
+        500,
+        metrics(0.71, 0.72, 0.76),
+        CHAMPION,
+        deltas(accuracy_low=0.001, f1_low=0.006),
+        0.6,
+        False,
+        "no gain large enough",
+    ),
+    (
+        "significance off",
+        {"require_significance": False},
+        500,
+        metrics(0.75, 0.71, 0.76),
+        CHAMPION,
+        deltas(accuracy_low=-0.004),
+        0.6,
+        True,
+        "beats champion on accuracy",
+    ),
+    (
+        "holdout too small",
+        {},
+        150,
+        metrics(0.9, 0.9, 0.9),
+        CHAMPION,
+        deltas(),
+        0.6,
+        False,
+        "holdout has 150 rows, fewer than min_holdout_rows=200",
+    ),
+    (
+        "holdout too small at cold start",
+        {},
+        10,
+        metrics(0.9, 0.9, 0.9),
+        None,
+        None,
+        0.6,
+        False,
+        "holdout has 10 rows",
+    ),
+    (
+        "margins are data",
+        {"min_accuracy_gain": 0.001},
+        500,
+        metrics(0.705, 0.70, 0.75),
+        CHAMPION,
+        deltas(),
+        0.6,
+        True,
+        "beats champion on accuracy",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "gate", "rows", "challenger", "champion", "delta", "majority", "promote", "reason"),
+    CASES,
+    ids=[case[0] for case in CASES],
+)
+def test_gate(name, gate, rows, challenger, champion, delta, majority, promote, reason):
+    decision = decide(GateSettings(**gate), rows, challenger, champion, delta, majority)
+    assert reason in decision.reason
+    assert decision.promote is promote
+    assert decision.applied is promote
+    assert reason in decision.reason
+
+
+def test_dry_run_decides_and_reports_but_moves_nothing():
+    gate = GateSettings(mode="dry_run")
+    decision = decide(gate, 500, metrics(0.73, 0.71, 0.76), CHAMPION, deltas(), 0.6)
+    assert decision.promote is True
+    assert decision.applied is False
+    assert decision.reason.startswith("[dry run, nothing moved] would promote")

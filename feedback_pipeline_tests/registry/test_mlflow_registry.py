@@ -1,0 +1,76 @@
+"""What consumers load: a registered version runs with only the model's requirements installed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from feedback_pipeline.registry.mlflow_registry import local_registry
+from feedback_pipeline.settings import Settings
+from feedback_pipeline.training.dataset import Split
+from feedback_pipeline.training.families import fit
+
+FEATURES = ["momentum", "rsi", "gap"]
+
+# A consumer's process: no feedback_pipeline to import, and MLflow refuses pickled Python models.
+CONSUMER = """
+import json, sys
+sys.modules["feedback_pipeline"] = None  # any import of this package now fails
+import mlflow
+import pandas as pd
+mlflow.set_tracking_uri(sys.argv[1])
+model = mlflow.pyfunc.load_model(sys.argv[2])
+rows = pd.read_json(sys.argv[3], orient="split")
+print(json.dumps(model.predict(rows)["probability"].tolist()))
+"""
+
+
+def training_split(rows: int = 300) -> Split:
+    rng = np.random.default_rng(3)
+    X = pd.DataFrame(rng.normal(size=(rows, len(FEATURES))), columns=FEATURES)
+    X.loc[::7, "rsi"] = np.nan  # missing features reach the model as NaN
+    y = (X["momentum"] + rng.normal(scale=0.7, size=rows) > 0).astype(np.int64).to_numpy()
+    return Split(X, y, np.ones(rows))
+
+
+@pytest.mark.parametrize("family", ["xgboost", "logistic_regression", "random_forest"])
+def test_a_registered_version_loads_where_feedback_pipeline_is_not_installed(family, tmp_path):
+    settings = Settings()
+    train = training_split()
+    estimator = fit(
+        family, settings.models.hyperparameters.for_family(family), train, settings.models.seed
+    )
+    registry = local_registry(tmp_path)
+    registered = registry.log_challenger(
+        estimator, family, FEATURES, train.X, {"family": family}, {}, {}, "# card"
+    )
+    # The consumer sends extra columns in another order; the model picks its features by name.
+    rows = train.X.head(20).assign(unrelated=1.0)[["gap", "unrelated", "rsi", "momentum"]]
+    rows_file = tmp_path / "rows.json"
+    rows.to_json(rows_file, orient="split")
+    env = {**os.environ, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CONSUMER,
+            registry.tracking_uri,
+            f"models:/feedback_model/{registered.version}",
+            str(rows_file),
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    served = np.array(json.loads(done.stdout.strip().splitlines()[-1]))
+    expected = estimator.predict_proba(train.X.head(20))[:, 1]
+    np.testing.assert_allclose(served, expected, rtol=1e-6, atol=1e-7)

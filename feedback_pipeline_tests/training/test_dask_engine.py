@@ -1,0 +1,79 @@
+"""`engine: dask`: the XGBoost challenger trains with xgboost.dask on a real LocalCluster of
+2 worker processes, and is logged and registered exactly like a local one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from distributed import Client, LocalCluster
+
+from feedback_pipeline.evaluation.metrics import classification_metrics
+from feedback_pipeline.registry.mlflow_registry import local_registry
+from feedback_pipeline.settings import Settings, parse_settings
+from feedback_pipeline.training.challengers import train_challengers
+from feedback_pipeline.training.dataset import (
+    build_training_set,
+    discover_features,
+    load_info,
+    load_split,
+)
+from feedback_pipeline.training.families import fit, predict_probability
+from feedback_pipeline.warehouse import connection as warehouse
+from feedback_pipeline_tests.conftest import SIMULATED_AS_OF
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as local_cluster:
+        yield local_cluster
+
+
+@pytest.fixture
+def sim_con(simulated_dir):
+    connection = warehouse.connect(simulated_dir / "warehouse.duckdb")
+    build_training_set(
+        connection, Settings().training, discover_features(connection, None), SIMULATED_AS_OF
+    )
+    yield connection
+    connection.close()
+
+
+def test_dask_fit_learns_like_the_local_fit(sim_con, cluster):
+    features = load_info(sim_con).features
+    train, holdout = (
+        load_split(sim_con, "train", features),
+        load_split(sim_con, "holdout", features),
+    )
+    params = Settings().models.hyperparameters.for_family("xgboost")
+    with Client(cluster) as client:
+        assert len(client.scheduler_info()["workers"]) == 2
+        on_dask = fit("xgboost", params, train, 42, client)
+    local = fit("xgboost", params, train, 42)
+    p_dask = predict_probability(on_dask, holdout.X)
+    p_local = predict_probability(local, holdout.X)
+    auc_dask = classification_metrics(holdout.y, p_dask)["roc_auc"]
+    auc_local = classification_metrics(holdout.y, p_local)["roc_auc"]
+    assert type(on_dask) is type(local)
+    assert np.all((p_dask >= 0) & (p_dask <= 1))
+    assert abs(auc_dask - auc_local) < 0.03, (auc_dask, auc_local)
+
+
+def test_engine_dask_registers_the_challenger_like_a_local_one(sim_con, simulated_dir, cluster):
+    settings = parse_settings(
+        {"models": {"engine": "dask", "dask_scheduler": cluster.scheduler_address}}
+    )
+    registry = local_registry(simulated_dir)
+    messages = []
+    (challenger,) = train_challengers(
+        sim_con, registry, settings, ["xgboost"], False, {"trigger": "test"}, messages.append
+    ).challengers
+    assert any("on Dask" in m for m in messages)
+    run = registry.client.get_run(challenger.run_id)
+    assert run.data.params["engine"] == "dask"
+    assert "validation_roc_auc" in run.data.metrics
+    model = registry.load(challenger.version)
+    holdout = load_split(sim_con, "holdout", load_info(sim_con).features)
+    assert model.predict(holdout.X)["probability"].between(0, 1).all()
+    assert registry.version_tags(challenger.version)["family"] == "xgboost"

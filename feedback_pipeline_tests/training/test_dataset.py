@@ -1,0 +1,146 @@
+"""The blended training set (DESIGN section 6): weights, splits, point in time, hash."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from feedback_pipeline.settings import TrainingSettings, parse_settings
+from feedback_pipeline.training.dataset import (
+    build_training_set,
+    discover_features,
+    load_info,
+    load_split,
+)
+from feedback_pipeline.warehouse import connection as warehouse
+from feedback_pipeline.warehouse.tables import TRAINING_SET
+from feedback_pipeline_tests.conftest import SIMULATED_AS_OF
+
+
+@pytest.fixture
+def sim_con(simulated_dir):
+    connection = warehouse.connect(simulated_dir / "warehouse.duckdb")
+    yield connection
+    connection.close()
+
+
+def build(con, **training):
+    features = discover_features(con, None)
+    return build_training_set(con, TrainingSettings(**training), features, SIMULATED_AS_OF)
+
+
+def test_features_default_to_the_numeric_features_present(sim_con):
+    assert discover_features(sim_con, None) == sorted(
+        ["momentum", "volatility", "volume_z", "spread", "rsi", "sentiment", "gap", "trend"]
+    )
+    assert discover_features(sim_con, ["rsi", "gap"]) == ["rsi", "gap"]
+
+
+def test_feedback_rows_weigh_outcome_weight_times_strength(sim_con):
+    build(sim_con, outcome_weight=3.0)
+    wrong = sim_con.execute(
+        f"""SELECT count(*) FROM {TRAINING_SET} t
+            JOIN labeled.labeled_outcomes l ON l.prediction_id = t.row_id
+            WHERE abs(t.weight - 3.0 * l.strength) > 1e-9"""
+    ).fetchall()[0][0]
+    baseline_weights = sim_con.execute(
+        f"SELECT DISTINCT weight FROM {TRAINING_SET} WHERE source = 'baseline'"
+    ).fetchall()
+    assert wrong == 0
+    assert baseline_weights == [(1.0,)]
+
+
+def test_splits_are_time_ordered_and_holdout_is_matured_outcome_or_explicit(sim_con):
+    summary = build(sim_con)
+    bounds = dict(
+        sim_con.execute(
+            f"SELECT split, [min(event_time), max(event_time)] FROM {TRAINING_SET} GROUP BY split"
+        ).fetchall()
+    )
+    assert bounds["train"][1] <= bounds["validation"][0]
+    assert bounds["validation"][1] <= bounds["holdout"][0]
+    sources = {
+        s
+        for (s,) in sim_con.execute(
+            f"SELECT DISTINCT source FROM {TRAINING_SET} WHERE split = 'holdout'"
+        ).fetchall()
+    }
+    assert sources <= {"outcome", "explicit"}
+    assert bounds["holdout"][1] <= SIMULATED_AS_OF - timedelta(days=10)
+    assert summary.counts["rows"].sum() == summary.info.rows
+
+
+def test_use_outcomes_off_trains_on_baseline_only_but_keeps_the_holdout(sim_con):
+    build(sim_con, use_outcomes=False)
+    by_split = dict(
+        sim_con.execute(
+            f"""SELECT split, list(DISTINCT source ORDER BY source) FROM {TRAINING_SET}
+            GROUP BY split"""
+        ).fetchall()
+    )
+    assert by_split["train"] == ["baseline"]
+    assert by_split["validation"] == ["baseline"]
+    assert set(by_split["holdout"]) <= {"outcome", "explicit"}
+
+
+def test_a_prediction_labeled_both_ways_keeps_the_feedback_label(sim_con):
+    pid, label = sim_con.execute(
+        "SELECT prediction_id, label FROM labeled.labeled_outcomes LIMIT 1"
+    ).fetchall()[0]
+    sim_con.execute(
+        """INSERT INTO raw.baseline_examples
+           SELECT ?, predicted_at, 1 - ?, features, NULL, 'test', 'test', 1, now()::TIMESTAMP
+           FROM raw.predictions WHERE prediction_id = ?""",
+        [pid, label, pid],
+    )
+    build(sim_con)
+    rows = sim_con.execute(
+        f"SELECT source, label FROM {TRAINING_SET} WHERE row_id = ?", [pid]
+    ).fetchall()
+    assert len(rows) == 1 and rows[0][0] != "baseline" and rows[0][1] == label
+
+
+def test_point_in_time_and_lookback_bound_every_input(sim_con):
+    summary = build(sim_con, lookback_days=14)
+    earliest, latest_label = sim_con.execute(
+        f"SELECT min(event_time), max(labeled_at) FROM {TRAINING_SET}"
+    ).fetchall()[0]
+    assert earliest > SIMULATED_AS_OF - timedelta(days=14)
+    assert latest_label <= SIMULATED_AS_OF
+    assert summary.info.window_start == SIMULATED_AS_OF - timedelta(days=14)
+
+
+def test_same_data_and_settings_give_the_same_hash(sim_con):
+    first = build(sim_con).info.content_hash
+    assert build(sim_con).info.content_hash == first
+    assert load_info(sim_con).content_hash == first
+    assert build(sim_con, outcome_weight=2.5).info.content_hash != first
+
+
+def test_outcome_weight_is_validated():
+    with pytest.raises(ValueError, match="outcome_weight"):
+        parse_settings({"training": {"outcome_weight": 0.05}})
+
+
+def test_a_split_loads_in_time_order_with_missing_features_as_nan(sim_con):
+    summary = build(sim_con)
+    gap, rsi = "gap", "rsi"
+    sim_con.execute(
+        f"""UPDATE {TRAINING_SET} SET {gap} = NULL WHERE split = 'train' AND hash(row_id) % 7 = 0;
+            UPDATE {TRAINING_SET} SET {rsi} = NULL WHERE split = 'train' AND hash(row_id) % 5 = 1"""
+    )
+    split = load_split(sim_con, "train", summary.info.features)
+    expected = sim_con.execute(
+        f"""SELECT label, weight, {", ".join(summary.info.features)} FROM {TRAINING_SET}
+            WHERE split = 'train' ORDER BY event_time, row_id"""
+    ).df()
+    assert len(split) == len(expected)
+    assert (split.y == expected["label"].to_numpy()).all()
+    assert (split.weight == expected["weight"].to_numpy()).all()
+    assert list(split.X.columns) == summary.info.features
+    assert (split.X.dtypes == "float64").all()
+    # Missing features are NaN (XGBoost's missing value), at exactly the NULL cells.
+    assert (split.X.isna().to_numpy() == expected[summary.info.features].isna().to_numpy()).all()
+    assert split.X[[gap, rsi]].isna().sum().min() > 0
+    assert split.X.fillna(0).equals(expected[summary.info.features].astype("float64").fillna(0))

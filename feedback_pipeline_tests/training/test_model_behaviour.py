@@ -1,0 +1,115 @@
+"""Model behaviour on simulated drifting data (fixed seed) with a real MLflow sqlite registry."""
+
+from __future__ import annotations
+
+import pytest
+
+from feedback_pipeline.evaluation.metrics import classification_metrics
+from feedback_pipeline.evaluation.report import EvaluationReport, evaluate
+from feedback_pipeline.promotion.apply import apply_decision
+from feedback_pipeline.registry.mlflow_registry import CHALLENGER, CHAMPION, local_registry
+from feedback_pipeline.settings import Settings, TrainingSettings
+from feedback_pipeline.training.challengers import train_challengers
+from feedback_pipeline.training.dataset import build_training_set, discover_features, load_split
+from feedback_pipeline.training.families import predict_probability, train_family
+from feedback_pipeline.warehouse import connection as warehouse
+from feedback_pipeline.warehouse.tables import TRAINING_SET
+from feedback_pipeline_tests.conftest import SIMULATED_AS_OF
+
+SETTINGS = Settings()
+
+
+@pytest.fixture
+def sim_con(simulated_dir):
+    connection = warehouse.connect(simulated_dir / "warehouse.duckdb")
+    yield connection
+    connection.close()
+
+
+def holdout_auc(con, training: TrainingSettings, family: str = "xgboost") -> float:
+    features = discover_features(con, None)
+    build_training_set(con, training, features, SIMULATED_AS_OF)
+    train, validation, holdout = (
+        load_split(con, s, features) for s in ("train", "validation", "holdout")
+    )
+    fitted = train_family(
+        family, SETTINGS.models.hyperparameters.for_family(family), train, validation, seed=42
+    )
+    return classification_metrics(holdout.y, predict_probability(fitted.estimator, holdout.X))[
+        "roc_auc"
+    ]
+
+
+def test_feedback_beats_the_baseline_only_model_on_the_holdout(sim_con):
+    with_feedback = holdout_auc(sim_con, TrainingSettings())
+    baseline_only = holdout_auc(sim_con, TrainingSettings(use_outcomes=False))
+    assert with_feedback > baseline_only + 0.02, (with_feedback, baseline_only)
+
+
+def retrain(
+    con, registry, trigger: str = "test", settings: Settings = SETTINGS
+) -> EvaluationReport:
+    """The retrain graph without Dagster: challengers, evaluation, decision applied."""
+    challengers = train_challengers(
+        con, registry, settings, ["xgboost"], False, {"trigger": trigger}, progress=lambda m: None
+    )
+    report = evaluate(con, registry, challengers, settings.gate, 42, progress=lambda m: None)
+    apply_decision(con, registry, report, trigger, None)
+    return report
+
+
+def test_cold_start_promotes_then_shuffled_labels_are_refused(sim_con, simulated_dir):
+    registry = local_registry(simulated_dir)
+    features = discover_features(sim_con, None)
+    build_training_set(sim_con, SETTINGS.training, features, SIMULATED_AS_OF)
+    first = retrain(sim_con, registry)
+    assert first.decision.applied, first.decision.reason
+    champion = registry.alias_version(CHAMPION)
+    assert champion == first.best.challenger.version
+
+    # Same rows, labels shuffled among train and validation rows: a model of noise.
+    sim_con.execute("SELECT setseed(0.42)")
+    sim_con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE shuffled AS
+            WITH fit AS (SELECT row_id, label FROM {TRAINING_SET} WHERE split <> 'holdout'),
+                 a AS (SELECT row_id, row_number() OVER (ORDER BY row_id) AS i FROM fit),
+                 r AS (SELECT label, random() AS draw FROM fit),
+                 b AS (SELECT label, row_number() OVER (ORDER BY draw) AS i FROM r)
+            SELECT a.row_id, b.label FROM a JOIN b USING (i)"""
+    )
+    sim_con.execute(
+        f"UPDATE {TRAINING_SET} t SET label = s.label FROM shuffled s WHERE t.row_id = s.row_id"
+    )
+    sim_con.execute("UPDATE training.training_set_info SET content_hash = 'shuffled'")
+    second = retrain(sim_con, registry)
+    assert not second.decision.applied, second.decision.reason
+    assert second.best.challenger.version != champion
+    assert registry.alias_version(CHAMPION) == champion
+    events = sim_con.execute(
+        "SELECT promoted, new_version FROM ops.retraining_events ORDER BY recorded_at"
+    ).fetchall()
+    assert events == [(True, champion), (False, champion)]
+
+
+def test_retrain_on_unchanged_data_promotes_nothing_and_adds_no_version(sim_con, simulated_dir):
+    registry = local_registry(simulated_dir)
+    features = discover_features(sim_con, None)
+    build_training_set(sim_con, SETTINGS.training, features, SIMULATED_AS_OF)
+    retrain(sim_con, registry)
+    versions = registry.versions()
+    aliases = (registry.alias_version(CHAMPION), registry.alias_version(CHALLENGER))
+
+    build_training_set(sim_con, SETTINGS.training, features, SIMULATED_AS_OF)
+    report = retrain(sim_con, registry)
+
+    assert not report.decision.applied
+    assert "no gain large enough" in report.decision.reason
+    assert registry.versions() == versions
+    assert (registry.alias_version(CHAMPION), registry.alias_version(CHALLENGER)) == aliases
+    assert sim_con.execute("SELECT count(*) FROM ops.retraining_events").fetchall()[0][0] == 2
+
+
+def test_same_data_settings_and_seed_give_the_same_metrics(sim_con):
+    first = holdout_auc(sim_con, TrainingSettings())
+    second = holdout_auc(sim_con, TrainingSettings())
+    assert first == second
