@@ -6,16 +6,25 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)
 export FEEDBACK_PIPELINE_DATA_DIR ?= $(CURDIR)/data
 
-.PHONY: install demo test lint format dev mlflow status validate bench clean
+.PHONY: install lock demo test lint format dev mlflow status validate bench clean
 
-# Reinstall only when the project's metadata changed (idempotent bootstrap).
-$(STAMP): pyproject.toml
+UV_VERSION := 0.13.9
+
+# Reinstall only when the project's metadata or the lock changed (idempotent bootstrap). Every
+# version comes from requirements.lock, so a fresh clone installs what CI tested; uv installs it.
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# After changing dependencies in pyproject.toml: pin them again (then commit requirements.lock).
+lock: $(STAMP)
+	$(BIN)/uv pip compile --quiet pyproject.toml --extra dev --python-version 3.11 \
+		-o requirements.lock
 
 demo: $(STAMP)
 	$(BIN)/python -m feedback_pipeline.demo
