@@ -26,6 +26,9 @@ from feedback_pipeline.warehouse import connection as warehouse
 from feedback_pipeline.warehouse import summaries as reporting
 from feedback_pipeline.warehouse.connection import table_exists
 
+# A person is waiting: wait this long for another process's DuckDB lock, then say what to do.
+LOCK_TIMEOUT_SECONDS = 5.0
+
 
 def _simulate(args: argparse.Namespace) -> int:
     config = SimulationConfig(
@@ -77,7 +80,7 @@ def print_status(data_dir: Path) -> int:
     if not path.exists():
         print(f"no warehouse at {path} yet: run `make demo` or the ingest_job first")
         return 1
-    con = warehouse.connect(path, read_only=True)
+    con = warehouse.connect(path, read_only=True, lock_timeout=LOCK_TIMEOUT_SECONDS)
     try:
         champion_line, champion_metrics = champion_summary(data_dir, con)
         sections = [
@@ -103,7 +106,7 @@ def print_status(data_dir: Path) -> int:
 
 
 def _move(args: argparse.Namespace) -> int:
-    con = warehouse.connect(args.data_dir / "warehouse.duckdb")
+    con = warehouse.connect(args.data_dir / "warehouse.duckdb", lock_timeout=LOCK_TIMEOUT_SECONDS)
     try:
         registry = local_registry(args.data_dir)
         if args.command == "rollback":

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from feedback_pipeline.cli import main
 from feedback_pipeline.ingest.landing_files import ingest_kind
 from feedback_pipeline.labels.outcomes import build_labeled_outcomes
@@ -52,3 +55,27 @@ def test_status_without_warehouse_says_what_to_do(tmp_path, capsys):
 def test_simulate_rejects_bad_arguments(tmp_path, capsys):
     assert main(["--data-dir", str(tmp_path), "simulate", "--bad-rate", "2"]) == 2
     assert "bad_rate" in capsys.readouterr().err
+
+
+def test_a_held_warehouse_lock_is_an_error_that_says_what_to_do(data_dir, con, capsys):
+    """Another process (a run, `make dev`) holds DuckDB's write lock: status says so, fast."""
+    con.close()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True);"
+            " time.sleep(60)",
+            str(data_dir / "warehouse.duckdb"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["--data-dir", str(data_dir), "status"]) == 3
+        error = capsys.readouterr().err
+        assert "holds its write lock" in error and "retry" in error
+    finally:
+        holder.kill()
+        holder.wait()

@@ -48,7 +48,7 @@ class RunContextResource(dg.ConfigurableResource):
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """Pin "now" to the run's creation time, so every step (and a re-executed one) agrees."""
-        run = context.dagster_run
+        run = context.run
         if run is not None and context.instance is not None:
             record = context.instance.get_run_record_by_id(run.run_id)
             if record is not None and record.create_timestamp is not None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dagster as dg
+import pytest
 
 from feedback_pipeline.defs.checks import asset_checks
-from feedback_pipeline.defs.definitions import defs
+from feedback_pipeline.defs.definitions import build_defs, defs
+from feedback_pipeline.settings import SETTINGS_ENV_VAR
 
 INGEST_ASSETS = {"raw_predictions", "raw_feedback_events", "baseline_examples", "labeled_outcomes"}
 ASSETS = INGEST_ASSETS | {
@@ -68,3 +70,20 @@ def test_checks_exist_and_the_right_ones_block():
     }
     graph = defs.resolve_asset_graph()
     assert {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys} == set(specs)
+
+
+def test_a_bad_settings_file_fails_the_runs_not_the_code_location(tmp_path, instance, monkeypatch):
+    bad = tmp_path / "settings.yaml"
+    bad.write_text("labeling:\n  environmentz: [prod]\n")
+    monkeypatch.setenv(SETTINGS_ENV_VAR, str(bad))
+    with pytest.warns(UserWarning, match="labeling.environmentz"):
+        loaded = build_defs(tmp_path)
+    dg.Definitions.validate_loadable(loaded)
+    assert loaded.resolve_schedule_def("weekly_retrain_schedule").cron_schedule == "0 3 * * 1"
+    result = loaded.resolve_job_def("ingest_job").execute_in_process(
+        instance=instance, raise_on_error=False
+    )
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    assert failure.step_key == "labeled_outcomes"
+    assert "labeling.environmentz" in failure.step_failure_data.error.message

@@ -68,7 +68,7 @@ def champion_model(
             mlflow_registry.get_registry(),
             evaluation_report,
             run_context.trigger(context),
-            context.run_id,
+            context.run.run_id,
         )
     context.log.info(f"champion: {change.old_version} -> {change.new_version} ({change.reason})")
     return dg.MaterializeResult(

@@ -70,7 +70,7 @@ def challenger_models(
     settings = run_context.settings()
     full = run_context.full_retrain
     families = settings.full_retrain.families if full else settings.models.families
-    tags = {"dagster_run_id": context.run_id, "trigger": run_context.trigger(context)}
+    tags = {"dagster_run_id": context.run.run_id, "trigger": run_context.trigger(context)}
     with warehouse.connect(read_only=True) as con:
         round_ = train_challengers(
             con,
