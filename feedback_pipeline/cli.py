@@ -3,24 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import duckdb
 import pandas as pd
 
+from feedback_pipeline.backtest.replay import (
+    EXPERIMENT,
+    BacktestPlan,
+    accuracy_plot,
+    log_summary,
+    prepare_warehouse,
+    run_backtest,
+)
 from feedback_pipeline.labels.outcomes import orphan_feedback_count
 from feedback_pipeline.monitoring.triggers import count_new_labels, data_watermark
 from feedback_pipeline.promotion import ledger
 from feedback_pipeline.promotion.apply import force_promote, rollback
 from feedback_pipeline.registry.mlflow_registry import (
     CHAMPION,
+    Registry,
     RegistryUnavailable,
     local_registry,
 )
-from feedback_pipeline.settings import SettingsError, default_data_dir
+from feedback_pipeline.settings import SettingsError, default_data_dir, load_settings, parse_as_of
 from feedback_pipeline.simulator import SimulationConfig, simulate
 from feedback_pipeline.warehouse import connection as warehouse
 from feedback_pipeline.warehouse import summaries as reporting
@@ -122,6 +132,45 @@ def _move(args: argparse.Namespace) -> int:
     return 0
 
 
+def _duration(text: str) -> timedelta:
+    """``7d``, ``12h``, ``30m`` -> a timedelta."""
+    units = {"d": "days", "h": "hours", "m": "minutes"}
+    try:
+        return timedelta(**{units[text[-1]]: float(text[:-1])})
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected a number and d, h or m, e.g. 7d"
+        ) from None
+
+
+def _backtest(args: argparse.Namespace) -> int:
+    """Replay the retraining policy and its baselines; print them side by side."""
+    settings = load_settings(args.settings)
+    plan = BacktestPlan(parse_as_of(args.start), parse_as_of(args.end), args.every)
+    out = args.out or (args.data_dir / "backtest")
+    out.mkdir(parents=True, exist_ok=True)
+    say = (lambda message: print(message, file=sys.stderr)) if args.json else print
+    con = warehouse.connect(out / "warehouse.duckdb", lock_timeout=LOCK_TIMEOUT_SECONDS)
+    try:
+        prepare_warehouse(con, args.data_dir / "warehouse.duckdb", args.landing, say)
+
+        def registry(model_name: str) -> Registry:
+            return local_registry(args.data_dir, model_name=model_name, experiment=EXPERIMENT)
+
+        summary = run_backtest(con, registry, settings, plan, say)
+    finally:
+        con.close()
+    accuracy_plot(summary, out / f"backtest_{summary.backtest_id}.png")
+    run_id = log_summary(registry("unused"), summary, plan)
+    if args.json:
+        print(json.dumps(summary.as_dict(), default=float))
+    else:
+        print(f"\nBacktest {summary.backtest_id}: prequential metrics on the common periods\n")
+        print(reporting.markdown(summary.overall))
+        print(f"\nPlot: {summary.plot_path}; MLflow run {run_id} in experiment {EXPERIMENT}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="feedback-pipeline", description=__doc__)
     parser.add_argument(
@@ -152,6 +201,24 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--reason", required=True, help="why (recorded in the ledger)")
     rollback.add_argument("--to", default=None, help="a specific version instead")
     rollback.set_defaults(handler=_move)
+
+    backtest = commands.add_parser(
+        "backtest", help="replay the retraining policy over history, with its baselines"
+    )
+    backtest.add_argument("--start", required=True, help="first period start (ISO-8601, UTC)")
+    backtest.add_argument("--end", required=True, help="end of the last period (ISO-8601, UTC)")
+    backtest.add_argument("--every", type=_duration, default=timedelta(days=7), help="e.g. 7d")
+    backtest.add_argument("--settings", type=Path, default=None, help="a settings YAML file")
+    backtest.add_argument(
+        "--landing",
+        type=Path,
+        default=None,
+        help="ingest these landing files into the backtest's own warehouse (default: copy the "
+        "raw tables of DATA/warehouse.duckdb)",
+    )
+    backtest.add_argument("--out", type=Path, default=None, help="default: DATA/backtest")
+    backtest.add_argument("--json", action="store_true", help="print the summary as JSON")
+    backtest.set_defaults(handler=_backtest)
 
     promote = commands.add_parser("promote", help="force a version to champion")
     promote.add_argument("version")

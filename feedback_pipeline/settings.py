@@ -79,13 +79,27 @@ class TrainingSettings(_Strict):
         default=True, description="false = baseline rows only (the plain market-data retrain)"
     )
     holdout_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
-    maturity_days: float = Field(
-        default=10.0,
+    maturity_days: float | None = Field(
+        default=None,
         ge=0.0,
         le=365.0,
-        description="holdout rows are predictions at least this old, so outcomes had time to land",
+        description="override: a row's label is final once its prediction is this old; null = "
+        "the observed label delay (maturity_quantile) of the slowest label source",
+    )
+    maturity_quantile: float = Field(
+        default=0.95, gt=0.5, le=1.0, description="which quantile of the label delay is maturity"
     )
     validation_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
+    half_life_days: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=3650.0,
+        description="recency: a row's weight halves every this many days of age; null = no decay",
+    )
+    refit: bool = Field(
+        default=True,
+        description="promote a refit of the chosen candidate on every row whose label is final",
+    )
 
 
 class XGBoostParams(_Strict):
@@ -147,7 +161,17 @@ class GateSettings(_Strict):
     bootstrap_samples: int = Field(default=500, ge=50, le=10000)
     confidence_level: float = Field(default=0.95, gt=0.5, lt=1.0)
     threshold: float = Field(default=0.5, gt=0.0, lt=1.0, description="decision threshold")
-    mode: Literal["enforce", "dry_run"] = "enforce"
+    mode: Literal["enforce", "dry_run", "always"] = Field(
+        default="enforce",
+        description="enforce; dry_run: decide and report, move nothing; always: gate off, "
+        "promote every candidate (the backtest's retrain-always baseline)",
+    )
+    small_fair_holdout: Literal["block", "judge_alone"] = Field(
+        default="judge_alone",
+        description="when fewer than min_holdout_rows holdout rows are newer than the champion's "
+        "data watermark (rows it never trained on): block promotion, or judge the challenger "
+        "alone by the cold-start rule on its whole holdout",
+    )
 
 
 class FullRetrainSettings(_Strict):

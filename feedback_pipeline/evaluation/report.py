@@ -48,6 +48,7 @@ class EvaluationReport:
     training_set_hash: str
     features: list[str]
     holdout_rows: int
+    fair_rows: int  # holdout rows newer than the champion's data watermark (all, without one)
     majority_accuracy: float
     challengers: tuple[ScoredChallenger, ...]
     best: ScoredChallenger  # chosen on validation, never on the holdout
@@ -68,6 +69,7 @@ class EvaluationReport:
             "training_set_hash": self.training_set_hash,
             "features": self.features,
             "holdout_rows": self.holdout_rows,
+            "fair_rows": self.fair_rows,
             "majority_accuracy": self.majority_accuracy,
             "challengers": [
                 {**asdict(s.challenger), "as_of": str(s.challenger.as_of), "holdout": s.holdout}
@@ -86,13 +88,21 @@ class EvaluationReport:
         """The report's parts as markdown: holdout metrics, deltas, decision."""
         rows = [{"model": s.label, **s.holdout} for s in self.challengers]
         if self.champion_metrics:
-            rows.insert(0, {"model": f"champion v{self.champion_version}", **self.champion_metrics})
+            rows.insert(
+                0,
+                {
+                    "model": f"champion v{self.champion_version} ({self.fair_rows} rows)",
+                    **self.champion_metrics,
+                },
+            )
         deltas = [{"metric": m, **d} for m, d in (self.deltas or {}).items()]
         verdict = "PROMOTE" if self.decision.promote else "KEEP CHAMPION"
         dry = " (dry run: nothing moves)" if self.mode == "dry_run" else ""
         return {
             "holdout_metrics": f"Holdout: {self.holdout_rows} matured outcome/explicit rows, "
-            f"unweighted. Best challenger on validation: v{self.best.challenger.version}. "
+            f"unweighted; {self.fair_rows} of them are newer than the champion's data watermark "
+            "(the champion and the deltas are scored on those only). Best challenger on "
+            f"validation: v{self.best.challenger.version}. "
             f"Majority-class accuracy {self.majority_accuracy:.4f}.\n\n" + markdown(rows),
             "deltas": "Challenger minus champion, with bootstrap "
             f"{self.gate.confidence_level:.0%} intervals.\n\n" + markdown(deltas),
@@ -149,27 +159,52 @@ def evaluate(
         registry.log_metrics(challenger.run_id, {f"holdout_{k}": v for k, v in metrics.items()})
     best = next(s for s in scored if s.challenger == round_.best)
     champion_metrics = deltas = None
-    if champion_version is not None and scorable:
-        p_champion = registry.predict_probability(champion_version, holdout.X).to_numpy()
-        probabilities[f"champion v{champion_version}"] = p_champion
-        champion_metrics = classification_metrics(holdout.y, p_champion, gate.threshold)
-        deltas = bootstrap_deltas(
-            holdout.y,
-            probabilities[best.label],
-            p_champion,
-            gate.threshold,
-            gate.bootstrap_samples,
-            gate.confidence_level,
-            seed,
-        )
+    too_few, fair_note = False, ""
+    fair_rows = len(holdout)
     majority = majority_accuracy(holdout.y)
+    compared = best.holdout
+    if champion_version is not None and scorable:
+        # Fair: the champion is judged only on holdout rows labeled after its data watermark,
+        # rows it never trained on (a refit champion has seen the older holdout rows).
+        watermark = registry.version_tags(champion_version).get("data_watermark")
+        fair = (
+            holdout.labeled_at > np.datetime64(watermark, "us")
+            if watermark and watermark != "None"
+            else np.ones(len(holdout), dtype=bool)
+        )
+        fair_rows = int(fair.sum())
+        progress(
+            f"{fair_rows} of {len(holdout)} holdout rows are newer than champion "
+            f"v{champion_version}'s data watermark {watermark}"
+        )
+        fair_note = f"champion v{champion_version}'s data watermark {watermark}"
+        too_few = fair_rows < gate.min_holdout_rows
+        if fair_rows > 0:
+            subset = holdout.subset(fair)
+            p_champion = registry.predict_probability(champion_version, subset.X).to_numpy()
+            p_best = probabilities[best.label][fair]
+            champion_metrics = classification_metrics(subset.y, p_champion, gate.threshold)
+        if not too_few:
+            compared = classification_metrics(subset.y, p_best, gate.threshold)
+            majority = majority_accuracy(subset.y)
+            deltas = bootstrap_deltas(
+                subset.y,
+                p_best,
+                p_champion,
+                gate.threshold,
+                gate.bootstrap_samples,
+                gate.confidence_level,
+                seed,
+            )
     decision = decide(
         gate,
-        len(holdout),
-        best.holdout,
-        champion_metrics if champion_version is not None else None,
+        len(holdout) if too_few else fair_rows,
+        compared,
+        None if too_few else champion_metrics,
         deltas,
         majority,
+        fair_rows=fair_rows if champion_version is not None and scorable else None,
+        fair_note=fair_note,
     )
     progress(f"decision: {decision.reason}")
     report = EvaluationReport(
@@ -177,6 +212,7 @@ def evaluate(
         training_set_hash=info.content_hash,
         features=info.features,
         holdout_rows=len(holdout),
+        fair_rows=fair_rows,
         majority_accuracy=majority,
         challengers=tuple(scored),
         best=best,

@@ -11,6 +11,8 @@ import duckdb
 from feedback_pipeline.evaluation.report import EvaluationReport
 from feedback_pipeline.promotion import ledger
 from feedback_pipeline.registry.mlflow_registry import CHALLENGER, CHAMPION, Registry
+from feedback_pipeline.settings import Settings
+from feedback_pipeline.training.challengers import Progress, refit_candidate
 
 
 @dataclass(frozen=True)
@@ -27,21 +29,31 @@ def apply_decision(
     report: EvaluationReport,
     trigger: str,
     dagster_run_id: str | None,
+    settings: Settings,
+    progress: Progress = print,
 ) -> ChampionChange:
-    """Move the aliases as decided and append the decision to the ledger, promoted or not."""
+    """Move the aliases as decided and append the decision to the ledger, promoted or not.
+
+    What becomes champion is the refit of the chosen candidate on every row whose label is final
+    (``training.refit``, on by default); ``challenger`` points at the evaluated candidate."""
     decision = report.decision
     old = registry.alias_version(CHAMPION)
     best = report.best.challenger.version
     now = datetime.now().isoformat(timespec="seconds")
-    if report.mode == "enforce":
+    if report.mode != "dry_run":
         registry.set_alias(CHALLENGER, best)
+    promoted = best
     if decision.applied:
-        registry.set_alias(CHAMPION, best)
-        registry.tag_version(best, "promoted_at", now)
-        if old is not None and old != best:
+        if settings.training.refit:
+            tags = {"trigger": trigger, "dagster_run_id": dagster_run_id or ""}
+            refit = refit_candidate(con, registry, settings, report.best.challenger, tags, progress)
+            promoted = refit.version
+        registry.set_alias(CHAMPION, promoted)
+        registry.tag_version(promoted, "promoted_at", now)
+        if old is not None and old != promoted:
             registry.tag_version(old, "retired_at", now)
-            registry.tag_version(old, "replaced_by", best)
-    new = best if decision.applied else old
+            registry.tag_version(old, "replaced_by", promoted)
+    new = promoted if decision.applied else old
     ledger.append_event(
         con,
         "retrain",

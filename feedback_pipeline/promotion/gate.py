@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from feedback_pipeline.settings import GateSettings
 
@@ -26,9 +26,49 @@ def decide(
     champion: dict[str, float] | None,
     deltas: dict[str, dict[str, float]] | None,
     majority_accuracy: float,
+    fair_rows: int | None = None,
+    fair_note: str = "",
 ) -> Decision:
-    """Decide whether the challenger replaces the champion; every outcome has a reason."""
-    decision = _decide(gate, holdout_rows, challenger, champion, deltas, majority_accuracy)
+    """Decide whether the challenger replaces the champion; every outcome has a reason.
+
+    ``fair_rows`` counts the holdout rows the champion never trained on (newer than its data
+    watermark; ``fair_note`` says which champion and watermark). None of them: nothing new to
+    judge on, keep the champion. Fewer than ``min_holdout_rows``: ``gate.small_fair_holdout``
+    blocks, or judges the challenger alone by the cold-start rule on its whole holdout
+    (``champion`` and ``deltas`` are then None)."""
+    if gate.mode == "always":
+        return Decision(True, True, "gate off (mode=always): every candidate is promoted")
+    too_few_fair_rows = None
+    if fair_rows is not None and fair_rows < gate.min_holdout_rows:
+        too_few_fair_rows = (
+            f"only {fair_rows} holdout rows are newer than {fair_note} (rows it never trained "
+            f"on), fewer than min_holdout_rows={gate.min_holdout_rows}"
+        )
+    if fair_rows == 0:
+        decision = Decision(
+            False,
+            False,
+            f"no holdout row is newer than {fair_note}: no new evidence, the champion has "
+            "already learned from everything the challenger saw",
+            checks={"fair_holdout_size": False},
+        )
+    elif too_few_fair_rows is not None and gate.small_fair_holdout == "block":
+        decision = Decision(
+            False,
+            False,
+            f"{too_few_fair_rows}: blocked (gate.small_fair_holdout=block)",
+            checks={"fair_holdout_size": False},
+        )
+    elif too_few_fair_rows is not None:
+        alone = _decide(gate, holdout_rows, challenger, None, None, majority_accuracy)
+        reason = alone.reason.replace("no champion yet; ", "")
+        decision = replace(
+            alone,
+            reason=f"{too_few_fair_rows}; judged alone (gate.small_fair_holdout=judge_alone): "
+            f"{reason}",
+        )
+    else:
+        decision = _decide(gate, holdout_rows, challenger, champion, deltas, majority_accuracy)
     if gate.mode == "dry_run":
         verdict = "would promote" if decision.promote else "would not promote"
         return Decision(

@@ -82,9 +82,19 @@ def _save_estimator(estimator: Any, folder: Path) -> tuple[Path, str]:
 class Registry:
     """The MLflow tracking store and model registry."""
 
-    def __init__(self, tracking_uri: str, artifact_root: str):
+    def __init__(
+        self,
+        tracking_uri: str,
+        artifact_root: str,
+        model_name: str = MODEL_NAME,
+        experiment: str = EXPERIMENT,
+    ):
+        """``model_name`` and ``experiment`` default to the live ones; the backtest uses its own,
+        so the live ``champion`` alias never moves."""
         self.tracking_uri = tracking_uri
         self.artifact_root = artifact_root
+        self.model_name = model_name
+        self.experiment = experiment
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -102,12 +112,12 @@ class Registry:
             self._package_scan.start()
 
     def experiment_id(self) -> str:
-        experiment = self.client.get_experiment_by_name(EXPERIMENT)
+        experiment = self.client.get_experiment_by_name(self.experiment)
         if experiment is not None:
             return experiment.experiment_id
         Path(self.artifact_root).mkdir(parents=True, exist_ok=True)
         return self.client.create_experiment(
-            EXPERIMENT, artifact_location=Path(self.artifact_root).resolve().as_uri()
+            self.experiment, artifact_location=Path(self.artifact_root).resolve().as_uri()
         )
 
     def log_challenger(
@@ -144,19 +154,19 @@ class Registry:
                 model_config={"features": list(features), "estimator_format": estimator_format},
                 signature=infer_signature(example, output),
                 input_example=example,
-                registered_model_name=MODEL_NAME,
+                registered_model_name=self.model_name,
                 pip_requirements=_requirements(),
             )
         version = str(info.registered_model_version)
         for key, value in tags.items():
-            self.client.set_model_version_tag(MODEL_NAME, version, key, value)
-        self.client.set_model_version_tag(MODEL_NAME, version, "family", family)
+            self.client.set_model_version_tag(self.model_name, version, key, value)
+        self.client.set_model_version_tag(self.model_name, version, "family", family)
         return RegisteredChallenger(version, run.info.run_id, family)
 
     def find_version(self, tag: str, value: str) -> RegisteredChallenger | None:
         """The newest version carrying ``tag=value`` (e.g. the same fit key), if any."""
         for model_version in sorted(
-            self.client.search_model_versions(f"name = '{MODEL_NAME}'"),
+            self.client.search_model_versions(f"name = '{self.model_name}'"),
             key=lambda v: -int(v.version),
         ):
             if model_version.tags.get(tag) == value:
@@ -173,36 +183,36 @@ class Registry:
         RegistryUnavailable: a failed lookup must never look like "no champion yet", which
         would send a retrain down the cold-start path."""
         try:
-            return str(self.client.get_model_version_by_alias(MODEL_NAME, alias).version)
+            return str(self.client.get_model_version_by_alias(self.model_name, alias).version)
         except MlflowException as error:
             if _not_found(error):
                 return None
             raise RegistryUnavailable(self.tracking_uri, error) from error
 
     def version_tags(self, version: str) -> dict[str, str]:
-        return dict(self.client.get_model_version(MODEL_NAME, version).tags)
+        return dict(self.client.get_model_version(self.model_name, version).tags)
 
     def run_id(self, version: str) -> str:
-        return self.client.get_model_version(MODEL_NAME, version).run_id
+        return self.client.get_model_version(self.model_name, version).run_id
 
     def run_metrics(self, version: str) -> dict[str, float]:
         return dict(self.client.get_run(self.run_id(version)).data.metrics)
 
     def versions(self) -> list[str]:
-        found = self.client.search_model_versions(f"name = '{MODEL_NAME}'")
+        found = self.client.search_model_versions(f"name = '{self.model_name}'")
         return sorted((str(v.version) for v in found), key=int)
 
     def load(self, version: str) -> mlflow.pyfunc.PyFuncModel:
-        return mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{version}")
+        return mlflow.pyfunc.load_model(f"models:/{self.model_name}/{version}")
 
     def predict_probability(self, version: str, X: pd.DataFrame) -> pd.Series:
         return self.load(version).predict(X)["probability"]
 
     def set_alias(self, alias: str, version: str) -> None:
-        self.client.set_registered_model_alias(MODEL_NAME, alias, version)
+        self.client.set_registered_model_alias(self.model_name, alias, version)
 
     def tag_version(self, version: str, key: str, value: str) -> None:
-        self.client.set_model_version_tag(MODEL_NAME, version, key, value)
+        self.client.set_model_version_tag(self.model_name, version, key, value)
 
     def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
         for key, value in metrics.items():
@@ -226,8 +236,9 @@ def default_tracking_uri(data_dir: Path) -> str:
     )
 
 
-def local_registry(data_dir: Path) -> Registry:
-    return Registry(default_tracking_uri(data_dir), str(data_dir / "mlartifacts"))
+def local_registry(data_dir: Path, **names: str) -> Registry:
+    """The data directory's registry (``model_name``/``experiment`` may name other ones)."""
+    return Registry(default_tracking_uri(data_dir), str(data_dir / "mlartifacts"), **names)
 
 
 def _finite(value: Any) -> bool:

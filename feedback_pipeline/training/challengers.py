@@ -26,8 +26,10 @@ from feedback_pipeline.training.dataset import (
     load_split,
     split_counts,
 )
-from feedback_pipeline.training.families import dask_client, train_family
+from feedback_pipeline.training.families import dask_client, fit, train_family
+from feedback_pipeline.vocabulary import BASELINE_SOURCE
 from feedback_pipeline.warehouse.summaries import markdown
+from feedback_pipeline.warehouse.tables import TRAINING_SET
 
 Progress = Callable[[str], None]
 
@@ -183,6 +185,7 @@ def _train_and_register(
             "data_watermark": str(info.data_watermark),
             "features": json.dumps(features),
             "fit_key": fit_key,
+            "role": "candidate",
         }
         card = model_card(family, fitted.params, info, data.counts, fitted.validation_metrics)
         registered = registry.log_challenger(
@@ -205,6 +208,93 @@ def _train_and_register(
         family=family,
         params=fitted.params,
         validation=fitted.validation_metrics,
+        training_set_hash=info.content_hash,
+        as_of=info.as_of,
+    )
+
+
+REFIT_SPLITS = ("train", "validation", "holdout", "refit_only")
+
+
+def refit_candidate(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    settings: Settings,
+    candidate: Challenger,
+    tags: dict[str, str],
+    progress: Progress = print,
+) -> Challenger:
+    """The model that gets promoted: the evaluated candidate's family and parameters refit on
+    every row whose label is final as of ``as_of`` (train, validation, holdout and the recent
+    rows with a final label), so the champion learns from its freshest data. The gate judged the
+    procedure on rows the candidate never saw; the refit is registered with a link to it."""
+    info = load_info(con)
+    if candidate.training_set_hash != info.content_hash:
+        raise ValueError(
+            f"candidate v{candidate.version} was trained on training set "
+            f"{candidate.training_set_hash}, the current one is {info.content_hash}: "
+            "rematerialize challenger_models"
+        )
+    rows = load_split(con, REFIT_SPLITS, info.features)
+    (watermark,) = con.execute(
+        f"SELECT max(labeled_at) FILTER (WHERE source <> '{BASELINE_SOURCE}') FROM {TRAINING_SET} "
+        f"WHERE list_contains(?, split)",
+        [list(REFIT_SPLITS)],
+    ).fetchall()[0]
+    params = {**candidate.params}
+    fit_key = hashlib.md5(
+        json.dumps(
+            [info.content_hash, candidate.family, params, settings.models.seed, "refit"],
+            sort_keys=True,
+            default=str,
+        ).encode()
+    ).hexdigest()
+    registered = registry.find_version("fit_key", fit_key)
+    if registered is not None:
+        progress(f"refit of v{candidate.version}: unchanged, reusing version {registered.version}")
+    else:
+        progress(f"refitting {candidate.family} v{candidate.version} on {len(rows):,} final rows")
+        estimator = fit(candidate.family, params, rows, settings.models.seed)
+        card = "\n\n".join(
+            [
+                f"# feedback_model champion refit: {candidate.family}",
+                f"Refit of the evaluated candidate v{candidate.version} (run "
+                f"`{candidate.run_id}`) with its parameters on every row whose label is final as "
+                f"of {info.as_of}: {len(rows):,} rows (train, validation, holdout and recent "
+                f"rows with a final label), trained through {watermark}. The gate judged the "
+                "candidate on holdout rows it never saw; this refit has seen them.",
+                f"Training-set hash `{info.content_hash}`, maturity {info.maturity_days:.3f} "
+                f"days, data clock {info.data_clock}.",
+                "## Parameters\n\n" + markdown([params]),
+            ]
+        )
+        registered = registry.log_challenger(
+            estimator,
+            candidate.family,
+            info.features,
+            rows.X,
+            {"family": candidate.family, **params, "refit_of": candidate.version},
+            {"rows_refit": len(rows)},
+            {
+                **tags,
+                "as_of": str(info.as_of),
+                "training_set_hash": info.content_hash,
+                "data_watermark": str(watermark),
+                "features": json.dumps(info.features),
+                "fit_key": fit_key,
+                "role": "refit",
+                "refit_of": candidate.version,
+                "evaluated_candidate_run_id": candidate.run_id,
+            },
+            card,
+        )
+        progress(f"refit registered as version {registered.version}")
+    return Challenger(
+        version=registered.version,
+        run_id=registered.run_id,
+        family=candidate.family,
+        params=params,
+        validation=candidate.validation,
         training_set_hash=info.content_hash,
         as_of=info.as_of,
     )

@@ -43,8 +43,48 @@ class TrainingSetInfo:
     features: list[str]
     rows: int
     content_hash: str
-    data_watermark: datetime | None  # latest labeled_at of a feedback row used
+    data_watermark: datetime | None  # latest labeled_at of a train/validation feedback row
     settings: dict[str, Any]  # the TrainingSettings it was built with
+    data_clock: datetime  # the newest label visible as of as_of
+    maturity_days: float  # a row's label is final once its prediction is this old
+
+
+@dataclass(frozen=True)
+class LabelMaturity:
+    data_clock: datetime
+    horizon_days: float
+    delay_days: dict[str, float]  # observed delay quantile per label source
+    derived: bool  # False when training.maturity_days overrides it
+
+
+def label_maturity(
+    con: duckdb.DuckDBPyConnection,
+    training: TrainingSettings,
+    as_of: datetime,
+    window_start: datetime,
+) -> LabelMaturity:
+    """How long until a row's label is final, from the label delays observed in the window.
+
+    The horizon is the delay quantile of the slowest label source (an outcome can still override
+    a human signal until it lands), so a stream whose outcomes come 30 minutes later waits 30
+    minutes, not 10 days. ``training.maturity_days`` overrides it. The clock is the data's own:
+    the newest label visible as of ``as_of``."""
+    rows = con.execute(
+        f"""
+        SELECT label_source,
+               quantile_cont(epoch(labeled_at) - epoch(predicted_at), $q) / 86400.0,
+               max(labeled_at)
+        FROM {LABELED_OUTCOMES}
+        WHERE labeled_at <= $as_of AND predicted_at <= $as_of AND predicted_at > $window_start
+        GROUP BY label_source ORDER BY label_source
+        """,
+        {"q": training.maturity_quantile, "as_of": as_of, "window_start": window_start},
+    ).fetchall()
+    delays = {source: max(float(delay), 0.0) for source, delay, _ in rows}
+    clock = max((latest for _, _, latest in rows), default=None) or as_of
+    if training.maturity_days is not None:
+        return LabelMaturity(min(clock, as_of), training.maturity_days, delays, False)
+    return LabelMaturity(min(clock, as_of), max(delays.values(), default=0.0), delays, True)
 
 
 @dataclass(frozen=True)
@@ -108,12 +148,8 @@ def build_training_set(
             "builds both from one run context)"
         )
     window_start = as_of - timedelta(days=training.lookback_days)
-    (data_clock,) = con.execute(
-        f"SELECT max(labeled_at) FROM {LABELED_OUTCOMES} WHERE labeled_at <= ? "
-        "AND predicted_at <= ?",
-        [as_of, as_of],
-    ).fetchall()[0]
-    data_clock = min(data_clock or as_of, as_of)
+    maturity = label_maturity(con, training, as_of, window_start)
+    matured_before = maturity.data_clock - timedelta(days=maturity.horizon_days)
     structure = json.dumps({name: "DOUBLE" for name in features})
     feature_columns = ", ".join(f"f.{_quote(n)} AS {_quote(n)}" for n in features)
     con.execute(
@@ -153,6 +189,16 @@ def build_training_set(
             WHERE c.row_id NOT IN (SELECT row_id FROM holdout)
               AND (h.t IS NULL OR c.event_time < h.t)
               AND (c.source = '{BASELINE_SOURCE}' OR $use_outcomes)
+        ), refit_rows AS (
+            -- Rows as recent as the holdout that only the promoted refit learns from: those
+            -- whose label is final (an outcome, a weak label, or a matured row). A recent row
+            -- with only a fast human label so far is left out, so the refit's label mix is
+            -- not tilted towards fast labels (rejects) before the slow outcomes land.
+            SELECT c.*, 'refit_only' AS split FROM candidates c, holdout_start h
+            WHERE h.t IS NOT NULL AND c.event_time >= h.t
+              AND c.row_id NOT IN (SELECT row_id FROM holdout)
+              AND (c.source IN ('outcome', '{BASELINE_SOURCE}') OR c.event_time <= $matured_before)
+              AND (c.source = '{BASELINE_SOURCE}' OR $use_outcomes)
         ), assigned AS (
             SELECT * EXCLUDE (position, total),
                    CASE WHEN position > total - round(total * $validation_fraction)
@@ -160,8 +206,14 @@ def build_training_set(
             FROM fit_rows
             UNION ALL
             SELECT c.*, 'holdout' AS split FROM candidates c JOIN holdout USING (row_id)
+            UNION ALL
+            SELECT * FROM refit_rows
         )
-        SELECT row_id, source, label::INTEGER AS label, weight::DOUBLE AS weight,
+        SELECT row_id, source, label::INTEGER AS label,
+               -- recency: the weight halves every half_life_days of age (none when null)
+               (weight * CASE WHEN $half_life_days IS NULL THEN 1.0
+                   ELSE pow(0.5, (epoch($data_clock) - epoch(event_time)) / 86400.0
+                                 / $half_life_days) END)::DOUBLE AS weight,
                event_time, labeled_at, split, {feature_columns}
         FROM assigned
         ORDER BY event_time, row_id
@@ -173,7 +225,9 @@ def build_training_set(
             "use_outcomes": training.use_outcomes,
             "holdout_fraction": training.holdout_fraction,
             "validation_fraction": training.validation_fraction,
-            "matured_before": data_clock - timedelta(days=training.maturity_days),
+            "matured_before": matured_before,
+            "half_life_days": training.half_life_days,
+            "data_clock": maturity.data_clock,
         },
     )
     rows, content_hash, watermark = con.execute(
@@ -181,7 +235,8 @@ def build_training_set(
         SELECT count(*),
                -- order-free: XOR of per-row hashes (row ids are unique); 30x cheaper than md5
                format('{{:016x}}', coalesce(bit_xor(hash(t)), 0)),
-               max(labeled_at) FILTER (WHERE source <> '{BASELINE_SOURCE}' AND split <> 'holdout')
+               max(labeled_at) FILTER (
+                   WHERE source <> '{BASELINE_SOURCE}' AND split IN ('train', 'validation'))
         FROM {TRAINING_SET} t
         """
     ).fetchall()[0]
@@ -203,15 +258,27 @@ def build_training_set(
         content_hash,
         watermark,
         training.model_dump(),
+        maturity.data_clock,
+        maturity.horizon_days,
     )
     con.execute(
         f"""
         CREATE OR REPLACE TABLE {TRAINING_SET_INFO} AS
         SELECT ?::TIMESTAMP AS as_of, ?::TIMESTAMP AS window_start, ?::VARCHAR[] AS features,
                ?::BIGINT AS rows, ?::VARCHAR AS content_hash, ?::TIMESTAMP AS data_watermark,
-               ?::JSON AS settings
+               ?::JSON AS settings, ?::TIMESTAMP AS data_clock, ?::DOUBLE AS maturity_days
         """,
-        [as_of, window_start, features, rows, content_hash, watermark, training.model_dump_json()],
+        [
+            as_of,
+            window_start,
+            features,
+            rows,
+            content_hash,
+            watermark,
+            training.model_dump_json(),
+            maturity.data_clock,
+            maturity.horizon_days,
+        ],
     )
     return TrainingSetSummary(info, counts)
 
@@ -223,7 +290,7 @@ def split_counts(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
         SELECT split, source, count(*) AS rows, round(avg(label), 3) AS positive_rate,
                round(sum(weight), 1) AS total_weight
         FROM {TRAINING_SET} GROUP BY split, source
-        ORDER BY list_position(['train', 'validation', 'holdout'], split), source
+        ORDER BY list_position(['train', 'validation', 'holdout', 'refit_only'], split), source
         """
     ).df()
 
@@ -289,23 +356,37 @@ class Split:
     X: pd.DataFrame
     y: np.ndarray
     weight: np.ndarray
+    labeled_at: np.ndarray  # datetime64: when each row's label became known
+
+    def subset(self, mask: np.ndarray) -> Split:
+        return Split(
+            self.X[mask].reset_index(drop=True),
+            self.y[mask],
+            self.weight[mask],
+            self.labeled_at[mask],
+        )
 
     def __len__(self) -> int:
         return len(self.y)
 
 
-def load_split(con: duckdb.DuckDBPyConnection, split: str, features: list[str]) -> Split:
-    """One split as float64 features (NULL -> NaN), labels and weights, in time order."""
+def load_split(
+    con: duckdb.DuckDBPyConnection, split: str | tuple[str, ...], features: list[str]
+) -> Split:
+    """One split (or several) as float64 features (NULL -> NaN), labels and weights, in time
+    order."""
+    splits = [split] if isinstance(split, str) else list(split)
     columns = ", ".join(_quote(n) for n in features)
     arrays = con.execute(
-        f"SELECT label, weight, {columns} FROM {TRAINING_SET} WHERE split = ? "
-        "ORDER BY event_time, row_id",
-        [split],
+        f"SELECT label, weight, labeled_at, {columns} FROM {TRAINING_SET} "
+        "WHERE list_contains(?, split) ORDER BY event_time, row_id",
+        [splits],
     ).fetchnumpy()  # straight to numpy: no intermediate DataFrame to copy
     return Split(
         X=pd.DataFrame({n: np.ma.filled(arrays[n].astype(np.float64), np.nan) for n in features}),
         y=np.asarray(arrays["label"], dtype=np.int64),
         weight=np.asarray(arrays["weight"], dtype=np.float64),
+        labeled_at=np.asarray(arrays["labeled_at"], dtype="datetime64[us]"),
     )
 
 
@@ -313,12 +394,20 @@ def load_info(con: duckdb.DuckDBPyConnection) -> TrainingSetInfo:
     if not table_exists(con, TRAINING_SET_INFO):
         raise TrainingSetError("no training set yet: materialize training_set first")
     rows = con.execute(
-        f"SELECT as_of, window_start, features, rows, content_hash, data_watermark, settings "
-        f"FROM {TRAINING_SET_INFO}"
+        f"SELECT as_of, window_start, features, rows, content_hash, data_watermark, settings, "
+        f"data_clock, maturity_days FROM {TRAINING_SET_INFO}"
     ).fetchall()
     if not rows:
         raise TrainingSetError("no training set yet: materialize training_set first")
-    as_of, window_start, features, count, content_hash, watermark, settings = rows[0]
+    as_of, window_start, features, count, content_hash, watermark, settings, clock, days = rows[0]
     return TrainingSetInfo(
-        as_of, window_start, list(features), count, content_hash, watermark, json.loads(settings)
+        as_of,
+        window_start,
+        list(features),
+        count,
+        content_hash,
+        watermark,
+        json.loads(settings),
+        clock,
+        days,
     )

@@ -14,6 +14,8 @@ LABELED_OUTCOMES_INFO = "labeled.labeled_outcomes_info"
 TRAINING_SET = "training.training_set"
 TRAINING_SET_INFO = "training.training_set_info"
 RETRAINING_EVENTS = "ops.retraining_events"
+BACKTEST_PERIODS = "backtest.periods"
+BACKTEST_PREDICTIONS = "backtest.predictions"
 
 # What `feedback-pipeline status` and the demo count.
 COUNTED_TABLES = (

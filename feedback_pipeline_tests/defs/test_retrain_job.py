@@ -68,11 +68,13 @@ def test_retrain_job_leaves_a_loadable_champion_and_a_ledger_row(retrained):
     assert event[4] is True and event[6] == result.run_id
 
     registry = local_registry(data_dir)
-    version = registry.alias_version(CHAMPION)
-    assert registry.alias_version(CHALLENGER) == version
+    champion = registry.alias_version(CHAMPION)
+    version = registry.alias_version(CHALLENGER)  # the evaluated candidate
+    assert registry.version_tags(champion)["refit_of"] == version  # the champion is its refit
     tags = registry.version_tags(version)
     assert tags["trigger"] == "weekly" and tags["dagster_run_id"] == result.run_id
     assert tags["training_set_hash"] and tags["data_watermark"] != "None"
+    assert registry.version_tags(champion)["dagster_run_id"] == result.run_id
 
     report = result.asset_materializations_for_node("evaluation_report")[0].metadata
     assert "| model" in report["holdout_metrics"].value

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -14,6 +14,8 @@ import pytest
 from feedback_pipeline.defs.definitions import build_defs, defs
 from feedback_pipeline.defs.resources import local_resources
 from feedback_pipeline.defs.run_context import RunContextResource, run_context_config
+from feedback_pipeline.labels.outcomes import build_labeled_outcomes
+from feedback_pipeline.monitoring.triggers import data_watermark
 from feedback_pipeline.promotion import ledger
 from feedback_pipeline.registry.mlflow_registry import CHAMPION, local_registry
 from feedback_pipeline.settings import Settings
@@ -102,12 +104,13 @@ def test_new_labels_sensor_skips_below_and_fires_at_the_threshold(instance, simu
 def test_the_same_watermark_never_fires_twice(instance, simulated_dir):
     con = warehouse.connect(simulated_dir / "warehouse.duckdb")
     registry = local_registry(simulated_dir)
-    build_training_set(con, Settings().training, discover_features(con, None), SIMULATED_AS_OF)
+    a_week_earlier = SIMULATED_AS_OF - timedelta(days=7)  # then a week of labels arrives
+    build_labeled_outcomes(con, Settings().labeling, a_week_earlier)
+    build_training_set(con, Settings().training, discover_features(con, None), a_week_earlier)
     retrain(con, registry)
+    build_labeled_outcomes(con, Settings().labeling, SIMULATED_AS_OF)
     con.close()
-    watermark = datetime.fromisoformat(
-        registry.version_tags(registry.alias_version("challenger"))["data_watermark"]
-    )
+    watermark = data_watermark(registry)  # the one the sensor and `status` use
     count = labels_after(simulated_dir, watermark)
     assert count > 0
 

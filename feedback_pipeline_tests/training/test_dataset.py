@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
-from feedback_pipeline.settings import TrainingSettings, parse_settings
+from feedback_pipeline.ingest.landing_files import ingest_kind
+from feedback_pipeline.labels.outcomes import build_labeled_outcomes
+from feedback_pipeline.settings import LabelingSettings, TrainingSettings, parse_settings
 from feedback_pipeline.training.dataset import (
     build_training_set,
     discover_features,
@@ -15,7 +17,7 @@ from feedback_pipeline.training.dataset import (
 )
 from feedback_pipeline.warehouse import connection as warehouse
 from feedback_pipeline.warehouse.tables import TRAINING_SET
-from feedback_pipeline_tests.conftest import SIMULATED_AS_OF
+from feedback_pipeline_tests.conftest import SIMULATED_AS_OF, feedback, prediction
 
 
 @pytest.fixture
@@ -144,3 +146,66 @@ def test_a_split_loads_in_time_order_with_missing_features_as_nan(sim_con):
     assert (split.X.isna().to_numpy() == expected[summary.info.features].isna().to_numpy()).all()
     assert split.X[[gap, rsi]].isna().sum().min() > 0
     assert split.X.fillna(0).equals(expected[summary.info.features].astype("float64").fillna(0))
+
+
+def thirty_minute_stream(con, landing, write_landing, days: int = 30) -> datetime:
+    """One prediction an hour, each with its outcome 30 minutes later; returns the last hour."""
+    start = datetime(2026, 3, 1)
+    hours = [start + timedelta(hours=h) for h in range(days * 24)]
+    write_landing(
+        "predictions",
+        "p.jsonl",
+        [
+            prediction(
+                f"p{i}",
+                predicted_at=f"{t:%Y-%m-%dT%H:%M:%S}Z",
+                features={"x": float(i % 7), "y": float(i % 3)},
+            )
+            for i, t in enumerate(hours)
+        ],
+    )
+    write_landing(
+        "feedback",
+        "f.jsonl",
+        [
+            feedback(
+                f"e{i}",
+                f"p{i}",
+                "outcome",
+                f"{t + timedelta(minutes=30):%Y-%m-%dT%H:%M:%S}Z",
+                outcome="win" if (i % 7) > 3 else "loss",
+            )
+            for i, t in enumerate(hours)
+        ],
+    )
+    for kind in ("predictions", "feedback"):
+        ingest_kind(con, landing, kind)
+    return hours[-1]
+
+
+def test_maturity_comes_from_the_observed_label_delay(con, landing, write_landing):
+    last = thirty_minute_stream(con, landing, write_landing)
+    as_of = last + timedelta(hours=1)
+    build_labeled_outcomes(con, LabelingSettings(), as_of)
+    info = build_training_set(con, TrainingSettings(), ["x", "y"], as_of).info
+    assert abs(info.maturity_days - 0.5 / 24) < 1e-6  # 30 minutes, not 10 days
+    # so the holdout reaches up to the last hour whose outcome has landed
+    newest_holdout = con.execute(
+        f"SELECT max(event_time) FROM {TRAINING_SET} WHERE split = 'holdout'"
+    ).fetchall()[0][0]
+    assert newest_holdout == last
+    override = build_training_set(con, TrainingSettings(maturity_days=3), ["x", "y"], as_of)
+    assert override.info.maturity_days == 3
+
+
+def test_half_life_halves_the_weight_every_half_life_days(con, landing, write_landing):
+    last = thirty_minute_stream(con, landing, write_landing)
+    as_of = last + timedelta(hours=1)
+    build_labeled_outcomes(con, LabelingSettings(), as_of)
+    build_training_set(con, TrainingSettings(half_life_days=7), ["x", "y"], as_of)
+    weights = dict(
+        con.execute(
+            f"SELECT row_id, weight FROM {TRAINING_SET} WHERE row_id IN ('p100', 'p268')"
+        ).fetchall()
+    )
+    assert abs(weights["p100"] / weights["p268"] - 0.5) < 1e-9  # 168 hours = 7 days older

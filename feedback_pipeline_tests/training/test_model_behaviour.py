@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 
 from feedback_pipeline.evaluation.metrics import classification_metrics
@@ -54,7 +56,7 @@ def retrain(
         con, registry, settings, ["xgboost"], False, {"trigger": trigger}, progress=lambda m: None
     )
     report = evaluate(con, registry, challengers, settings.gate, 42, progress=lambda m: None)
-    apply_decision(con, registry, report, trigger, None)
+    apply_decision(con, registry, report, trigger, None, settings, progress=lambda m: None)
     return report
 
 
@@ -65,7 +67,12 @@ def test_cold_start_promotes_then_shuffled_labels_are_refused(sim_con, simulated
     first = retrain(sim_con, registry)
     assert first.decision.applied, first.decision.reason
     champion = registry.alias_version(CHAMPION)
-    assert champion == first.best.challenger.version
+    candidate = first.best.challenger.version
+    # What is promoted is a refit of the evaluated candidate, linked to it.
+    assert champion != candidate
+    assert registry.version_tags(champion)["refit_of"] == candidate
+    assert registry.version_tags(champion)["role"] == "refit"
+    assert registry.alias_version(CHALLENGER) == candidate
 
     # Same rows, labels shuffled among train and validation rows: a model of noise.
     sim_con.execute("SELECT setseed(0.42)")
@@ -103,7 +110,7 @@ def test_retrain_on_unchanged_data_promotes_nothing_and_adds_no_version(sim_con,
     report = retrain(sim_con, registry)
 
     assert not report.decision.applied
-    assert "no gain large enough" in report.decision.reason
+    assert "no holdout row is newer than champion" in report.decision.reason
     assert registry.versions() == versions
     assert (registry.alias_version(CHAMPION), registry.alias_version(CHALLENGER)) == aliases
     assert sim_con.execute("SELECT count(*) FROM ops.retraining_events").fetchall()[0][0] == 2
@@ -113,3 +120,43 @@ def test_same_data_settings_and_seed_give_the_same_metrics(sim_con):
     first = holdout_auc(sim_con, TrainingSettings())
     second = holdout_auc(sim_con, TrainingSettings())
     assert first == second
+
+
+def test_the_refit_learns_from_rows_after_the_holdout_start_and_the_candidate_does_not(
+    sim_con, simulated_dir
+):
+    registry = local_registry(simulated_dir)
+    build_training_set(
+        sim_con, SETTINGS.training, discover_features(sim_con, None), SIMULATED_AS_OF
+    )
+    report = retrain(sim_con, registry)
+    holdout_start, newest_final = sim_con.execute(
+        f"""SELECT min(event_time) FILTER (WHERE split = 'holdout'),
+                   max(labeled_at) FILTER (WHERE source <> 'baseline')
+            FROM {TRAINING_SET} WHERE split <> 'pending'"""
+    ).fetchall()[0]
+    newest_fit_row = sim_con.execute(
+        f"SELECT max(event_time) FROM {TRAINING_SET} WHERE split IN ('train', 'validation')"
+    ).fetchall()[0][0]
+    assert newest_fit_row < holdout_start  # the evaluated candidate never saw the holdout
+    candidate = registry.version_tags(report.best.challenger.version)
+    refit = registry.version_tags(registry.alias_version(CHAMPION))
+    assert datetime.fromisoformat(candidate["data_watermark"]) < newest_final
+    assert datetime.fromisoformat(refit["data_watermark"]) == newest_final > holdout_start
+    run = registry.client.get_run(registry.run_id(registry.alias_version(CHAMPION)))
+    refit_rows = sim_con.execute(
+        f"SELECT count(*) FROM {TRAINING_SET} "
+        "WHERE split IN ('train', 'validation', 'holdout', 'refit_only')"
+    ).fetchall()[0][0]
+    assert run.data.metrics["rows_refit"] == refit_rows
+    assert run.data.params["refit_of"] == report.best.challenger.version
+    # Recent rows whose only label so far is a fast human signal are left to mature.
+    pending = sim_con.execute(
+        f"""SELECT count(*) FROM labeled.labeled_outcomes l
+            WHERE l.label_source <> 'outcome'
+              AND l.predicted_at > (
+                  SELECT data_clock - to_microseconds((maturity_days * 86400e6)::BIGINT)
+                  FROM training.training_set_info)
+              AND l.prediction_id IN (SELECT row_id FROM {TRAINING_SET})"""
+    ).fetchall()[0][0]
+    assert pending == 0

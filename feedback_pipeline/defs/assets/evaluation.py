@@ -69,6 +69,8 @@ def champion_model(
             evaluation_report,
             run_context.trigger(context),
             context.run.run_id,
+            run_context.settings(),
+            context.log.info,
         )
     context.log.info(f"champion: {change.old_version} -> {change.new_version} ({change.reason})")
     return dg.MaterializeResult(

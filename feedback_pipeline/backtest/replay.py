@@ -1,0 +1,485 @@
+"""Replay the retraining policy as of each period's start and score the period prequentially.
+
+For every period the same code path as a live retrain runs as of the period's start: labels,
+training set, challengers, gate, refit. The period's predictions are then scored by the champion
+of that moment, before their labels were known; they are judged at the end against the labels
+that arrived. Baselines run in the same replay: no retrain (the policy's first champion
+forever), retrain-always (gate off) and a plain XGBoost refit on all past labels every period.
+Each registry-backed policy has its own MLflow model name, so the live champion never moves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+from feedback_pipeline.evaluation.report import evaluate
+from feedback_pipeline.ingest.contract import KINDS
+from feedback_pipeline.ingest.landing_files import ingest_kind
+from feedback_pipeline.labels.outcomes import build_labeled_outcomes
+from feedback_pipeline.promotion.apply import apply_decision
+from feedback_pipeline.registry.mlflow_registry import CHAMPION, MODEL_NAME, Registry
+from feedback_pipeline.settings import Settings, with_overrides
+from feedback_pipeline.training.challengers import train_challengers
+from feedback_pipeline.training.dataset import (
+    Split,
+    TrainingSetError,
+    build_training_set,
+    discover_features,
+)
+from feedback_pipeline.training.families import fit, predict_probability
+from feedback_pipeline.warehouse.connection import transaction
+from feedback_pipeline.warehouse.tables import (
+    BACKTEST_PERIODS,
+    BACKTEST_PREDICTIONS,
+    LABELED_OUTCOMES,
+    RAW_BASELINE_EXAMPLES,
+    RAW_PREDICTIONS,
+)
+
+Progress = Callable[[str], None]
+
+POLICY = "policy"
+RETRAIN_ALWAYS = "retrain_always"
+NO_RETRAIN = "no_retrain"
+REFIT_EVERYTHING = "refit_everything"
+POLICIES = (POLICY, NO_RETRAIN, RETRAIN_ALWAYS, REFIT_EVERYTHING)
+EXPERIMENT = "feedback_pipeline_backtest"
+
+DDL = f"""
+CREATE SCHEMA IF NOT EXISTS backtest;
+CREATE TABLE IF NOT EXISTS {BACKTEST_PERIODS} (
+    backtest_id VARCHAR NOT NULL,
+    policy VARCHAR NOT NULL,
+    period_start TIMESTAMP NOT NULL,
+    period_end TIMESTAMP NOT NULL,
+    champion_version VARCHAR,          -- the model that scored the period (trained before it)
+    promoted BOOLEAN,
+    reason VARCHAR,
+    rows BIGINT,                       -- predictions scored in the period
+    seconds DOUBLE,
+    recorded_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {BACKTEST_PREDICTIONS} (
+    backtest_id VARCHAR NOT NULL,
+    policy VARCHAR NOT NULL,
+    prediction_id VARCHAR NOT NULL,
+    period_start TIMESTAMP NOT NULL,
+    version VARCHAR,
+    probability DOUBLE NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class BacktestPlan:
+    start: datetime
+    end: datetime
+    every: timedelta
+
+    def __post_init__(self) -> None:
+        if self.end <= self.start:
+            raise ValueError(f"--end {self.end} must be after --start {self.start}")
+        if self.every <= timedelta(0):
+            raise ValueError(f"--every must be positive, got {self.every}")
+
+    def periods(self) -> list[tuple[datetime, datetime]]:
+        starts = pd.date_range(self.start, self.end, freq=self.every, inclusive="left")
+        return [(s.to_pydatetime(), min(s.to_pydatetime() + self.every, self.end)) for s in starts]
+
+
+@dataclass
+class BacktestSummary:
+    backtest_id: str
+    overall: pd.DataFrame  # one row per policy: rows, accuracy, log loss, AUC, FP rate
+    periods: pd.DataFrame  # one row per policy and period
+    plot_path: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "backtest_id": self.backtest_id,
+            "overall": self.overall.to_dict(orient="records"),
+            "periods": len(self.periods),
+            "plot": str(self.plot_path) if self.plot_path else None,
+        }
+
+
+def backtest_id(plan: BacktestPlan, settings: Settings, data_fingerprint: str) -> str:
+    """The same plan, settings and data: the same backtest, which a rerun resumes."""
+    key = json.dumps(
+        [
+            str(plan.start),
+            str(plan.end),
+            plan.every.total_seconds(),
+            settings.model_dump(),
+            data_fingerprint,
+        ],
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.md5(key.encode()).hexdigest()[:10]
+
+
+def data_fingerprint(con: duckdb.DuckDBPyConnection) -> str:
+    rows = con.execute(
+        f"SELECT count(*), max(predicted_at) FROM {RAW_PREDICTIONS} UNION ALL "
+        f"SELECT count(*), max(as_of) FROM {RAW_BASELINE_EXAMPLES}"
+    ).fetchall()
+    return json.dumps(rows, default=str)
+
+
+def policy_settings(settings: Settings) -> dict[str, Settings]:
+    """The registry-backed policies: the configured one, and the same with the gate off."""
+    return {
+        POLICY: settings,
+        RETRAIN_ALWAYS: with_overrides(settings, {"gate": {"mode": "always"}}),
+    }
+
+
+def period_predictions(
+    con: duckdb.DuckDBPyConnection, start: datetime, end: datetime, features: list[str]
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """Ids and float64 features of the predictions made in ``[start, end)``."""
+    structure = json.dumps({name: "DOUBLE" for name in features})
+    columns = ", ".join(f'f."{n}" AS "{n}"' for n in features)
+    frame = con.execute(
+        f"""
+        SELECT prediction_id, {columns} FROM (
+            SELECT prediction_id, predicted_at, json_transform(features, '{structure}') AS f
+            FROM {RAW_PREDICTIONS} WHERE predicted_at >= ? AND predicted_at < ?)
+        ORDER BY predicted_at, prediction_id
+        """,
+        [start, end],
+    ).df()
+    return frame.pop("prediction_id").to_numpy(), frame.astype("float64")
+
+
+def refit_everything(
+    con: duckdb.DuckDBPyConnection, settings: Settings, features: list[str], as_of: datetime
+):
+    """The plain baseline: XGBoost with the default parameters on every label known at
+    ``as_of`` (feedback and baseline rows, unweighted, no window, nothing withheld)."""
+    structure = json.dumps({name: "DOUBLE" for name in features})
+    columns = ", ".join(f'f."{n}"' for n in features)
+    arrays = con.execute(
+        f"""
+        SELECT label, {columns} FROM (
+            SELECT label, json_transform(features, '{structure}') AS f FROM {LABELED_OUTCOMES}
+            WHERE labeled_at <= $as_of AND predicted_at <= $as_of
+            UNION ALL
+            SELECT label, json_transform(features, '{structure}') FROM {RAW_BASELINE_EXAMPLES}
+            WHERE as_of <= $as_of
+              AND example_id NOT IN (SELECT prediction_id FROM {LABELED_OUTCOMES}))
+        """,
+        {"as_of": as_of},
+    ).fetchnumpy()
+    y = np.asarray(arrays["label"], dtype=np.int64)
+    if len(np.unique(y)) < 2:
+        return None
+    X = pd.DataFrame({n: np.ma.filled(arrays[n].astype(np.float64), np.nan) for n in features})
+    split = Split(X, y, np.ones(len(y)), np.zeros(len(y), dtype="datetime64[us]"))
+    return fit(
+        "xgboost",
+        settings.models.hyperparameters.for_family("xgboost"),
+        split,
+        settings.models.seed,
+    )
+
+
+def run_backtest(
+    con: duckdb.DuckDBPyConnection,
+    registry_factory: Callable[[str], Registry],
+    settings: Settings,
+    plan: BacktestPlan,
+    progress: Progress = print,
+) -> BacktestSummary:
+    """Replay ``plan`` on the raw tables of ``con`` (the backtest's own warehouse), resuming
+    after the last finished period of the same backtest."""
+    con.execute(DDL)
+    run_id = backtest_id(plan, settings, data_fingerprint(con))
+    registries = {
+        name: registry_factory(f"{MODEL_NAME}_backtest_{run_id}_{name}")
+        for name in policy_settings(settings)
+    }
+    finished = {
+        start
+        for (start,) in con.execute(
+            f"SELECT DISTINCT period_start FROM {BACKTEST_PERIODS} WHERE backtest_id = ? "
+            "AND policy = ?",
+            [run_id, POLICY],
+        ).fetchall()
+    }
+    periods = plan.periods()
+    progress(
+        f"backtest {run_id}: {len(periods)} periods of {plan.every} from {plan.start} to "
+        f"{plan.end}; {len(finished)} already done"
+    )
+    quiet: Progress = lambda message: None  # noqa: E731
+    for index, (start, end) in enumerate(periods, 1):
+        if start in finished:
+            continue
+        began = time.perf_counter()
+        rows: list[tuple] = []
+        scored: list[pd.DataFrame] = []
+        features = None
+        for name, policy in policy_settings(settings).items():
+            registry = registries[name]
+            promoted, reason = False, ""
+            build_labeled_outcomes(con, policy.labeling, start)
+            try:
+                features = discover_features(con, policy.features)
+                build_training_set(con, policy.training, features, start)
+                round_ = train_challengers(
+                    con,
+                    registry,
+                    policy,
+                    list(policy.models.families),
+                    False,
+                    {"trigger": "backtest", "backtest_id": run_id},
+                    quiet,
+                )
+                report = evaluate(con, registry, round_, policy.gate, policy.models.seed, quiet)
+                change = apply_decision(con, registry, report, "backtest", None, policy, quiet)
+                promoted, reason = change.promoted, change.reason
+            except (TrainingSetError, ValueError) as error:
+                reason = f"no retrain: {error}"
+            version = registry.alias_version(CHAMPION)
+            ids, X = (
+                period_predictions(con, start, end, registry_features(registry, version))
+                if version is not None
+                else (np.array([], dtype=object), pd.DataFrame())
+            )
+            if version is not None and len(ids):
+                p = registry.predict_probability(version, X).to_numpy()
+                scored.append(frame(run_id, name, ids, start, version, p))
+            rows.append((name, version, promoted, reason, len(ids)))
+        # the plain baseline: refit on every label known at the period's start
+        if features is not None:
+            model = refit_everything(con, settings, features, start)
+            if model is not None:
+                ids, X = period_predictions(con, start, end, features)
+                if len(ids):
+                    p = predict_probability(model, X)
+                    scored.append(frame(run_id, REFIT_EVERYTHING, ids, start, None, p))
+                rows.append((REFIT_EVERYTHING, None, True, "refit on all past labels", len(ids)))
+        seconds = time.perf_counter() - began
+        with transaction(con):
+            for chunk in scored:
+                con.register("scored_chunk", chunk)
+                con.execute(f"INSERT INTO {BACKTEST_PREDICTIONS} SELECT * FROM scored_chunk")
+                con.unregister("scored_chunk")
+            con.executemany(
+                f"INSERT INTO {BACKTEST_PERIODS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
+                [
+                    [run_id, name, start, end, version, promoted, reason, n, seconds]
+                    for name, version, promoted, reason, n in rows
+                ],
+            )
+        policy_row = rows[0]
+        progress(
+            f"[{index}/{len(periods)}] {start:%Y-%m-%d}: champion v{policy_row[1]} "
+            f"({'promoted' if policy_row[2] else 'kept'}), {policy_row[4]} predictions scored, "
+            f"{seconds:.1f} s"
+        )
+    score_no_retrain(con, run_id, registries[POLICY], plan)
+    return summarize(con, run_id, settings)
+
+
+def registry_features(registry: Registry, version: str) -> list[str]:
+    return json.loads(registry.version_tags(version)["features"])
+
+
+def frame(
+    run_id: str, policy: str, ids: np.ndarray, start: datetime, version: str | None, p: np.ndarray
+) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "backtest_id": run_id,
+            "policy": policy,
+            "prediction_id": ids,
+            "period_start": start,
+            "version": version,
+            "probability": np.asarray(p, dtype=np.float64),
+        }
+    )
+
+
+def score_no_retrain(
+    con: duckdb.DuckDBPyConnection, run_id: str, registry: Registry, plan: BacktestPlan
+) -> None:
+    """The no-retrain baseline: the policy's first champion scores every later period."""
+    con.execute(
+        f"DELETE FROM {BACKTEST_PREDICTIONS} WHERE backtest_id = ? AND policy = ?",
+        [run_id, NO_RETRAIN],
+    )
+    con.execute(
+        f"DELETE FROM {BACKTEST_PERIODS} WHERE backtest_id = ? AND policy = ?",
+        [run_id, NO_RETRAIN],
+    )
+    first = con.execute(
+        f"""SELECT champion_version, period_start FROM {BACKTEST_PERIODS}
+            WHERE backtest_id = ? AND policy = ? AND champion_version IS NOT NULL
+            ORDER BY period_start LIMIT 1""",
+        [run_id, POLICY],
+    ).fetchall()
+    if not first:
+        return
+    version, since = first[0]
+    ids, X = period_predictions(con, since, plan.end, registry_features(registry, version))
+    if not len(ids):
+        return
+    p = registry.predict_probability(version, X).to_numpy()
+    scored = frame(run_id, NO_RETRAIN, ids, since, version, p)
+    with transaction(con):
+        con.register("scored_chunk", scored)
+        con.execute(
+            f"""INSERT INTO {BACKTEST_PREDICTIONS}
+                SELECT s.backtest_id, s.policy, s.prediction_id, p.period_start, s.version,
+                       s.probability
+                FROM scored_chunk s
+                JOIN {BACKTEST_PREDICTIONS} p
+                  ON p.backtest_id = s.backtest_id AND p.policy = '{POLICY}'
+                 AND p.prediction_id = s.prediction_id"""
+        )
+        con.unregister("scored_chunk")
+        con.execute(
+            f"""INSERT INTO {BACKTEST_PERIODS}
+                SELECT backtest_id, '{NO_RETRAIN}', period_start, period_end, ?, false,
+                       'the first champion, never retrained', rows, 0, now()
+                FROM {BACKTEST_PERIODS}
+                WHERE backtest_id = ? AND policy = '{POLICY}' AND period_start >= ?""",
+            [version, run_id, since],
+        )
+
+
+def summarize(con: duckdb.DuckDBPyConnection, run_id: str, settings: Settings) -> BacktestSummary:
+    """Prequential metrics per policy and per period, against the labels that arrived."""
+    build_labeled_outcomes(con, settings.labeling, datetime(9999, 1, 1))
+    scored = con.execute(
+        f"""
+        SELECT p.policy, p.period_start, l.label, p.probability
+        FROM {BACKTEST_PREDICTIONS} p JOIN {LABELED_OUTCOMES} l USING (prediction_id)
+        WHERE p.backtest_id = ?
+        """,
+        [run_id],
+    ).df()
+    threshold = settings.gate.threshold
+    scored["probability"] = scored["probability"].clip(1e-7, 1 - 1e-7)
+    scored["correct"] = (scored["probability"] >= threshold).astype(int) == scored["label"]
+    scored["log_loss"] = -(
+        scored["label"] * np.log(scored["probability"])
+        + (1 - scored["label"]) * np.log(1 - scored["probability"])
+    )
+    scored["false_positive"] = (scored["probability"] >= threshold) & (scored["label"] == 0)
+    scored["negative"] = scored["label"] == 0
+
+    def metrics(group: pd.DataFrame) -> pd.Series:
+        two = group["label"].nunique() == 2
+        return pd.Series(
+            {
+                "rows": len(group),
+                "accuracy": group["correct"].mean(),
+                "log_loss": group["log_loss"].mean(),
+                "auc": roc_auc_score(group["label"], group["probability"]) if two else np.nan,
+                "fp_rate": group["false_positive"].sum() / max(group["negative"].sum(), 1),
+            }
+        )
+
+    # Baselines are compared on the periods every policy scored (a fair, common set of rows).
+    common = (
+        scored.groupby("period_start")["policy"].transform("nunique") == scored["policy"].nunique()
+    )
+    overall = scored[common].groupby("policy").apply(metrics, include_groups=False).reset_index()
+    order = {name: i for i, name in enumerate(POLICIES)}
+    overall = overall.sort_values("policy", key=lambda s: s.map(order)).reset_index(drop=True)
+    periods = scored.groupby(["policy", "period_start"]).apply(metrics, include_groups=False)
+    periods = periods.reset_index()
+    return BacktestSummary(run_id, overall, periods)
+
+
+def accuracy_plot(summary: BacktestSummary, path: Path) -> Path:
+    """Accuracy per period, one line per policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, ax = plt.subplots(figsize=(9, 4))
+    for policy, group in summary.periods.groupby("policy"):
+        ax.plot(group["period_start"], group["accuracy"], label=policy, linewidth=1)
+    ax.set(
+        title=f"Prequential accuracy per period (backtest {summary.backtest_id})", ylabel="accuracy"
+    )
+    ax.legend(loc="lower left")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    summary.plot_path = path
+    return path
+
+
+def prepare_warehouse(
+    con: duckdb.DuckDBPyConnection, source: Path | None, landing: Path | None, progress: Progress
+) -> None:
+    """The backtest's one ingest: landing files into its own warehouse (idempotent: files
+    already ingested are skipped), or a copy of the raw tables of the live warehouse."""
+    if landing is not None:
+        for kind in KINDS:
+            results = ingest_kind(con, landing, kind)
+            progress(f"{kind}: {sum(r.status != 'skipped' for r in results)} new file(s)")
+        return
+    if source is None or not source.exists():
+        raise ValueError(
+            f"no warehouse at {source}: run ingest_job (or `make demo`) first, or pass --landing"
+        )
+    con.execute(f"ATTACH '{source}' AS live (READ_ONLY)")
+    try:
+        with transaction(con):
+            for spec in KINDS.values():
+                con.execute(
+                    f"CREATE OR REPLACE TABLE {spec.table} AS SELECT * FROM live.{spec.table}"
+                )
+    finally:
+        con.execute("DETACH live")
+    progress(f"copied the raw tables of {source}")
+
+
+def log_summary(registry: Registry, summary: BacktestSummary, plan: BacktestPlan) -> str:
+    """One MLflow run in the backtest experiment: overall metrics per policy and the plot."""
+    import mlflow
+
+    with mlflow.start_run(
+        experiment_id=registry.experiment_id(), run_name=f"backtest-{summary.backtest_id}"
+    ) as run:
+        mlflow.log_params(
+            {
+                "start": str(plan.start),
+                "end": str(plan.end),
+                "every": str(plan.every),
+                "backtest_id": summary.backtest_id,
+            }
+        )
+        for row in summary.overall.itertuples():
+            mlflow.log_metrics(
+                {
+                    f"{row.policy}_{k}": float(getattr(row, k))
+                    for k in ("accuracy", "log_loss", "fp_rate", "auc")
+                    if np.isfinite(getattr(row, k))
+                }
+            )
+        mlflow.log_text(summary.overall.to_markdown(index=False), "backtest/summary.md")
+        if summary.plot_path is not None:
+            mlflow.log_artifact(str(summary.plot_path), "backtest")
+        return run.info.run_id
