@@ -12,14 +12,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from feedback_pipeline.backtest.replay import (
-    EXPERIMENT,
-    BacktestPlan,
-    accuracy_plot,
-    log_summary,
-    prepare_warehouse,
-    run_backtest,
-)
+from feedback_pipeline.backtest.replay import EXPERIMENT, BacktestPlan, backtest_into
 from feedback_pipeline.labels.outcomes import orphan_feedback_count
 from feedback_pipeline.monitoring.triggers import count_new_labels, data_watermark
 from feedback_pipeline.promotion import ledger
@@ -147,21 +140,19 @@ def _backtest(args: argparse.Namespace) -> int:
     """Replay the retraining policy and its baselines; print them side by side."""
     settings = load_settings(args.settings)
     plan = BacktestPlan(parse_as_of(args.start), parse_as_of(args.end), args.every)
-    out = args.out or (args.data_dir / "backtest")
-    out.mkdir(parents=True, exist_ok=True)
-    say = (lambda message: print(message, file=sys.stderr)) if args.json else print
-    con = warehouse.connect(out / "warehouse.duckdb", lock_timeout=LOCK_TIMEOUT_SECONDS)
-    try:
-        prepare_warehouse(con, args.data_dir / "warehouse.duckdb", args.landing, say)
 
-        def registry(model_name: str) -> Registry:
-            return local_registry(args.data_dir, model_name=model_name, experiment=EXPERIMENT)
+    def registry(model_name: str) -> Registry:
+        return local_registry(args.data_dir, model_name=model_name, experiment=EXPERIMENT)
 
-        summary = run_backtest(con, registry, settings, plan, say)
-    finally:
-        con.close()
-    accuracy_plot(summary, out / f"backtest_{summary.backtest_id}.png")
-    run_id = log_summary(registry("unused"), summary, plan)
+    summary, run_id = backtest_into(
+        args.out or (args.data_dir / "backtest"),
+        args.data_dir / "warehouse.duckdb",
+        args.landing,
+        registry,
+        settings,
+        plan,
+        (lambda message: print(message, file=sys.stderr)) if args.json else print,
+    )
     if args.json:
         print(json.dumps(summary.as_dict(), default=float))
     else:

@@ -15,7 +15,7 @@ from feedback_pipeline.registry.mlflow_registry import CHALLENGER, CHAMPION, loc
 DAGSTER = Path(sys.executable).with_name("dagster")
 
 
-def test_demo_then_retrain_job_with_no_config_succeeds_and_moves_no_alias(tmp_path):
+def test_demo_then_retrain_job_and_materialize_all_with_no_config_move_no_alias(tmp_path):
     data_dir, home = tmp_path / "data", tmp_path / "dagster_home"
     home.mkdir()
     env = {**os.environ, "FEEDBACK_PIPELINE_DATA_DIR": str(data_dir), "DAGSTER_HOME": str(home)}
@@ -52,9 +52,24 @@ def test_demo_then_retrain_job_with_no_config_succeeds_and_moves_no_alias(tmp_pa
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert (registry.alias_version(CHAMPION), registry.alias_version(CHALLENGER)) == aliases
     assert registry.versions() == versions  # the same data makes the same model: no new one
+    # The UI's "Materialize all": every asset, the backtest included, with no config at all.
+    everything = subprocess.run(
+        [DAGSTER, "asset", "materialize", "--select", "*", "-m", "feedback_pipeline.definitions"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert everything.returncode == 0, everything.stdout[-3000:] + everything.stderr[-3000:]
+    assert (registry.alias_version(CHAMPION), registry.alias_version(CHALLENGER)) == aliases
     con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)
     ledger = con.execute(
         "SELECT promoted, trigger FROM ops.retraining_events ORDER BY recorded_at"
     ).fetchall()
     con.close()
-    assert ledger == [(True, "demo"), (False, "manual")]
+    assert ledger == [(True, "demo"), (False, "manual"), (False, "manual")]
+    con = duckdb.connect(str(data_dir / "backtest" / "warehouse.duckdb"), read_only=True)
+    policies = con.execute("SELECT DISTINCT policy FROM backtest.periods").fetchall()
+    con.close()
+    assert {p for (p,) in policies} >= {"policy", "retrain_always", "refit_everything"}

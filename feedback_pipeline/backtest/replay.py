@@ -38,7 +38,7 @@ from feedback_pipeline.training.dataset import (
     discover_features,
 )
 from feedback_pipeline.training.families import fit, predict_probability
-from feedback_pipeline.warehouse.connection import transaction
+from feedback_pipeline.warehouse.connection import connect, transaction
 from feedback_pipeline.warehouse.tables import (
     BACKTEST_PERIODS,
     BACKTEST_PREDICTIONS,
@@ -113,6 +113,18 @@ class BacktestSummary:
             "periods": len(self.periods),
             "plot": str(self.plot_path) if self.plot_path else None,
         }
+
+
+WARM_UP = timedelta(days=28)
+
+
+def default_start(con: duckdb.DuckDBPyConnection) -> datetime:
+    """Four weeks of data after the first prediction, at midnight: enough to train the first
+    champion on."""
+    (first,) = con.execute(f"SELECT min(predicted_at) FROM {RAW_PREDICTIONS}").fetchall()[0]
+    if first is None:
+        raise ValueError("no predictions in the warehouse: ingest some first")
+    return datetime.combine((first + WARM_UP).date(), datetime.min.time())
 
 
 def backtest_id(plan: BacktestPlan, settings: Settings, data_fingerprint: str) -> str:
@@ -483,3 +495,26 @@ def log_summary(registry: Registry, summary: BacktestSummary, plan: BacktestPlan
         if summary.plot_path is not None:
             mlflow.log_artifact(str(summary.plot_path), "backtest")
         return run.info.run_id
+
+
+def backtest_into(
+    out: Path,
+    source: Path,
+    landing: Path | None,
+    registry_factory: Callable[[str], Registry],
+    settings: Settings,
+    plan: BacktestPlan,
+    progress: Progress = print,
+) -> tuple[BacktestSummary, str]:
+    """The whole backtest, for the CLI and the Dagster asset alike: its own warehouse in
+    ``out`` (one ingest, or a copy of ``source``'s raw tables), the replay, the plot, and the
+    summary logged to MLflow. Returns the summary and the MLflow run id."""
+    out.mkdir(parents=True, exist_ok=True)
+    con = connect(out / "warehouse.duckdb", lock_timeout=5.0)
+    try:
+        prepare_warehouse(con, source, landing, progress)
+        summary = run_backtest(con, registry_factory, settings, plan, progress)
+    finally:
+        con.close()
+    accuracy_plot(summary, out / f"backtest_{summary.backtest_id}.png")
+    return summary, log_summary(registry_factory(MODEL_NAME), summary, plan)

@@ -10,12 +10,13 @@ from feedback_pipeline.defs.definitions import build_defs, defs
 from feedback_pipeline.settings import SETTINGS_ENV_VAR
 
 INGEST_ASSETS = {"raw_predictions", "raw_feedback_events", "baseline_examples", "labeled_outcomes"}
-ASSETS = INGEST_ASSETS | {
+RETRAIN_ASSETS = INGEST_ASSETS | {
     "training_set",
     "challenger_models",
     "evaluation_report",
     "champion_model",
 }
+ASSETS = RETRAIN_ASSETS | {"backtest_report"}
 
 
 def test_definitions_load():
@@ -31,6 +32,7 @@ def test_assets_and_groups():
     assert groups["labeled_outcomes"] == "labeling"
     assert groups["challenger_models"] == "training"
     assert groups["champion_model"] == "evaluation"
+    assert groups["backtest_report"] == "backtest"
 
 
 def asset_nodes(job_name: str) -> set[str]:
@@ -39,8 +41,9 @@ def asset_nodes(job_name: str) -> set[str]:
 
 def test_jobs_select_the_right_assets():
     assert asset_nodes("ingest_job") == INGEST_ASSETS
-    assert asset_nodes("retrain_job") == ASSETS
-    assert asset_nodes("full_retrain_job") == ASSETS
+    assert asset_nodes("retrain_job") == RETRAIN_ASSETS
+    assert asset_nodes("full_retrain_job") == RETRAIN_ASSETS
+    assert asset_nodes("backtest_job") == {"backtest_report"}
 
 
 def test_full_retrain_job_runs_all_families_over_the_wide_window_by_default():

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 
 from feedback_pipeline.evaluation.metrics import classification_metrics
 from feedback_pipeline.evaluation.report import EvaluationReport, evaluate
+from feedback_pipeline.labels.outcomes import build_labeled_outcomes
 from feedback_pipeline.promotion.apply import apply_decision
 from feedback_pipeline.registry.mlflow_registry import CHALLENGER, CHAMPION, local_registry
 from feedback_pipeline.settings import Settings, TrainingSettings
@@ -160,3 +161,26 @@ def test_the_refit_learns_from_rows_after_the_holdout_start_and_the_candidate_do
               AND l.prediction_id IN (SELECT row_id FROM {TRAINING_SET})"""
     ).fetchall()[0][0]
     assert pending == 0
+
+
+def test_the_champion_is_judged_only_on_rows_newer_than_its_watermark(sim_con, simulated_dir):
+    registry = local_registry(simulated_dir)
+    features = discover_features(sim_con, None)
+    earlier = SIMULATED_AS_OF - timedelta(days=7)
+    build_labeled_outcomes(sim_con, SETTINGS.labeling, earlier)
+    build_training_set(sim_con, SETTINGS.training, features, earlier)
+    retrain(sim_con, registry)
+    champion = registry.alias_version(CHAMPION)
+    watermark = datetime.fromisoformat(registry.version_tags(champion)["data_watermark"])
+
+    build_labeled_outcomes(sim_con, SETTINGS.labeling, SIMULATED_AS_OF)
+    build_training_set(sim_con, SETTINGS.training, features, SIMULATED_AS_OF)
+    report = retrain(sim_con, registry)
+    newer, holdout = sim_con.execute(
+        f"SELECT count(*) FILTER (WHERE labeled_at > ?), count(*) FROM {TRAINING_SET} "
+        "WHERE split = 'holdout'",
+        [watermark],
+    ).fetchall()[0]
+    assert 0 < newer < holdout == report.holdout_rows
+    assert report.fair_rows == newer
+    assert f"({newer} rows)" in report.tables()["holdout_metrics"]  # the champion's row says so

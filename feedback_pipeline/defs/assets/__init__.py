@@ -1,3 +1,4 @@
+from feedback_pipeline.defs.assets.backtest import backtest_report
 from feedback_pipeline.defs.assets.evaluation import champion_model, evaluation_report
 from feedback_pipeline.defs.assets.ingest import (
     baseline_examples,
@@ -16,4 +17,5 @@ assets = [
     challenger_models,
     evaluation_report,
     champion_model,
+    backtest_report,
 ]

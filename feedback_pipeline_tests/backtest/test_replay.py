@@ -1,0 +1,119 @@
+"""The backtest replays the live code path as of each period, leaves the live champion alone,
+scores every period with models trained before it, and resumes without redoing a period."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import duckdb
+import pytest
+
+from feedback_pipeline.cli import main
+from feedback_pipeline.registry.mlflow_registry import CHALLENGER, CHAMPION, local_registry
+from feedback_pipeline.settings import Settings
+from feedback_pipeline.training.dataset import build_training_set, discover_features
+from feedback_pipeline.warehouse import connection as warehouse
+from feedback_pipeline_tests.conftest import SIMULATED_AS_OF
+from feedback_pipeline_tests.training.test_model_behaviour import retrain
+
+ARGS = ["backtest", "--start", "2026-01-26", "--end", "2026-02-16", "--every", "7d"]
+PERIODS = [datetime(2026, 1, 26), datetime(2026, 2, 2), datetime(2026, 2, 9)]
+
+
+@pytest.fixture(scope="module")
+def backtested(tmp_path_factory, simulated_source):
+    """A live champion first, then a backtest over three weekly periods."""
+    import shutil
+
+    data_dir = tmp_path_factory.mktemp("backtest") / "data"
+    shutil.copytree(simulated_source, data_dir)
+    con = warehouse.connect(data_dir / "warehouse.duckdb")
+    live = local_registry(data_dir)
+    build_training_set(con, Settings().training, discover_features(con, None), SIMULATED_AS_OF)
+    retrain(con, live)
+    con.close()
+    before = (live.alias_version(CHAMPION), live.alias_version(CHALLENGER), live.versions())
+    assert main(["--data-dir", str(data_dir), *ARGS, "--json"]) == 0
+    return data_dir, before
+
+
+def query(data_dir, sql: str, params=()) -> list[tuple]:
+    con = duckdb.connect(str(data_dir / "backtest" / "warehouse.duckdb"), read_only=True)
+    try:
+        return con.execute(sql, list(params)).fetchall()
+    finally:
+        con.close()
+
+
+def test_one_periods_row_per_period_and_policy(backtested):
+    data_dir, _ = backtested
+    rows = query(
+        data_dir,
+        "SELECT policy, list(period_start ORDER BY period_start) FROM backtest.periods "
+        "GROUP BY policy",
+    )
+    by_policy = dict(rows)
+    assert by_policy["policy"] == PERIODS
+    assert by_policy["retrain_always"] == PERIODS
+    assert by_policy["refit_everything"] == PERIODS
+    assert set(by_policy["no_retrain"]) <= set(PERIODS)
+
+
+def test_the_live_champion_is_untouched(backtested):
+    data_dir, before = backtested
+    live = local_registry(data_dir)
+    assert (live.alias_version(CHAMPION), live.alias_version(CHALLENGER), live.versions()) == before
+
+
+def test_every_period_is_scored_by_a_model_trained_before_it(backtested):
+    data_dir, _ = backtested
+    scored = query(
+        data_dir,
+        """SELECT b.policy, b.version, b.period_start, min(p.predicted_at), max(p.predicted_at),
+                  count(*)
+           FROM backtest.predictions b JOIN raw.predictions p USING (prediction_id)
+           WHERE b.policy IN ('policy', 'retrain_always') GROUP BY ALL""",
+    )
+    assert scored
+    for policy, version, period_start, first, last, _ in scored:
+        registry = local_registry(
+            data_dir,
+            model_name=f"feedback_model_backtest_{backtest_id(data_dir)}_{policy}",
+        )
+        tags = registry.version_tags(version)
+        # trained as of (and on labels up to) a time no later than the period's start ...
+        assert datetime.fromisoformat(tags["as_of"]) <= period_start
+        assert datetime.fromisoformat(tags["data_watermark"]) <= period_start
+        # ... and it scored only predictions made in or after that period
+        assert first >= period_start and last < period_start + (PERIODS[1] - PERIODS[0])
+
+
+def backtest_id(data_dir) -> str:
+    ((value,),) = query(data_dir, "SELECT DISTINCT backtest_id FROM backtest.periods")
+    return value
+
+
+def test_resuming_redoes_no_finished_period(backtested, capsys):
+    data_dir, _ = backtested
+    done = query(data_dir, "SELECT policy, period_start, recorded_at FROM backtest.periods")
+    last = PERIODS[-1]
+    con = duckdb.connect(str(data_dir / "backtest" / "warehouse.duckdb"))
+    con.execute("DELETE FROM backtest.periods WHERE period_start = ?", [last])
+    con.execute("DELETE FROM backtest.predictions WHERE period_start = ?", [last])
+    con.close()
+    capsys.readouterr()
+    assert main(["--data-dir", str(data_dir), *ARGS, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "2 already done" in captured.err
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert {row["policy"] for row in summary["overall"]} == {
+        "policy",
+        "no_retrain",
+        "retrain_always",
+        "refit_everything",
+    }
+    again = query(data_dir, "SELECT policy, period_start, recorded_at FROM backtest.periods")
+    kept = {(p, s): r for p, s, r in done if s != last and p != "no_retrain"}
+    assert {(p, s): r for p, s, r in again if (p, s) in kept} == kept  # not redone
+    assert {s for p, s, _ in again if p == "policy"} == set(PERIODS)  # the stopped one is done
