@@ -25,6 +25,7 @@ from feedback_pipeline.registry.mlflow_registry import (
 )
 from feedback_pipeline.settings import SettingsError, default_data_dir, load_settings, parse_as_of
 from feedback_pipeline.simulator import SimulationConfig, simulate
+from feedback_pipeline.simulator.weather import write_weather_landing
 from feedback_pipeline.warehouse import connection as warehouse
 from feedback_pipeline.warehouse import summaries as reporting
 from feedback_pipeline.warehouse.connection import table_exists
@@ -125,6 +126,16 @@ def _move(args: argparse.Namespace) -> int:
     return 0
 
 
+def _weather(args: argparse.Namespace) -> int:
+    landing = args.out or (args.data_dir / "landing")
+    summary = write_weather_landing(landing, limit_days=args.limit_days)
+    print(
+        f"wrote {summary.files} files to {landing}: {summary.predictions:,} daily predictions "
+        f"{summary.first_day} .. {summary.last_day}, each with its outcome the next day"
+    )
+    return 0
+
+
 def _duration(text: str) -> timedelta:
     """``7d``, ``12h``, ``30m`` -> a timedelta."""
     units = {"d": "days", "h": "hours", "m": "minutes"}
@@ -192,6 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--reason", required=True, help="why (recorded in the ledger)")
     rollback.add_argument("--to", default=None, help="a specific version instead")
     rollback.set_defaults(handler=_move)
+
+    weather = commands.add_parser(
+        "weather", help="write the NOAA weather stream (18,159 days) as landing files"
+    )
+    weather.add_argument(
+        "--out", type=Path, default=None, help="landing dir (default: DATA/landing)"
+    )
+    weather.add_argument("--limit-days", type=int, default=None, help="only the first N days")
+    weather.set_defaults(handler=_weather)
 
     backtest = commands.add_parser(
         "backtest", help="replay the retraining policy over history, with its baselines"
