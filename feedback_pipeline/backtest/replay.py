@@ -67,7 +67,7 @@ CREATE TABLE IF NOT EXISTS {BACKTEST_PERIODS} (
     promoted BOOLEAN,
     reason VARCHAR,
     rows BIGINT,                       -- predictions scored in the period
-    seconds DOUBLE,
+    seconds DOUBLE,                    -- this policy's retrain and scoring of the period
     recorded_at TIMESTAMP NOT NULL
 );
 CREATE TABLE IF NOT EXISTS {BACKTEST_PREDICTIONS} (
@@ -246,6 +246,7 @@ def run_backtest(
         scored: list[pd.DataFrame] = []
         features = None
         for name, policy in policy_settings(settings).items():
+            policy_began = time.perf_counter()
             registry = registries[name]
             promoted, reason = False, ""
             build_labeled_outcomes(con, policy.labeling, start)
@@ -275,16 +276,22 @@ def run_backtest(
             if version is not None and len(ids):
                 p = registry.predict_probability(version, X).to_numpy()
                 scored.append(frame(run_id, name, ids, start, version, p))
-            rows.append((name, version, promoted, reason, len(ids)))
+            rows.append(
+                (name, version, promoted, reason, len(ids), time.perf_counter() - policy_began)
+            )
         # the plain baseline: refit on every label known at the period's start
         if features is not None:
+            baseline_began = time.perf_counter()
             model = refit_everything(con, settings, features, start)
             if model is not None:
                 ids, X = period_predictions(con, start, end, features)
                 if len(ids):
                     p = predict_probability(model, X)
                     scored.append(frame(run_id, REFIT_EVERYTHING, ids, start, None, p))
-                rows.append((REFIT_EVERYTHING, None, True, "refit on all past labels", len(ids)))
+                seconds = time.perf_counter() - baseline_began
+                rows.append(
+                    (REFIT_EVERYTHING, None, True, "refit on all past labels", len(ids), seconds)
+                )
         seconds = time.perf_counter() - began
         with transaction(con):
             for chunk in scored:
@@ -294,8 +301,8 @@ def run_backtest(
             con.executemany(
                 f"INSERT INTO {BACKTEST_PERIODS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
                 [
-                    [run_id, name, start, end, version, promoted, reason, n, seconds]
-                    for name, version, promoted, reason, n in rows
+                    [run_id, name, start, end, version, promoted, reason, n, spent]
+                    for name, version, promoted, reason, n, spent in rows
                 ],
             )
         policy_row = rows[0]
