@@ -152,6 +152,13 @@ class ModelSettings(_Strict):
 class GateSettings(_Strict):
     """DESIGN section 8: the promotion policy as data."""
 
+    rule: Literal["superiority", "non_inferiority"] = Field(
+        default="superiority",
+        description="superiority: the incumbent rule (a met, significant gain decides); "
+        "non_inferiority: promote the refit unless the challenger is significantly worse than "
+        "the champion (the accuracy delta's upper bound below -non_inferiority_margin)",
+    )
+    non_inferiority_margin: float = Field(default=0.01, ge=0.0, le=1.0)
     min_accuracy_gain: float = Field(default=0.02, ge=0.0, le=1.0)
     min_f1_gain: float = Field(default=0.03, ge=0.0, le=1.0)
     max_auc_drop: float = Field(default=0.01, ge=0.0, le=1.0)

@@ -177,6 +177,18 @@ def period_predictions(
     return frame.pop("prediction_id").to_numpy(), frame.astype("float64")
 
 
+def served_confidence(
+    con: duckdb.DuckDBPyConnection, start: datetime, end: datetime
+) -> tuple[np.ndarray, np.ndarray]:
+    """What consumers had before any champion: the confidence the system served."""
+    arrays = con.execute(
+        f"SELECT prediction_id, confidence FROM {RAW_PREDICTIONS} "
+        "WHERE predicted_at >= ? AND predicted_at < ? ORDER BY predicted_at, prediction_id",
+        [start, end],
+    ).fetchnumpy()
+    return np.asarray(arrays["prediction_id"], dtype=object), np.asarray(arrays["confidence"])
+
+
 def refit_everything(
     con: duckdb.DuckDBPyConnection, settings: Settings, features: list[str], as_of: datetime
 ):
@@ -268,30 +280,30 @@ def run_backtest(
             except (TrainingSetError, ValueError) as error:
                 reason = f"no retrain: {error}"
             version = registry.alias_version(CHAMPION)
-            ids, X = (
-                period_predictions(con, start, end, registry_features(registry, version))
-                if version is not None
-                else (np.array([], dtype=object), pd.DataFrame())
-            )
-            if version is not None and len(ids):
-                p = registry.predict_probability(version, X).to_numpy()
+            if version is None:  # no model yet: consumers keep the confidence the system served
+                ids, p = served_confidence(con, start, end)
+            else:
+                ids, X = period_predictions(con, start, end, registry_features(registry, version))
+                p = registry.predict_probability(version, X).to_numpy() if len(ids) else []
+            if len(ids):
                 scored.append(frame(run_id, name, ids, start, version, p))
             rows.append(
                 (name, version, promoted, reason, len(ids), time.perf_counter() - policy_began)
             )
         # the plain baseline: refit on every label known at the period's start
-        if features is not None:
-            baseline_began = time.perf_counter()
-            model = refit_everything(con, settings, features, start)
-            if model is not None:
-                ids, X = period_predictions(con, start, end, features)
-                if len(ids):
-                    p = predict_probability(model, X)
-                    scored.append(frame(run_id, REFIT_EVERYTHING, ids, start, None, p))
-                seconds = time.perf_counter() - baseline_began
-                rows.append(
-                    (REFIT_EVERYTHING, None, True, "refit on all past labels", len(ids), seconds)
-                )
+        baseline_began = time.perf_counter()
+        model = refit_everything(con, settings, features, start) if features else None
+        if model is None:
+            ids, p = served_confidence(con, start, end)
+            reason = "no labels of both classes yet: the served confidence"
+        else:
+            ids, X = period_predictions(con, start, end, features)
+            p = predict_probability(model, X) if len(ids) else []
+            reason = "refit on all past labels"
+        if len(ids):
+            scored.append(frame(run_id, REFIT_EVERYTHING, ids, start, None, p))
+        seconds = time.perf_counter() - baseline_began
+        rows.append((REFIT_EVERYTHING, None, model is not None, reason, len(ids), seconds))
         seconds = time.perf_counter() - began
         with transaction(con):
             for chunk in scored:
@@ -352,9 +364,26 @@ def score_no_retrain(
             ORDER BY period_start LIMIT 1""",
         [run_id, POLICY],
     ).fetchall()
-    if not first:
+    version, since = first[0] if first else (None, plan.end)
+    with transaction(con):  # before the first champion: the served confidence, as the policy
+        con.execute(
+            f"""INSERT INTO {BACKTEST_PREDICTIONS}
+                SELECT backtest_id, '{NO_RETRAIN}', prediction_id, period_start, version,
+                       probability
+                FROM {BACKTEST_PREDICTIONS}
+                WHERE backtest_id = ? AND policy = '{POLICY}' AND period_start < ?""",
+            [run_id, since],
+        )
+        con.execute(
+            f"""INSERT INTO {BACKTEST_PERIODS}
+                SELECT backtest_id, '{NO_RETRAIN}', period_start, period_end, NULL, false,
+                       'no champion yet: the served confidence', rows, 0, now()
+                FROM {BACKTEST_PERIODS}
+                WHERE backtest_id = ? AND policy = '{POLICY}' AND period_start < ?""",
+            [run_id, since],
+        )
+    if version is None:
         return
-    version, since = first[0]
     ids, X = period_predictions(con, since, plan.end, registry_features(registry, version))
     if not len(ids):
         return

@@ -107,6 +107,8 @@ def _decide(gate, holdout_rows, challenger, champion, deltas, majority_accuracy)
         )
 
     assert deltas is not None
+    if gate.rule == "non_inferiority":
+        return _non_inferior(gate, challenger, champion, deltas)
     accuracy_gain = challenger["accuracy"] - champion["accuracy"]
     f1_gain = challenger["f1_weighted"] - champion["f1_weighted"]
     auc_drop = champion["roc_auc"] - challenger["roc_auc"]
@@ -152,4 +154,31 @@ def _decide(gate, holdout_rows, challenger, champion, deltas, majority_accuracy)
         f"challenger beats champion on {deciding}: {gains}; bootstrap lower bound {low:+.3f}",
         deciding,
         checks,
+    )
+
+
+def _non_inferior(gate, challenger, champion, deltas) -> Decision:
+    """Promote unless the challenger is significantly worse than the champion: under refit the
+    challenger stands for the procedure, and a refit on fresher data is what gets promoted."""
+    accuracy = deltas["accuracy"]
+    auc_drop = champion["roc_auc"] - challenger["roc_auc"]
+    not_worse = accuracy["high"] >= -gate.non_inferiority_margin
+    checks = {"non_inferior": not_worse, "auc_guardrail": auc_drop <= gate.max_auc_drop}
+    interval = (
+        f"accuracy delta {accuracy['delta']:+.3f} [{accuracy['low']:+.3f}, "
+        f"{accuracy['high']:+.3f}], margin -{gate.non_inferiority_margin}"
+    )
+    if not not_worse:
+        reason = f"challenger is significantly worse: {interval}"
+        return Decision(False, False, reason, None, checks)
+    if auc_drop > gate.max_auc_drop:
+        return Decision(
+            False,
+            False,
+            f"AUC drops by {auc_drop:.3f}, more than max_auc_drop={gate.max_auc_drop} ({interval})",
+            "roc_auc",
+            checks,
+        )
+    return Decision(
+        True, True, f"challenger is not worse than the champion: {interval}", "accuracy", checks
     )

@@ -212,3 +212,25 @@ def test_dry_run_decides_and_reports_but_moves_nothing():
     assert decision.promote is True
     assert decision.applied is False
     assert decision.reason.startswith("[dry run, nothing moved] would promote")
+
+
+@pytest.mark.parametrize(
+    ("accuracy_high", "auc", "promote", "reason"),
+    [
+        (0.004, 0.76, True, "not worse than the champion"),
+        (-0.005, 0.76, True, "not worse than the champion"),  # within the 0.01 margin
+        (-0.02, 0.76, False, "significantly worse"),
+        (0.02, 0.70, False, "AUC drops by 0.050"),
+    ],
+)
+def test_non_inferiority_promotes_unless_significantly_worse(accuracy_high, auc, promote, reason):
+    gate = GateSettings(rule="non_inferiority")
+    delta = deltas()
+    delta["accuracy"] = {
+        "delta": accuracy_high - 0.01,
+        "low": accuracy_high - 0.02,
+        "high": accuracy_high,
+    }
+    decision = decide(gate, 500, metrics(0.69, 0.69, auc), CHAMPION, delta, 0.6)
+    assert reason in decision.reason
+    assert decision.promote is promote
