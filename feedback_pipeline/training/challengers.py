@@ -235,7 +235,7 @@ def refit_candidate(
             f"{candidate.training_set_hash}, the current one is {info.content_hash}: "
             "rematerialize challenger_models"
         )
-    rows = load_split(con, REFIT_SPLITS, info.features)
+    rows = load_split(con, REFIT_SPLITS, info.features, weight_column="refit_weight")
     (watermark,) = con.execute(
         f"SELECT max(labeled_at) FILTER (WHERE source <> '{BASELINE_SOURCE}') FROM {TRAINING_SET} "
         f"WHERE list_contains(?, split)",

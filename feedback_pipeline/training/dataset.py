@@ -30,7 +30,16 @@ from feedback_pipeline.warehouse.tables import (
     TRAINING_SET_INFO,
 )
 
-META_COLUMNS = ("row_id", "source", "label", "weight", "event_time", "labeled_at", "split")
+META_COLUMNS = (
+    "row_id",
+    "source",
+    "label",
+    "weight",
+    "refit_weight",
+    "event_time",
+    "labeled_at",
+    "split",
+)
 FEATURE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\- ]{0,63}$")
 
 
@@ -210,12 +219,20 @@ def build_training_set(
             SELECT * FROM refit_rows
         )
         SELECT row_id, source, label::INTEGER AS label,
-               -- recency: the weight halves every half_life_days of age (none when null)
+               -- recency: the weight halves every half_life_days of age (none when null). The
+               -- candidate's age counts from the holdout's start (its own "now"), the refit's
+               -- from the data clock, so both weigh their freshest rows alike.
                (weight * CASE WHEN $half_life_days IS NULL THEN 1.0
-                   ELSE pow(0.5, (epoch($data_clock) - epoch(event_time)) / 86400.0
+                   ELSE pow(0.5, greatest(epoch(CASE WHEN split IN ('train', 'validation')
+                                                     THEN coalesce(h.t, $data_clock)
+                                                     ELSE $data_clock END)
+                                          - epoch(event_time), 0) / 86400.0
                                  / $half_life_days) END)::DOUBLE AS weight,
+               (weight * CASE WHEN $half_life_days IS NULL THEN 1.0
+                   ELSE pow(0.5, greatest(epoch($data_clock) - epoch(event_time), 0) / 86400.0
+                                 / $half_life_days) END)::DOUBLE AS refit_weight,
                event_time, labeled_at, split, {feature_columns}
-        FROM assigned
+        FROM assigned, holdout_start h
         ORDER BY event_time, row_id
         """,
         {
@@ -371,15 +388,18 @@ class Split:
 
 
 def load_split(
-    con: duckdb.DuckDBPyConnection, split: str | tuple[str, ...], features: list[str]
+    con: duckdb.DuckDBPyConnection,
+    split: str | tuple[str, ...],
+    features: list[str],
+    weight_column: str = "weight",
 ) -> Split:
-    """One split (or several) as float64 features (NULL -> NaN), labels and weights, in time
-    order."""
+    """One split (or several) as float64 features (NULL -> NaN), labels and weights (the
+    candidate's ``weight`` or the refit's ``refit_weight``), in time order."""
     splits = [split] if isinstance(split, str) else list(split)
     columns = ", ".join(_quote(n) for n in features)
     arrays = con.execute(
-        f"SELECT label, weight, labeled_at, {columns} FROM {TRAINING_SET} "
-        "WHERE list_contains(?, split) ORDER BY event_time, row_id",
+        f"SELECT label, {_quote(weight_column)} AS weight, labeled_at, {columns} "
+        f"FROM {TRAINING_SET} WHERE list_contains(?, split) ORDER BY event_time, row_id",
         [splits],
     ).fetchnumpy()  # straight to numpy: no intermediate DataFrame to copy
     return Split(

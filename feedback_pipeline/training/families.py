@@ -102,10 +102,13 @@ def fit(family: str, params: dict[str, Any], train: Split, seed: int, client: An
     if client is not None and family == "xgboost":
         return fit_xgboost_on_dask(params, train, seed, client)
     estimator = build_estimator(family, params, seed)
+    # Weights to mean 1: their ratios are the policy; their scale would otherwise interact with
+    # XGBoost's min_child_weight and the regularisation (a half-life makes them tiny).
+    weight = train.weight / train.weight.mean() if train.weight.mean() > 0 else train.weight
     if isinstance(estimator, Pipeline):
-        estimator.fit(train.X, train.y, model__sample_weight=train.weight)
+        estimator.fit(train.X, train.y, model__sample_weight=weight)
     else:
-        estimator.fit(train.X, train.y, sample_weight=train.weight)
+        estimator.fit(train.X, train.y, sample_weight=weight)
     return estimator
 
 
