@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from croniter import croniter
@@ -70,11 +70,14 @@ Family = Literal["xgboost", "logistic_regression", "random_forest"]
 FAMILIES: tuple[Family, ...] = ("xgboost", "logistic_regression", "random_forest")
 
 
+HalfLife = Annotated[float, Field(gt=0.0, le=36500.0)]
+
+
 class TrainingSettings(_Strict):
     """DESIGN section 6: how the blended training set is built and split."""
 
     outcome_weight: float = Field(default=2.0, ge=0.1, le=10.0)
-    lookback_days: int = Field(default=90, ge=1, le=3650)
+    lookback_days: int = Field(default=3650, ge=1, le=36500)
     use_outcomes: bool = Field(
         default=True, description="false = baseline rows only (the plain market-data retrain)"
     )
@@ -90,11 +93,11 @@ class TrainingSettings(_Strict):
         default=0.95, gt=0.5, le=1.0, description="which quantile of the label delay is maturity"
     )
     validation_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
-    half_life_days: float | None = Field(
-        default=None,
-        gt=0.0,
-        le=3650.0,
-        description="recency: a row's weight halves every this many days of age; null = no decay",
+    half_life_days: list[HalfLife | None] = Field(
+        default_factory=lambda: [None, 90.0, 365.0],
+        min_length=1,
+        description="recency: candidate half-lives in days of an exponential decay of sample "
+        "weights with age (null = no decay), chosen on validation like a hyperparameter",
     )
     refit: bool = Field(
         default=True,
@@ -185,7 +188,7 @@ class FullRetrainSettings(_Strict):
     """The monthly full retrain: every family, a wider window, a small search."""
 
     families: list[Family] = Field(default_factory=lambda: list(FAMILIES), min_length=1)
-    lookback_days: int = Field(default=365, ge=1, le=3650)
+    lookback_days: int = Field(default=36500, ge=1, le=36500)
 
 
 class TriggerSettings(_Strict):

@@ -157,6 +157,7 @@ def _train_and_register(
         budget,
         settings.gate.threshold,
         client,
+        settings.training.half_life_days,
     )
     fit_params = {
         "family": family,
@@ -235,7 +236,7 @@ def refit_candidate(
             f"{candidate.training_set_hash}, the current one is {info.content_hash}: "
             "rematerialize challenger_models"
         )
-    rows = load_split(con, REFIT_SPLITS, info.features, weight_column="refit_weight")
+    rows = load_split(con, REFIT_SPLITS, info.features)
     (watermark,) = con.execute(
         f"SELECT max(labeled_at) FILTER (WHERE source <> '{BASELINE_SOURCE}') FROM {TRAINING_SET} "
         f"WHERE list_contains(?, split)",

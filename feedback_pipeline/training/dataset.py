@@ -35,7 +35,6 @@ META_COLUMNS = (
     "source",
     "label",
     "weight",
-    "refit_weight",
     "event_time",
     "labeled_at",
     "split",
@@ -218,21 +217,9 @@ def build_training_set(
             UNION ALL
             SELECT * FROM refit_rows
         )
-        SELECT row_id, source, label::INTEGER AS label,
-               -- recency: the weight halves every half_life_days of age (none when null). The
-               -- candidate's age counts from the holdout's start (its own "now"), the refit's
-               -- from the data clock, so both weigh their freshest rows alike.
-               (weight * CASE WHEN $half_life_days IS NULL THEN 1.0
-                   ELSE pow(0.5, greatest(epoch(CASE WHEN split IN ('train', 'validation')
-                                                     THEN coalesce(h.t, $data_clock)
-                                                     ELSE $data_clock END)
-                                          - epoch(event_time), 0) / 86400.0
-                                 / $half_life_days) END)::DOUBLE AS weight,
-               (weight * CASE WHEN $half_life_days IS NULL THEN 1.0
-                   ELSE pow(0.5, greatest(epoch($data_clock) - epoch(event_time), 0) / 86400.0
-                                 / $half_life_days) END)::DOUBLE AS refit_weight,
+        SELECT row_id, source, label::INTEGER AS label, weight::DOUBLE AS weight,
                event_time, labeled_at, split, {feature_columns}
-        FROM assigned, holdout_start h
+        FROM assigned
         ORDER BY event_time, row_id
         """,
         {
@@ -243,8 +230,6 @@ def build_training_set(
             "holdout_fraction": training.holdout_fraction,
             "validation_fraction": training.validation_fraction,
             "matured_before": matured_before,
-            "half_life_days": training.half_life_days,
-            "data_clock": maturity.data_clock,
         },
     )
     rows, content_hash, watermark = con.execute(
@@ -374,6 +359,7 @@ class Split:
     y: np.ndarray
     weight: np.ndarray
     labeled_at: np.ndarray  # datetime64: when each row's label became known
+    event_time: np.ndarray  # datetime64: when the row happened (its prediction's time)
 
     def subset(self, mask: np.ndarray) -> Split:
         return Split(
@@ -381,6 +367,7 @@ class Split:
             self.y[mask],
             self.weight[mask],
             self.labeled_at[mask],
+            self.event_time[mask],
         )
 
     def __len__(self) -> int:
@@ -388,17 +375,14 @@ class Split:
 
 
 def load_split(
-    con: duckdb.DuckDBPyConnection,
-    split: str | tuple[str, ...],
-    features: list[str],
-    weight_column: str = "weight",
+    con: duckdb.DuckDBPyConnection, split: str | tuple[str, ...], features: list[str]
 ) -> Split:
-    """One split (or several) as float64 features (NULL -> NaN), labels and weights (the
-    candidate's ``weight`` or the refit's ``refit_weight``), in time order."""
+    """One split (or several) as float64 features (NULL -> NaN), labels, weights and times,
+    in time order."""
     splits = [split] if isinstance(split, str) else list(split)
     columns = ", ".join(_quote(n) for n in features)
     arrays = con.execute(
-        f"SELECT label, {_quote(weight_column)} AS weight, labeled_at, {columns} "
+        f"SELECT label, weight, labeled_at, event_time, {columns} "
         f"FROM {TRAINING_SET} WHERE list_contains(?, split) ORDER BY event_time, row_id",
         [splits],
     ).fetchnumpy()  # straight to numpy: no intermediate DataFrame to copy
@@ -407,6 +391,7 @@ def load_split(
         y=np.asarray(arrays["label"], dtype=np.int64),
         weight=np.asarray(arrays["weight"], dtype=np.float64),
         labeled_at=np.asarray(arrays["labeled_at"], dtype="datetime64[us]"),
+        event_time=np.asarray(arrays["event_time"], dtype="datetime64[us]"),
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,8 @@ from xgboost import XGBClassifier
 
 from feedback_pipeline.evaluation.metrics import classification_metrics
 from feedback_pipeline.training.dataset import Split
+
+HALF_LIFE = "half_life_days"
 
 # A full retrain's search draws candidates from these ranges (deterministic by seed).
 SEARCH_SPACE: dict[str, dict[str, list[Any]]] = {
@@ -97,14 +99,26 @@ def fit_xgboost_on_dask(params: dict[str, Any], train: Split, seed: int, client:
     return local
 
 
+def recency_weights(split: Split, half_life_days: float | None) -> np.ndarray:
+    """The split's weights with an exponential time decay: a row's weight halves every
+    ``half_life_days`` of age, counted from the newest row of the split (the fit's "now"), then
+    scaled to mean 1 so the scale never interacts with XGBoost's min_child_weight."""
+    weight = split.weight
+    if half_life_days is not None and len(split):
+        age_days = (split.event_time.max() - split.event_time) / np.timedelta64(1, "D")
+        weight = weight * np.power(0.5, age_days / half_life_days)
+    mean = weight.mean() if len(weight) else 0.0
+    return weight / mean if mean > 0 else weight
+
+
 def fit(family: str, params: dict[str, Any], train: Split, seed: int, client: Any = None):
-    """Fit one candidate with sample weights; XGBoost on Dask when a client is given."""
+    """Fit one candidate with sample weights (and its ``half_life_days``, a hyperparameter of
+    the training procedure, not of the estimator); XGBoost on Dask when a client is given."""
+    params = dict(params)
+    weight = recency_weights(train, params.pop(HALF_LIFE, None))
     if client is not None and family == "xgboost":
-        return fit_xgboost_on_dask(params, train, seed, client)
+        return fit_xgboost_on_dask(params, replace(train, weight=weight), seed, client)
     estimator = build_estimator(family, params, seed)
-    # Weights to mean 1: their ratios are the policy; their scale would otherwise interact with
-    # XGBoost's min_child_weight and the regularisation (a half-life makes them tiny).
-    weight = train.weight / train.weight.mean() if train.weight.mean() > 0 else train.weight
     if isinstance(estimator, Pipeline):
         estimator.fit(train.X, train.y, model__sample_weight=weight)
     else:
@@ -151,12 +165,19 @@ def train_family(
     budget: int = 1,
     threshold: float = 0.5,
     client: Any = None,
+    half_lives: list[float | None] | tuple = (None,),
 ) -> FittedChallenger:
-    """Fit each candidate, keep the one with the best weighted validation log loss."""
+    """Fit each candidate (parameters x recency half-life), keep the one with the best
+    validation log loss, weighted by the label policy (not by recency, so half-lives compare
+    on the same rows and weights)."""
     if len(np.unique(train.y)) < 2:
         raise ValueError("training split has a single class: not enough labeled data to train")
     best: FittedChallenger | None = None
-    candidates = search_candidates(family, base_params, budget, seed)
+    candidates = [
+        {**params, HALF_LIFE: half_life}
+        for params in search_candidates(family, base_params, budget, seed)
+        for half_life in half_lives
+    ]
     for params in candidates:
         estimator = fit(family, params, train, seed, client)
         metrics = classification_metrics(

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import numpy as np
 import pytest
 
 from feedback_pipeline.ingest.landing_files import ingest_kind
 from feedback_pipeline.labels.outcomes import build_labeled_outcomes
-from feedback_pipeline.settings import LabelingSettings, TrainingSettings, parse_settings
+from feedback_pipeline.settings import (
+    LabelingSettings,
+    Settings,
+    TrainingSettings,
+    parse_settings,
+)
 from feedback_pipeline.training.dataset import (
     build_training_set,
     discover_features,
     load_info,
     load_split,
 )
+from feedback_pipeline.training.families import recency_weights, train_family
 from feedback_pipeline.warehouse import connection as warehouse
 from feedback_pipeline.warehouse.tables import TRAINING_SET
 from feedback_pipeline_tests.conftest import SIMULATED_AS_OF, feedback, prediction
@@ -202,10 +209,26 @@ def test_half_life_halves_the_weight_every_half_life_days(con, landing, write_la
     last = thirty_minute_stream(con, landing, write_landing)
     as_of = last + timedelta(hours=1)
     build_labeled_outcomes(con, LabelingSettings(), as_of)
-    build_training_set(con, TrainingSettings(half_life_days=7), ["x", "y"], as_of)
-    weights = dict(
-        con.execute(
-            f"SELECT row_id, weight FROM {TRAINING_SET} WHERE row_id IN ('p100', 'p268')"
-        ).fetchall()
+    build_training_set(con, TrainingSettings(), ["x", "y"], as_of)
+    rows = load_split(con, ("train", "validation", "holdout", "refit_only"), ["x", "y"])
+    decayed = recency_weights(rows, 7.0)
+    newest = rows.event_time.max()
+    older = rows.event_time == newest - np.timedelta64(7, "D")
+    # a row a half-life older than the newest weighs half as much; the mean weight is 1
+    assert decayed[older][0] / decayed[rows.event_time == newest][0] == pytest.approx(0.5)
+    assert decayed.mean() == pytest.approx(1.0)
+    assert (recency_weights(rows, None) == rows.weight / rows.weight.mean()).all()
+
+
+def test_the_half_life_is_chosen_on_validation_like_a_hyperparameter(sim_con):
+    build(sim_con)
+    features = discover_features(sim_con, None)
+    train, validation = (load_split(sim_con, s, features) for s in ("train", "validation"))
+    params = Settings().models.hyperparameters.for_family("xgboost")
+    fitted = train_family(
+        "xgboost", params, train, validation, seed=42, half_lives=[None, 7.0, 60.0]
     )
-    assert abs(weights["p100"] / weights["p268"] - 0.5) < 1e-9  # 168 hours = 7 days older
+    assert fitted.candidates_tried == 3
+    assert fitted.params["half_life_days"] in (None, 7.0, 60.0)
+    alone = train_family("xgboost", params, train, validation, seed=42, half_lives=[7.0])
+    assert fitted.validation_metrics["log_loss"] <= alone.validation_metrics["log_loss"]
