@@ -212,7 +212,8 @@ def refit_everything(
     if len(np.unique(y)) < 2:
         return None
     X = pd.DataFrame({n: np.ma.filled(arrays[n].astype(np.float64), np.nan) for n in features})
-    split = Split(X, y, np.ones(len(y)), np.zeros(len(y), dtype="datetime64[us]"))
+    never = np.zeros(len(y), dtype="datetime64[us]")  # times play no part in a plain refit
+    split = Split(X, y, np.ones(len(y)), never, never)
     return fit(
         "xgboost",
         settings.models.hyperparameters.for_family("xgboost"),

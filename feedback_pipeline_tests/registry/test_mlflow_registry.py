@@ -36,7 +36,8 @@ def training_split(rows: int = 300) -> Split:
     X = pd.DataFrame(rng.normal(size=(rows, len(FEATURES))), columns=FEATURES)
     X.loc[::7, "rsi"] = np.nan  # missing features reach the model as NaN
     y = (X["momentum"] + rng.normal(scale=0.7, size=rows) > 0).astype(np.int64).to_numpy()
-    return Split(X, y, np.ones(rows), np.full(rows, np.datetime64("2026-01-01"), "datetime64[us]"))
+    times = np.full(rows, np.datetime64("2026-01-01"), "datetime64[us]")
+    return Split(X, y, np.ones(rows), times, times)
 
 
 @pytest.mark.parametrize("family", ["xgboost", "logistic_regression", "random_forest"])
