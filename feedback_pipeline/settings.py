@@ -156,7 +156,7 @@ class GateSettings(_Strict):
     """DESIGN section 8: the promotion policy as data."""
 
     rule: Literal["superiority", "non_inferiority"] = Field(
-        default="superiority",
+        default="non_inferiority",
         description="superiority: the incumbent rule (a met, significant gain decides); "
         "non_inferiority: promote the refit unless the challenger is significantly worse than "
         "the champion (the accuracy delta's upper bound below -non_inferiority_margin)",

@@ -15,6 +15,12 @@ from feedback_pipeline.registry.mlflow_registry import CHALLENGER, CHAMPION, loc
 DAGSTER = Path(sys.executable).with_name("dagster")
 
 
+def dagster(env: dict, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """The Dagster CLI on this project's code location, as a user would run it."""
+    command = [DAGSTER, *args[:2], "-m", "feedback_pipeline.definitions", *args[2:]]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
 def test_demo_then_retrain_job_and_materialize_all_with_no_config_move_no_alias(tmp_path):
     data_dir, home = tmp_path / "data", tmp_path / "dagster_home"
     home.mkdir()
@@ -41,26 +47,12 @@ def test_demo_then_retrain_job_and_materialize_all_with_no_config_move_no_alias(
     versions = registry.versions()
     assert aliases[0] is not None
 
-    again = subprocess.run(
-        [DAGSTER, "job", "execute", "-m", "feedback_pipeline.definitions", "-j", "retrain_job"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-    )
+    again = dagster(env, tmp_path, "job", "execute", "-j", "retrain_job")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert (registry.alias_version(CHAMPION), registry.alias_version(CHALLENGER)) == aliases
     assert registry.versions() == versions  # the same data makes the same model: no new one
     # The UI's "Materialize all": every asset, the backtest included, with no config at all.
-    everything = subprocess.run(
-        [DAGSTER, "asset", "materialize", "--select", "*", "-m", "feedback_pipeline.definitions"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-    )
+    everything = dagster(env, tmp_path, "asset", "materialize", "--select", "*")
     assert everything.returncode == 0, everything.stdout[-3000:] + everything.stderr[-3000:]
     assert (registry.alias_version(CHAMPION), registry.alias_version(CHALLENGER)) == aliases
     con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)

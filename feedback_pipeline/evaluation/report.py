@@ -23,6 +23,7 @@ from feedback_pipeline.registry.mlflow_registry import CHAMPION, Registry
 from feedback_pipeline.settings import GateSettings
 from feedback_pipeline.training.challengers import Challenger, ChallengerRound, model_card
 from feedback_pipeline.training.dataset import load_info, load_split, split_counts
+from feedback_pipeline.training.families import fit, predict_probability
 from feedback_pipeline.warehouse.summaries import markdown
 
 Progress = Callable[[str], None]
@@ -53,7 +54,9 @@ class EvaluationReport:
     challengers: tuple[ScoredChallenger, ...]
     best: ScoredChallenger  # chosen on validation, never on the holdout
     champion_version: str | None
-    champion_metrics: dict[str, float] | None
+    champion_metrics: dict[str, float] | None  # the live champion, on rows newer than it
+    # the champion's procedure fit on this train split: what the gate compares against
+    champion_procedure_metrics: dict[str, float] | None
     deltas: dict[str, dict[str, float]] | None
     decision: Decision
     gate: GateSettings
@@ -78,6 +81,7 @@ class EvaluationReport:
             "best_version": self.best.challenger.version,
             "champion_version": self.champion_version,
             "champion_metrics": self.champion_metrics,
+            "champion_procedure_metrics": self.champion_procedure_metrics,
             "deltas": self.deltas,
             "decision": self.decision.as_dict(),
             "mode": self.mode,
@@ -93,6 +97,14 @@ class EvaluationReport:
                 {
                     "model": f"champion v{self.champion_version} ({self.fair_rows} rows)",
                     **self.champion_metrics,
+                },
+            )
+        if self.champion_procedure_metrics:
+            rows.insert(
+                0,
+                {
+                    "model": f"champion v{self.champion_version}'s procedure, this train split",
+                    **self.champion_procedure_metrics,
                 },
             )
         deltas = [{"metric": m, **d} for m, d in (self.deltas or {}).items()]
@@ -196,16 +208,39 @@ def evaluate(
                 gate.confidence_level,
                 seed,
             )
-    decision = decide(
-        gate,
-        len(holdout) if too_few else fair_rows,
-        compared,
-        None if too_few else champion_metrics,
-        deltas,
-        majority,
-        fair_rows=fair_rows if champion_version is not None and scorable else None,
-        fair_note=fair_note,
-    )
+    procedure = champion_procedure(registry, champion_version) if scorable else None
+    procedure_metrics = None
+    if procedure is not None:
+        # Like with like: the champion's procedure (family, parameters, half-life) fit on this
+        # train split, so both procedures are judged on holdout rows neither has seen. The live
+        # champion, a refit on fresher rows, is only reported on the rows newer than it.
+        train = load_split(con, "train", info.features)
+        fitted = fit(procedure["family"], procedure["params"], train, seed)
+        p_procedure = predict_probability(fitted, holdout.X)
+        probabilities[f"champion v{champion_version}'s procedure"] = p_procedure
+        procedure_metrics = classification_metrics(holdout.y, p_procedure, gate.threshold)
+        deltas = bootstrap_deltas(
+            holdout.y,
+            probabilities[best.label],
+            p_procedure,
+            gate.threshold,
+            gate.bootstrap_samples,
+            gate.confidence_level,
+            seed,
+        )
+        majority = majority_accuracy(holdout.y)
+        decision = decide(gate, len(holdout), best.holdout, procedure_metrics, deltas, majority)
+    else:
+        decision = decide(
+            gate,
+            len(holdout) if too_few else fair_rows,
+            compared,
+            None if too_few else champion_metrics,
+            deltas,
+            majority,
+            fair_rows=fair_rows if champion_version is not None and scorable else None,
+            fair_note=fair_note,
+        )
     progress(f"decision: {decision.reason}")
     report = EvaluationReport(
         as_of=info.as_of,
@@ -218,12 +253,22 @@ def evaluate(
         best=best,
         champion_version=champion_version,
         champion_metrics=champion_metrics,
+        champion_procedure_metrics=procedure_metrics,
         deltas=deltas,
         decision=decision,
         gate=gate,
     )
     _log(registry, report, con, holdout.y, probabilities)
     return report
+
+
+def champion_procedure(registry: Registry, version: str | None) -> dict | None:
+    """How the champion was made (family and parameters, half-life included), from its
+    ``procedure`` tag; None for a version registered before procedures were recorded."""
+    if version is None:
+        return None
+    tag = registry.version_tags(version).get("procedure")
+    return json.loads(tag) if tag else None
 
 
 def _log(

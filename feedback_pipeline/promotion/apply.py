@@ -42,23 +42,26 @@ def apply_decision(
     now = datetime.now().isoformat(timespec="seconds")
     if report.mode != "dry_run":
         registry.set_alias(CHALLENGER, best)
-    promoted = best
-    if decision.applied:
-        if settings.training.refit:
-            tags = {"trigger": trigger, "dagster_run_id": dagster_run_id or ""}
-            refit = refit_candidate(con, registry, settings, report.best.challenger, tags, progress)
-            promoted = refit.version
+    promoted, applied, reason = best, decision.applied, decision.reason
+    if applied and settings.training.refit:
+        tags = {"trigger": trigger, "dagster_run_id": dagster_run_id or ""}
+        refit = refit_candidate(con, registry, settings, report.best.challenger, tags, progress)
+        promoted = refit.version
+    if applied and promoted == old:  # same rows, same procedure: the same model
+        applied = False
+        reason = f"the refit is the current champion v{old} (same data, same procedure): {reason}"
+    if applied:
         registry.set_alias(CHAMPION, promoted)
         registry.tag_version(promoted, "promoted_at", now)
-        if old is not None and old != promoted:
+        if old is not None:
             registry.tag_version(old, "retired_at", now)
             registry.tag_version(old, "replaced_by", promoted)
-    new = promoted if decision.applied else old
+    new = promoted if applied else old
     ledger.append_event(
         con,
         "retrain",
-        decision.reason,
-        decision.applied,
+        reason,
+        applied,
         old,
         new,
         trigger=trigger,
@@ -69,7 +72,7 @@ def apply_decision(
         deltas=report.deltas,
         dagster_run_id=dagster_run_id,
     )
-    return ChampionChange(old, new, decision.applied, decision.reason)
+    return ChampionChange(old, new, applied, reason)
 
 
 def rollback(

@@ -187,6 +187,7 @@ def _train_and_register(
             "features": json.dumps(features),
             "fit_key": fit_key,
             "role": "candidate",
+            "procedure": json.dumps({"family": family, "params": fitted.params}),
         }
         card = model_card(family, fitted.params, info, data.counts, fitted.validation_metrics)
         registered = registry.log_challenger(
@@ -284,6 +285,7 @@ def refit_candidate(
                 "features": json.dumps(info.features),
                 "fit_key": fit_key,
                 "role": "refit",
+                "procedure": json.dumps({"family": candidate.family, "params": params}),
                 "refit_of": candidate.version,
                 "evaluated_candidate_run_id": candidate.run_id,
             },

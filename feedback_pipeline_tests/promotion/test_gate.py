@@ -199,7 +199,8 @@ CASES = [
     ids=[case[0] for case in CASES],
 )
 def test_gate(name, gate, rows, challenger, champion, delta, majority, promote, reason):
-    decision = decide(GateSettings(**gate), rows, challenger, champion, delta, majority)
+    gate = GateSettings(**{"rule": "superiority", **gate})  # the incumbent rule, table-driven
+    decision = decide(gate, rows, challenger, champion, delta, majority)
     assert reason in decision.reason
     assert decision.promote is promote
     assert decision.applied is promote
@@ -207,7 +208,7 @@ def test_gate(name, gate, rows, challenger, champion, delta, majority, promote, 
 
 
 def test_dry_run_decides_and_reports_but_moves_nothing():
-    gate = GateSettings(mode="dry_run")
+    gate = GateSettings(mode="dry_run", rule="superiority")
     decision = decide(gate, 500, metrics(0.73, 0.71, 0.76), CHAMPION, deltas(), 0.6)
     assert decision.promote is True
     assert decision.applied is False

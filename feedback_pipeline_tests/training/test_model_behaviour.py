@@ -110,8 +110,12 @@ def test_retrain_on_unchanged_data_promotes_nothing_and_adds_no_version(sim_con,
     build_training_set(sim_con, SETTINGS.training, features, SIMULATED_AS_OF)
     report = retrain(sim_con, registry)
 
-    assert not report.decision.applied
-    assert "no holdout row is newer than champion" in report.decision.reason
+    # the gate finds the same procedure not worse; its refit is the champion already
+    assert "not worse than the champion" in report.decision.reason
+    promoted, reason = sim_con.execute(
+        "SELECT promoted, reason FROM ops.retraining_events ORDER BY recorded_at DESC LIMIT 1"
+    ).fetchall()[0]
+    assert promoted is False and reason.startswith("the refit is the current champion")
     assert registry.versions() == versions
     assert (registry.alias_version(CHAMPION), registry.alias_version(CHALLENGER)) == aliases
     assert sim_con.execute("SELECT count(*) FROM ops.retraining_events").fetchall()[0][0] == 2
