@@ -77,7 +77,7 @@ class TrainingSettings(_Strict):
     """DESIGN section 6: how the blended training set is built and split."""
 
     outcome_weight: float = Field(default=2.0, ge=0.1, le=10.0)
-    lookback_days: int = Field(default=3650, ge=1, le=36500)
+    lookback_days: int = Field(default=36500, ge=1, le=36500)
     use_outcomes: bool = Field(
         default=True, description="false = baseline rows only (the plain market-data retrain)"
     )

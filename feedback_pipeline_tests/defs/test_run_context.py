@@ -90,12 +90,12 @@ def test_training_set_refuses_labels_built_for_another_as_of(simulated_dir, inst
 def test_an_empty_window_fails_at_training_set_naming_as_of_and_the_data_range(
     simulated_dir, instance
 ):
-    result = execute(simulated_dir, instance, as_of="2040-06-01T00:00:00Z")
+    result = execute(simulated_dir, instance, as_of="2020-06-01T00:00:00Z")
     assert not result.success
     failed = [e.step_key for e in result.all_events if e.is_step_failure]
     assert failed == ["training_set"]
     message = failure_messages(result)
-    assert "training set empty for as_of 2040-06-01 00:00:00" in message
+    assert "training set empty for as_of 2020-06-01 00:00:00" in message
     assert "the data spans 2026-01-05" in message
     assert local_registry(simulated_dir).versions() == []
 
