@@ -1,4 +1,5 @@
-"""``feedback-pipeline``: simulate landing data and inspect the warehouse."""
+"""``feedback-pipeline``: simulate landing data, inspect the warehouse, move the champion and
+backtest the retraining policy."""
 
 from __future__ import annotations
 
