@@ -11,6 +11,7 @@ from typing import Any
 
 import duckdb
 import numpy as np
+import pandas as pd
 
 from feedback_pipeline.evaluation.metrics import (
     bootstrap_deltas,
@@ -22,7 +23,12 @@ from feedback_pipeline.promotion.gate import Decision, decide
 from feedback_pipeline.registry.mlflow_registry import CHAMPION, Registry
 from feedback_pipeline.settings import GateSettings
 from feedback_pipeline.training.challengers import Challenger, ChallengerRound, model_card
-from feedback_pipeline.training.dataset import load_info, load_split, split_counts
+from feedback_pipeline.training.dataset import (
+    TrainingSetInfo,
+    load_info,
+    load_split,
+    split_counts,
+)
 from feedback_pipeline.training.families import fit, predict_probability
 from feedback_pipeline.warehouse.summaries import markdown
 
@@ -170,46 +176,27 @@ def evaluate(
         probabilities[scored[-1].label] = p
         registry.log_metrics(challenger.run_id, {f"holdout_{k}": v for k, v in metrics.items()})
     best = next(s for s in scored if s.challenger == round_.best)
-    champion_metrics = deltas = None
-    too_few, fair_note = False, ""
+    champion_metrics = deltas = procedure_metrics = None
     fair_rows = len(holdout)
     majority = majority_accuracy(holdout.y)
-    compared = best.holdout
-    if champion_version is not None and scorable:
-        # Fair: the champion is judged only on holdout rows labeled after its data watermark,
+    tags = registry.version_tags(champion_version) if champion_version and scorable else None
+    procedure = json.loads(tags["procedure"]) if tags and tags.get("procedure") else None
+    if tags is not None:
+        # The live champion is judged only on holdout rows labeled after its data watermark,
         # rows it never trained on (a refit champion has seen the older holdout rows).
-        watermark = registry.version_tags(champion_version).get("data_watermark")
+        watermark = tags.get("data_watermark")
         fair = (
             holdout.labeled_at > np.datetime64(watermark, "us")
             if watermark and watermark != "None"
             else np.ones(len(holdout), dtype=bool)
         )
         fair_rows = int(fair.sum())
-        progress(
-            f"{fair_rows} of {len(holdout)} holdout rows are newer than champion "
-            f"v{champion_version}'s data watermark {watermark}"
-        )
         fair_note = f"champion v{champion_version}'s data watermark {watermark}"
-        too_few = fair_rows < gate.min_holdout_rows
+        progress(f"{fair_rows} of {len(holdout)} holdout rows are newer than {fair_note}")
         if fair_rows > 0:
             subset = holdout.subset(fair)
             p_champion = registry.predict_probability(champion_version, subset.X).to_numpy()
-            p_best = probabilities[best.label][fair]
             champion_metrics = classification_metrics(subset.y, p_champion, gate.threshold)
-        if not too_few:
-            compared = classification_metrics(subset.y, p_best, gate.threshold)
-            majority = majority_accuracy(subset.y)
-            deltas = bootstrap_deltas(
-                subset.y,
-                p_best,
-                p_champion,
-                gate.threshold,
-                gate.bootstrap_samples,
-                gate.confidence_level,
-                seed,
-            )
-    procedure = champion_procedure(registry, champion_version) if scorable else None
-    procedure_metrics = None
     if procedure is not None:
         # Like with like: the champion's procedure (family, parameters, half-life) fit on this
         # train split, so both procedures are judged on holdout rows neither has seen. The live
@@ -219,28 +206,23 @@ def evaluate(
         p_procedure = predict_probability(fitted, holdout.X)
         probabilities[f"champion v{champion_version}'s procedure"] = p_procedure
         procedure_metrics = classification_metrics(holdout.y, p_procedure, gate.threshold)
-        deltas = bootstrap_deltas(
-            holdout.y,
-            probabilities[best.label],
-            p_procedure,
-            gate.threshold,
-            gate.bootstrap_samples,
-            gate.confidence_level,
-            seed,
-        )
-        majority = majority_accuracy(holdout.y)
+        deltas = _deltas(holdout.y, probabilities[best.label], p_procedure, gate, seed)
         decision = decide(gate, len(holdout), best.holdout, procedure_metrics, deltas, majority)
-    else:
+    elif tags is not None and fair_rows >= gate.min_holdout_rows:
+        # A champion registered before procedures were recorded: compare on the fair rows.
+        p_best = probabilities[best.label][fair]
+        compared = classification_metrics(subset.y, p_best, gate.threshold)
+        majority = majority_accuracy(subset.y)
+        deltas = _deltas(subset.y, p_best, p_champion, gate, seed)
         decision = decide(
-            gate,
-            len(holdout) if too_few else fair_rows,
-            compared,
-            None if too_few else champion_metrics,
-            deltas,
-            majority,
-            fair_rows=fair_rows if champion_version is not None and scorable else None,
-            fair_note=fair_note,
+            gate, fair_rows, compared, champion_metrics, deltas, majority, fair_rows, fair_note
         )
+    elif tags is not None:  # too few fair rows: gate.small_fair_holdout decides
+        decision = decide(
+            gate, len(holdout), best.holdout, None, None, majority, fair_rows, fair_note
+        )
+    else:
+        decision = decide(gate, len(holdout), best.holdout, None, None, majority)
     progress(f"decision: {decision.reason}")
     report = EvaluationReport(
         as_of=info.as_of,
@@ -258,30 +240,34 @@ def evaluate(
         decision=decision,
         gate=gate,
     )
-    _log(registry, report, con, holdout.y, probabilities)
+    _log(registry, report, info, split_counts(con), holdout.y, probabilities)
     return report
 
 
-def champion_procedure(registry: Registry, version: str | None) -> dict | None:
-    """How the champion was made (family and parameters, half-life included), from its
-    ``procedure`` tag; None for a version registered before procedures were recorded."""
-    if version is None:
-        return None
-    tag = registry.version_tags(version).get("procedure")
-    return json.loads(tag) if tag else None
+def _deltas(
+    y: np.ndarray, p_challenger: np.ndarray, p_champion: np.ndarray, gate: GateSettings, seed: int
+) -> dict[str, dict[str, float]]:
+    return bootstrap_deltas(
+        y,
+        p_challenger,
+        p_champion,
+        gate.threshold,
+        gate.bootstrap_samples,
+        gate.confidence_level,
+        seed,
+    )
 
 
 def _log(
     registry: Registry,
     report: EvaluationReport,
-    con: duckdb.DuckDBPyConnection,
+    info: TrainingSetInfo,
+    counts: pd.DataFrame,
     y: np.ndarray,
     probabilities: dict[str, np.ndarray],
 ) -> None:
     """Model cards that now tell the holdout and the decision; the report and plots on the best
     challenger's run."""
-    info = load_info(con)
-    counts = split_counts(con)
     best = report.best.challenger
     for scored in report.challengers:
         challenger = scored.challenger
