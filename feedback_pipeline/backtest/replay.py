@@ -57,7 +57,6 @@ POLICIES = (POLICY, NO_RETRAIN, RETRAIN_ALWAYS, REFIT_EVERYTHING)
 EXPERIMENT = "feedback_pipeline_backtest"
 
 DDL = f"""
-CREATE SCHEMA IF NOT EXISTS backtest;
 CREATE TABLE IF NOT EXISTS {BACKTEST_PERIODS} (
     backtest_id VARCHAR NOT NULL,
     policy VARCHAR NOT NULL,
@@ -257,29 +256,35 @@ def run_backtest(
         began = time.perf_counter()
         rows: list[tuple] = []
         scored: list[pd.DataFrame] = []
-        features = None
+        # The policies differ only in their gate: labels and training set are built once.
+        features, unusable = None, None
+        build_labeled_outcomes(con, settings.labeling, start)
+        try:
+            features = discover_features(con, settings.features)
+            build_training_set(con, settings.training, features, start)
+        except TrainingSetError as error:
+            unusable = f"no retrain: {error}"
+        shared_seconds = time.perf_counter() - began
         for name, policy in policy_settings(settings).items():
             policy_began = time.perf_counter()
             registry = registries[name]
-            promoted, reason = False, ""
-            build_labeled_outcomes(con, policy.labeling, start)
-            try:
-                features = discover_features(con, policy.features)
-                build_training_set(con, policy.training, features, start)
-                round_ = train_challengers(
-                    con,
-                    registry,
-                    policy,
-                    list(policy.models.families),
-                    False,
-                    {"trigger": "backtest", "backtest_id": run_id},
-                    quiet,
-                )
-                report = evaluate(con, registry, round_, policy.gate, policy.models.seed, quiet)
-                change = apply_decision(con, registry, report, "backtest", None, policy, quiet)
-                promoted, reason = change.promoted, change.reason
-            except (TrainingSetError, ValueError) as error:
-                reason = f"no retrain: {error}"
+            promoted, reason = False, unusable or ""
+            if unusable is None:
+                try:
+                    round_ = train_challengers(
+                        con,
+                        registry,
+                        policy,
+                        list(policy.models.families),
+                        False,
+                        {"trigger": "backtest", "backtest_id": run_id},
+                        quiet,
+                    )
+                    report = evaluate(con, registry, round_, policy.gate, policy.models.seed, quiet)
+                    change = apply_decision(con, registry, report, "backtest", None, policy, quiet)
+                    promoted, reason = change.promoted, change.reason
+                except ValueError as error:  # e.g. a single class in train
+                    reason = f"no retrain: {error}"
             version = registry.alias_version(CHAMPION)
             if version is None:  # no model yet: consumers keep the confidence the system served
                 ids, p = served_confidence(con, start, end)
@@ -288,9 +293,9 @@ def run_backtest(
                 p = registry.predict_probability(version, X).to_numpy() if len(ids) else []
             if len(ids):
                 scored.append(frame(run_id, name, ids, start, version, p))
-            rows.append(
-                (name, version, promoted, reason, len(ids), time.perf_counter() - policy_began)
-            )
+            # what one policy costs: the shared labels and training set plus its own work
+            spent = shared_seconds + time.perf_counter() - policy_began
+            rows.append((name, version, promoted, reason, len(ids), spent))
         # the plain baseline: refit on every label known at the period's start
         baseline_began = time.perf_counter()
         model = refit_everything(con, settings, features, start) if features else None
