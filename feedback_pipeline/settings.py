@@ -13,7 +13,14 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from croniter import croniter
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from feedback_pipeline.vocabulary import ENVIRONMENTS, LABEL_SOURCES, POLICY_SIGNALS
 
@@ -51,6 +58,9 @@ class LabelPolicy(_Strict):
     accept: LabelRule = LabelRule(label=1, strength=0.5, source="implicit")
     export: LabelRule = LabelRule(label=1, strength=0.5, source="implicit")
     modify: LabelRule = LabelRule(label=1, strength=0.25, source="implicit")
+    rate_good: LabelRule = LabelRule(label=1, strength=0.75, source="explicit")
+    rate_neutral: LabelRule = LabelRule(label=None, strength=0.0, source="explicit")
+    rate_bad: LabelRule = LabelRule(label=0, strength=0.75, source="explicit")
 
     def rule(self, signal: str) -> LabelRule:
         return getattr(self, signal)
@@ -64,6 +74,17 @@ class LabelingSettings(_Strict):
 
     policy: LabelPolicy = Field(default_factory=LabelPolicy)
     environments: list[Environment] = Field(default_factory=lambda: ["prod"], min_length=1)
+    rating_good_min: int = Field(default=4, ge=1, le=5, description="ratings >= this: rate_good")
+    rating_bad_max: int = Field(default=2, ge=1, le=5, description="ratings <= this: rate_bad")
+
+    @model_validator(mode="after")
+    def _ratings_do_not_overlap(self) -> LabelingSettings:
+        if self.rating_bad_max >= self.rating_good_min:
+            raise ValueError(
+                f"rating_bad_max ({self.rating_bad_max}) must be below rating_good_min "
+                f"({self.rating_good_min})"
+            )
+        return self
 
 
 Family = Literal["xgboost", "logistic_regression", "random_forest"]

@@ -18,7 +18,7 @@ from feedback_pipeline.warehouse.tables import (
     RAW_PREDICTIONS,
 )
 
-FieldType = Literal["string", "timestamp", "number", "bool", "features", "enum", "label"]
+FieldType = Literal["string", "timestamp", "number", "bool", "features", "enum", "label", "integer"]
 
 SQL_TYPES = {
     "string": "VARCHAR",
@@ -27,6 +27,7 @@ SQL_TYPES = {
     "number": "DOUBLE",
     "bool": "BOOLEAN",
     "label": "INTEGER",
+    "integer": "INTEGER",
     "features": "JSON",
 }
 
@@ -77,6 +78,7 @@ PREDICTIONS = KindSpec(
         FieldSpec("environment", "enum", choices=ENVIRONMENTS, default="prod"),
         FieldSpec("rule_confidence", "number", low=0.0, high=1.0),
         FieldSpec("ml_enhanced", "bool"),
+        FieldSpec("variant", "string"),
     ),
 )
 
@@ -92,6 +94,7 @@ FEEDBACK = KindSpec(
         FieldSpec("outcome", "enum", choices=OUTCOMES),
         FieldSpec("return_pct", "number"),
         FieldSpec("modified_value", "number"),
+        FieldSpec("rating", "integer", low=1, high=5),
         FieldSpec("environment", "enum", choices=ENVIRONMENTS),
         FieldSpec("source", "string"),
         FieldSpec("notes", "string"),
@@ -104,6 +107,14 @@ FEEDBACK = KindSpec(
         RecordRule(
             "event_type <> 'outcome' AND outcome IS NOT NULL",
             "outcome is only allowed when event_type is 'outcome'",
+        ),
+        RecordRule(
+            "event_type = 'rate' AND rating IS NULL",
+            "rating is required when event_type is 'rate'",
+        ),
+        RecordRule(
+            "event_type <> 'rate' AND rating IS NOT NULL",
+            "rating is only allowed when event_type is 'rate'",
         ),
     ),
 )
@@ -131,6 +142,13 @@ LINEAGE_COLUMNS = (
     ("source_line", "BIGINT"),
     ("ingested_at", "TIMESTAMP NOT NULL"),
 )
+
+
+def raw_table_columns(spec: KindSpec) -> list[tuple[str, str]]:
+    """(name, SQL type) of a kind's raw table: its fields, then the lineage columns."""
+    return [(f.name, SQL_TYPES[f.type]) for f in spec.fields] + [
+        (name, sql_type.removesuffix(" NOT NULL")) for name, sql_type in LINEAGE_COLUMNS
+    ]
 
 
 def raw_table_ddl(spec: KindSpec) -> str:
@@ -195,7 +213,7 @@ def _typed_value(spec: FieldSpec, j: str, lenient: bool) -> str:
         return _string_value(j)
     if spec.type == "number":
         return _number_value(j, lenient)
-    if spec.type == "label":
+    if spec.type in ("label", "integer"):
         return f"TRY_CAST({_number_value(j, lenient)} AS INTEGER)"
     if spec.type == "timestamp":
         return f"(TRY_CAST({_string_value(j)} AS TIMESTAMPTZ) AT TIME ZONE 'UTC')"
@@ -228,6 +246,7 @@ def _field_checks(spec: FieldSpec, lenient: bool) -> list[tuple[str, str]]:
         "number": "a number",
         "bool": "true or false",
         "label": "0 or 1",
+        "integer": "a whole number",
         "features": "an object of name -> number or null",
     }
     if spec.type == "features":
@@ -265,6 +284,8 @@ def _field_checks(spec: FieldSpec, lenient: bool) -> list[tuple[str, str]]:
         checks.append(
             (f"{v} NOT IN (0, 1) OR {_number_value(j, lenient)} <> {v}", f"{name} must be 0 or 1")
         )
+    if spec.type == "integer":
+        checks.append((f"{_number_value(j, lenient)} <> {v}", f"{name} must be a whole number"))
     if spec.low is not None and spec.high is not None:
         checks.append(
             (

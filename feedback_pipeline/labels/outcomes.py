@@ -52,14 +52,20 @@ def policy_table(labeling: LabelingSettings) -> pa.Table:
 DECIDING_KEY = """
     (pol.label_source = 'outcome')::INTEGER
     -- 21 digits, never negative, for every timestamp DuckDB can hold
-    || lpad((epoch_us(f.occurred_at)::HUGEINT * 8 + pol.precedence
+    || lpad((epoch_us(f.occurred_at)::HUGEINT * 16 + pol.precedence
              + 100000000000000000000::HUGEINT)::VARCHAR, 21, '0')
     || f.event_id
 """
-SIGNAL = "CASE WHEN f.event_type = 'outcome' THEN f.outcome ELSE f.event_type END"
+# A rate event is rate_good, rate_bad or rate_neutral by the settings' rating thresholds.
+SIGNAL = """CASE f.event_type WHEN 'outcome' THEN f.outcome
+    WHEN 'rate' THEN CASE WHEN f.rating >= $rating_good_min THEN 'rate_good'
+                          WHEN f.rating <= $rating_bad_max THEN 'rate_bad'
+                          ELSE 'rate_neutral' END
+    ELSE f.event_type END"""
 
-LABELS_SQL = f"""
-CREATE OR REPLACE TABLE {LABELED_OUTCOMES} AS
+# One label per prediction: a SELECT, so the labels table and the analytics (every environment)
+# share it.
+LABELS_QUERY = f"""
 WITH eligible_predictions AS (
     SELECT prediction_id, environment FROM {RAW_PREDICTIONS}
     WHERE predicted_at <= $as_of AND list_contains($environments, environment)
@@ -76,7 +82,7 @@ WITH eligible_predictions AS (
     FROM ranked GROUP BY prediction_id
 )
 SELECT p.prediction_id, p.entity_id, p.predicted_at, p.environment, p.model_version,
-       p.confidence, p.rule_confidence, p.ml_enhanced, p.features,
+       p.confidence, p.rule_confidence, p.ml_enhanced, p.variant, p.features,
        pol.label::INTEGER AS label, pol.label_source, pol.strength, f.occurred_at AS labeled_at,
        pol.signal AS deciding_signal, f.event_id AS deciding_event_id, f.return_pct,
        d.feedback_events
@@ -87,6 +93,30 @@ JOIN {RAW_PREDICTIONS} p ON p.prediction_id = d.prediction_id
 """
 
 
+def write_labels(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    labeling: LabelingSettings,
+    as_of: datetime,
+    temporary: bool = False,
+) -> None:
+    """Create or replace ``table`` with one label per prediction as of ``as_of`` under
+    ``labeling`` (the labels table; the analytics' all-environment labels as a temp table)."""
+    con.register("label_policy", policy_table(labeling))
+    try:
+        con.execute(
+            f"CREATE OR REPLACE {'TEMP ' if temporary else ''}TABLE {table} AS {LABELS_QUERY}",
+            {
+                "as_of": as_of,
+                "environments": list(labeling.environments),
+                "rating_good_min": labeling.rating_good_min,
+                "rating_bad_max": labeling.rating_bad_max,
+            },
+        )
+    finally:
+        con.unregister("label_policy")
+
+
 def build_labeled_outcomes(
     con: duckdb.DuckDBPyConnection, labeling: LabelingSettings, as_of: datetime
 ) -> int:
@@ -95,21 +125,17 @@ def build_labeled_outcomes(
     A full rebuild from the raw tables, so it is idempotent and late predictions (orphan
     feedback) are matched as soon as they land.
     """
-    con.register("label_policy", policy_table(labeling))
-    try:
-        with transaction(con):
-            con.execute(LABELS_SQL, {"as_of": as_of, "environments": list(labeling.environments)})
-            rows = con.execute(f"SELECT count(*) FROM {LABELED_OUTCOMES}").fetchall()[0][0]
-            con.execute(
-                f"""
-                CREATE OR REPLACE TABLE {LABELED_OUTCOMES_INFO} AS
-                SELECT ?::TIMESTAMP AS as_of, ?::BIGINT AS rows, ?::JSON AS labeling,
-                       now()::TIMESTAMP AS built_at
-                """,
-                [as_of, rows, labeling.model_dump_json()],
-            )
-    finally:
-        con.unregister("label_policy")
+    with transaction(con):
+        write_labels(con, LABELED_OUTCOMES, labeling, as_of)
+        rows = con.execute(f"SELECT count(*) FROM {LABELED_OUTCOMES}").fetchall()[0][0]
+        con.execute(
+            f"""
+            CREATE OR REPLACE TABLE {LABELED_OUTCOMES_INFO} AS
+            SELECT ?::TIMESTAMP AS as_of, ?::BIGINT AS rows, ?::JSON AS labeling,
+                   now()::TIMESTAMP AS built_at
+            """,
+            [as_of, rows, labeling.model_dump_json()],
+        )
     return rows
 
 

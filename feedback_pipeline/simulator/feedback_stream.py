@@ -42,6 +42,12 @@ W_START = 2.0 * np.array([1.6, -0.8, 0.6, -0.4, 0.0, 0.9, 0.0, 0.5])
 W_END = 2.0 * np.array([-0.4, -0.8, 0.6, -0.4, 1.4, 0.2, 0.8, 0.5])
 LATE_DAYS = 3
 KIND_CODES = {"predictions": 1, "feedback": 2, "baseline": 3}
+# Draws added later come from their own generators, so the streams above stay as they were.
+EXTRA_CODES = {"variants": 4, "ratings": 5}
+# Words people write in their rating notes: some go with good predictions, some with bad ones.
+GOOD_TERMS = ("clean entry", "good timing", "solid signal", "nice breakout")
+BAD_TERMS = ("late entry", "false breakout", "noisy signal", "wrong direction")
+NEUTRAL_TERMS = ("checked", "as expected", "see chart", "")
 
 # Record-level corruptions as JSON merge patches (RFC 7396: null removes a key).
 BAD_PATCHES: dict[str, list[tuple[str, str]]] = {
@@ -93,6 +99,9 @@ class SimulationConfig:
     file_format: Literal["jsonl", "csv", "parquet"] = "jsonl"
     n_entities: int = 50
     drift_days: int = 180
+    variants: tuple[str, ...] = ("A", "B")
+    variant_effect: float = 0.0  # added to the good-prediction logit of every variant but the first
+    rating_rate: float = 0.0  # share of predictions that get a 1-5 rating with a note
 
     def __post_init__(self) -> None:
         if self.days < 1:
@@ -107,6 +116,7 @@ class SimulationConfig:
             "human_rate",
             "human_accuracy",
             "weak_label_noise",
+            "rating_rate",
         ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -156,7 +166,14 @@ def predictions_for_day(config: SimulationConfig, day: int) -> tuple[pd.DataFram
     n = config.predictions_per_day
     features = _feature_frame(rng, n)
     x = features.to_numpy()
-    good = rng.random(n) < _sigmoid(x @ true_weights(day, config.drift_days) + 0.2)
+    variant = np.asarray(config.variants, dtype=object)[
+        np.random.default_rng([config.seed, EXTRA_CODES["variants"], day]).integers(
+            0, len(config.variants), n
+        )
+    ]
+    treated = variant != config.variants[0]
+    logit = x @ true_weights(day, config.drift_days) + 0.2 + config.variant_effect * treated
+    good = rng.random(n) < _sigmoid(logit)
     day_start = datetime.combine(config.start + timedelta(days=day), datetime.min.time())
     frame = features.assign(
         prediction_id=_ids(f"p{config.start + timedelta(days=day):%Y%m%d}-", n),
@@ -170,6 +187,7 @@ def predictions_for_day(config: SimulationConfig, day: int) -> tuple[pd.DataFram
         model_version=np.where(day < config.days // 2, "v1", "v2"),
         zone_suffix=np.where(rng.random(n) < 0.5, "Z", ""),
         late=rng.random(n) < config.late_share,
+        variant=variant,
     )
     return frame, good
 
@@ -225,16 +243,43 @@ def feedback_for_day(
             frame[name] = np.broadcast_to(values, n)[mask]
         return frame
 
+    rating, notes, has_rating, rated_at = _ratings(config, day, good, predicted_at)
     frames = [
         events(has_human, "-h", human_type, human_at, modified_value=modified),
         events(has_undo, "-u", "undo", undo_at),
         events(has_outcome, "-o", "outcome", outcome_at, outcome=outcome, return_pct=return_pct),
+        events(has_rating, "-r", "rate", rated_at, rating=rating, notes=notes),
     ]
-    feedback = pd.concat(frames, ignore_index=True)
+    feedback = pd.concat(frames, ignore_index=True).reindex(
+        columns=[*frames[0].columns, "outcome", "return_pct", "rating", "notes"]
+    )
     # Outcomes that have not happened by the end of the simulation are not known yet.
     horizon = pd.Timestamp(config.start + timedelta(days=config.days))
     feedback = feedback[pd.to_datetime(feedback["occurred_at"]) < horizon]
     return feedback.sort_values(["occurred_at", "event_id"], ignore_index=True)
+
+
+def _ratings(
+    config: SimulationConfig, day: int, good: np.ndarray, predicted_at: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """1-5 ratings (4-5 mostly for good predictions, 1-2 for bad, as right as people are) with
+    a short note: a term that goes with the judgement and a neutral one."""
+    rng = np.random.default_rng([config.seed, EXTRA_CODES["ratings"], day])
+    n = len(good)
+    has_rating = rng.random(n) < config.rating_rate
+    judged_good = np.where(rng.random(n) < config.human_accuracy, good, ~good)
+    u = rng.random(n)
+    rating = np.where(judged_good, 3 + (u > 0.15) + (u > 0.55), 1 + (u > 0.45) + (u > 0.85))
+    term = np.where(
+        judged_good,
+        np.asarray(GOOD_TERMS, dtype=object)[rng.integers(0, len(GOOD_TERMS), n)],
+        np.asarray(BAD_TERMS, dtype=object)[rng.integers(0, len(BAD_TERMS), n)],
+    )
+    neutral = np.asarray(NEUTRAL_TERMS, dtype=object)[rng.integers(0, len(NEUTRAL_TERMS), n)]
+    notes = np.char.strip(np.char.add(np.char.add(term.astype(str), ", "), neutral.astype(str)))
+    notes = np.char.rstrip(notes, ",").astype(object)
+    rated_at = predicted_at + pd.to_timedelta(np.round(rng.uniform(3600, 2 * 86_400, n)), unit="s")
+    return rating.astype(float), notes, has_rating, rated_at
 
 
 def baseline_for_day(config: SimulationConfig, day: int) -> pd.DataFrame:
@@ -270,7 +315,8 @@ RENDER_SQL = {
                    model_version := model_version,
                    environment := environment,
                    rule_confidence := rule_confidence,
-                   ml_enhanced := ml_enhanced
+                   ml_enhanced := ml_enhanced,
+                   variant := variant
                ))::VARCHAR AS record
         FROM frame ORDER BY seq""",
     "feedback": """
@@ -280,7 +326,7 @@ RENDER_SQL = {
                    occurred_at := strftime(occurred_at, '%Y-%m-%dT%H:%M:%SZ'),
                    outcome := outcome, return_pct := return_pct,
                    modified_value := modified_value, environment := environment,
-                   source := source
+                   source := source, rating := rating::INTEGER, notes := notes
                ))::VARCHAR AS record
         FROM frame ORDER BY occurred_at, event_id""",
     "baseline": f"""
@@ -372,6 +418,7 @@ PARQUET_TYPES = {
     "number": "DOUBLE",
     "bool": "BOOLEAN",
     "label": "INTEGER",
+    "integer": "INTEGER",
 }
 
 
@@ -459,12 +506,15 @@ DEMO_DAYS = 42
 def simulate_demo_stream(landing_dir: Path, end: date, seed: int = 7) -> SimulationSummary:
     """The demo's landing zone: six weeks of the drifting stream ending at ``end`` (midnight
     UTC, so every event it writes has happened by the time a run looks at it), with the same
-    rate of broken records and files as the committed test sample."""
+    rate of broken records and files as the committed test sample, an A/B test whose variant B
+    is truly better, and ratings with notes for the analytics."""
     config = SimulationConfig(
         start=end - timedelta(days=DEMO_DAYS),
         days=DEMO_DAYS,
         predictions_per_day=60,
         baseline_per_day=30,
         seed=seed,
+        variant_effect=0.6,
+        rating_rate=0.3,
     )
     return simulate(landing_dir, config)

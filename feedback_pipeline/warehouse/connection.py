@@ -14,7 +14,7 @@ from pathlib import Path
 
 import duckdb
 
-from feedback_pipeline.ingest.contract import KINDS, raw_table_ddl
+from feedback_pipeline.ingest.contract import KINDS, raw_table_columns, raw_table_ddl
 from feedback_pipeline.warehouse.tables import (
     INGESTED_FILES,
     REJECTED_RECORDS,
@@ -102,6 +102,10 @@ def connect(
             con.execute(raw_table_ddl(spec))
         # Added after the first release: lets reruns skip unchanged files without reading them.
         con.execute(f"ALTER TABLE {INGESTED_FILES} ADD COLUMN IF NOT EXISTS mtime_ns BIGINT")
+        # Fields added to the contract later (variant, rating) reach older warehouses too.
+        for spec in KINDS.values():
+            for name, sql_type in raw_table_columns(spec):
+                con.execute(f"ALTER TABLE {spec.table} ADD COLUMN IF NOT EXISTS {name} {sql_type}")
         # Dropped after the first release: a record's content hash is computed from its typed
         # values when a repeated id needs it, instead of being written for every record.
         for spec in KINDS.values():

@@ -79,7 +79,7 @@ CASES = [
     (
         "feedback",
         feedback("e", "p", "like", AT),
-        "event_type must be one of accept, reject, undo, modify, export, outcome",
+        "event_type must be one of accept, reject, undo, modify, export, outcome, rate",
     ),
     ("feedback", feedback("e", ..., "accept", AT), "missing required field prediction_id"),
     ("feedback", feedback("e", "p", "accept", ...), "missing required field occurred_at"),
@@ -108,6 +108,16 @@ CASES = [
         feedback("e", "p", "modify", AT, modified_value=[1]),
         "modified_value must be a number",
     ),
+    ("feedback", feedback("e", "p", "rate", AT), "rating is required when event_type is 'rate'"),
+    ("feedback", feedback("e", "p", "rate", AT, rating=6), "rating out of range [1, 5]"),
+    ("feedback", feedback("e", "p", "rate", AT, rating=4.5), "rating must be a whole number"),
+    ("feedback", feedback("e", "p", "rate", AT, rating="4"), "rating must be a whole number"),
+    (
+        "feedback",
+        feedback("e", "p", "accept", AT, rating=5),
+        "rating is only allowed when event_type is 'rate'",
+    ),
+    ("predictions", prediction("x", variant=7), "variant must be a string"),
     (
         "feedback",
         feedback("e", "p", "accept", AT, environment="qa"),

@@ -20,7 +20,8 @@ def at(minutes: float) -> str:
 
 
 CASES = [
-    # (events as (type, outcome, minutes after T0), expected (label, source, strength, signal))
+    # (events as (type, outcome or rating, minutes after T0), expected (label, source, strength,
+    # signal))
     ([("accept", None, 5)], (1, "implicit", 0.5, "accept")),
     ([("export", None, 5)], (1, "implicit", 0.5, "export")),
     ([("modify", None, 5)], (1, "implicit", 0.25, "modify")),
@@ -48,6 +49,15 @@ CASES = [
     ),
     # time order holds before 1970 too (negative epoch)
     ([("accept", None, 5), ("reject", None, -60 * 24 * 365 * 60)], (1, "implicit", 0.5, "accept")),
+    # ratings: 4-5 good, 1-2 bad, 3 excluded (so an earlier human signal decides)
+    ([("rate", 5, 5)], (1, "explicit", 0.75, "rate_good")),
+    ([("rate", 4, 5)], (1, "explicit", 0.75, "rate_good")),
+    ([("rate", 2, 5)], (0, "explicit", 0.75, "rate_bad")),
+    ([("rate", 1, 5)], (0, "explicit", 0.75, "rate_bad")),
+    ([("rate", 3, 5)], None),
+    ([("accept", None, 5), ("rate", 3, 60)], (1, "implicit", 0.5, "accept")),
+    ([("accept", None, 5), ("rate", 1, 60)], (0, "explicit", 0.75, "rate_bad")),
+    ([("rate", 1, 5), ("outcome", "win", 60)], (1, "outcome", 1.0, "win")),
     ([], None),
 ]
 
@@ -64,7 +74,7 @@ def land(con, landing, write_landing, events, environment="prod", feedback_env=N
             pid,
             kind,
             at(minutes),
-            **({"outcome": outcome} if outcome else {}),
+            **({"rating": outcome} if kind == "rate" else {"outcome": outcome} if outcome else {}),
             **({"environment": feedback_env} if feedback_env else {}),
         )
         for i, (kind, outcome, minutes) in enumerate(events)
@@ -135,6 +145,18 @@ def test_policy_strengths_come_from_settings(con, landing, write_landing):
     ).labeling
     build_labeled_outcomes(con, policy, FAR_FUTURE)
     assert labels(con) == [(0, "implicit", 2.0, "modify")]
+
+
+def test_rating_thresholds_come_from_settings(con, landing, write_landing):
+    land(con, landing, write_landing, [("rate", 3, 5)])
+    policy = parse_settings({"labeling": {"rating_good_min": 3}}).labeling
+    build_labeled_outcomes(con, policy, FAR_FUTURE)
+    assert labels(con) == [(1, "explicit", 0.75, "rate_good")]
+
+
+def test_overlapping_rating_thresholds_are_refused_naming_the_fields():
+    with pytest.raises(ValueError, match="rating_bad_max .* must be below rating_good_min"):
+        parse_settings({"labeling": {"rating_bad_max": 4}})
 
 
 def test_rebuild_is_idempotent_and_matches_late_predictions(con, landing, write_landing):

@@ -66,7 +66,13 @@ def test_a_warehouse_from_the_first_release_is_upgraded_and_still_deduplicates(
         ingest_kind(con, landing, "predictions")
         con.execute("ALTER TABLE raw.predictions ADD COLUMN record_hash VARCHAR DEFAULT 'x'")
         con.execute("ALTER TABLE raw.ingested_files DROP COLUMN mtime_ns")
-    write_landing("predictions", "new.jsonl", [prediction("a"), prediction("b", confidence=0.9)])
+        con.execute("ALTER TABLE raw.predictions DROP COLUMN variant")  # added to the contract
+        con.execute("ALTER TABLE raw.feedback_events DROP COLUMN rating")  # later
+    write_landing(
+        "predictions",
+        "new.jsonl",
+        [prediction("a"), prediction("b", confidence=0.9), prediction("c", variant="B")],
+    )
 
     with warehouse.connect(path) as con:
         columns = {
@@ -78,9 +84,12 @@ def test_a_warehouse_from_the_first_release_is_upgraded_and_still_deduplicates(
         }
         results = {r.path: r for r in ingest_kind(con, landing, "predictions")}
         reasons = con.execute("SELECT reason FROM raw.rejected_records").fetchall()
+        variants = con.execute("SELECT prediction_id, variant FROM raw.predictions ORDER BY 1")
+        variants = variants.fetchall()
 
     assert "record_hash" not in columns and set(KINDS["predictions"].columns) <= columns
     old, new = results["predictions/old.jsonl"], results["predictions/new.jsonl"]
     assert old.status == "skipped"  # no mtime was stored, but the content hash matches
-    assert (new.accepted, new.duplicates, new.rejected) == (0, 1, 1)
+    assert (new.accepted, new.duplicates, new.rejected) == (1, 1, 1)
+    assert variants == [("a", None), ("b", None), ("c", "B")]
     assert reasons == [("conflicting duplicate: prediction_id already ingested, other content",)]
