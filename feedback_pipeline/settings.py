@@ -229,6 +229,41 @@ class TriggerSettings(_Strict):
         return value
 
 
+ABMetric = Literal["accept_rate", "fp_rate", "win_rate", "mean_return", "mean_rating"]
+AB_METRICS: tuple[ABMetric, ...] = (
+    "accept_rate",
+    "fp_rate",
+    "win_rate",
+    "mean_return",
+    "mean_rating",
+)
+SEGMENT_FIELDS = ("variant", "model_version", "entity_id", "environment", "ml_enhanced", "source")
+
+
+class AnalyticsSettings(_Strict):
+    """DESIGN section 13: feedback statistics and A/B comparisons."""
+
+    since_days: int = Field(default=90, ge=1, le=36500, description="how far back stats look")
+    segments: list[Literal[SEGMENT_FIELDS]] = Field(
+        default_factory=lambda: list(SEGMENT_FIELDS),
+        description="categorical fields whose values get an effectiveness row (good-label rate)",
+    )
+    top_terms: int = Field(default=10, ge=1, le=100, description="note terms per side")
+    min_term_count: int = Field(default=3, ge=1, description="rarer note terms are not ranked")
+    ab_by: Literal["variant", "model_version"] = "variant"
+    ab_control: str = "A"
+    ab_treatment: str = "B"
+    ab_metrics: list[ABMetric] = Field(default_factory=lambda: list(AB_METRICS), min_length=1)
+    alpha: float = Field(default=0.05, gt=0.0, lt=0.5)
+    power: float = Field(default=0.8, gt=0.5, lt=1.0)
+    min_rate_difference: float = Field(
+        default=0.05, gt=0.0, lt=1.0, description="smallest rate difference worth detecting"
+    )
+    min_cohens_d: float = Field(
+        default=0.2, gt=0.0, le=5.0, description="smallest mean difference worth detecting, in SDs"
+    )
+
+
 class Settings(_Strict):
     """Every tunable of the pipeline, with its default."""
 
@@ -241,6 +276,7 @@ class Settings(_Strict):
     gate: GateSettings = Field(default_factory=GateSettings)
     full_retrain: FullRetrainSettings = Field(default_factory=FullRetrainSettings)
     triggers: TriggerSettings = Field(default_factory=TriggerSettings)
+    analytics: AnalyticsSettings = Field(default_factory=AnalyticsSettings)
 
 
 def _format_validation_error(error: ValidationError, origin: str) -> str:

@@ -19,13 +19,22 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.utils import requirements_utils
 from xgboost import XGBClassifier
 
+from feedback_pipeline.registry.served_policy import (
+    POLICY_ARTIFACT,
+    POLICY_RUN_TAG,
+    POLICY_VERSION_TAG,
+    default_policy,
+    serve,
+)
 from feedback_pipeline.training.families import predict_probability
 
 MODEL_NAME = "feedback_model"
@@ -65,6 +74,30 @@ def _requirements() -> list[str]:
 
 # Logged with every model: the code MLflow runs to load and score it (see serving_model.py).
 SERVING_MODEL_CODE = Path(__file__).with_name("serving_model.py")
+SERVED_POLICY_CODE = Path(__file__).with_name("served_policy.py")
+
+
+OUTPUT_TYPES = {
+    "probability": "double",
+    "calibrated": "double",
+    "blended_confidence": "double",
+    "decision": "boolean",
+    "fallback": "boolean",
+    "policy_version": "long",
+}
+
+
+def serving_signature(features: list[str], served: pd.DataFrame) -> ModelSignature:
+    """Every feature and ``rule_confidence`` optional, so a row missing one reaches the model
+    (which falls back to ``rule_confidence``) instead of failing MLflow's schema check."""
+    inputs = Schema(
+        [ColSpec("double", name, required=False) for name in [*features, "rule_confidence"]]
+    )
+    return ModelSignature(
+        inputs=inputs,
+        outputs=Schema([ColSpec(OUTPUT_TYPES[name], name) for name in served.columns]),
+        params=ParamSchema([ParamSpec("score_missing", "boolean", False)]),
+    )
 
 
 def _save_estimator(estimator: Any, folder: Path) -> tuple[Path, str]:
@@ -112,12 +145,15 @@ class Registry:
             self._package_scan.start()
 
     def experiment_id(self) -> str:
-        experiment = self.client.get_experiment_by_name(self.experiment)
+        return self._experiment_id(self.experiment)
+
+    def _experiment_id(self, name: str) -> str:
+        experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:
             return experiment.experiment_id
         Path(self.artifact_root).mkdir(parents=True, exist_ok=True)
         return self.client.create_experiment(
-            self.experiment, artifact_location=Path(self.artifact_root).resolve().as_uri()
+            name, artifact_location=Path(self.artifact_root).resolve().as_uri()
         )
 
     def log_challenger(
@@ -135,7 +171,8 @@ class Registry:
         if self._package_scan is not None:
             self._package_scan.join()  # MLflow's package map is complete before it is read
         example = example[features].astype("float64").head(5)
-        output = pd.DataFrame({"probability": predict_probability(estimator, example)})
+        probability = predict_probability(estimator, example)
+        served = serve(example, probability, np.ones(len(example), bool), default_policy(), None)
         with (
             mlflow.start_run(
                 experiment_id=self.experiment_id(), run_name=f"{family}-{tags.get('as_of', '')}"
@@ -150,9 +187,16 @@ class Registry:
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(SERVING_MODEL_CODE),
+                code_paths=[str(SERVED_POLICY_CODE)],
                 artifacts={"estimator": str(estimator_file)},
-                model_config={"features": list(features), "estimator_format": estimator_format},
-                signature=infer_signature(example, output),
+                model_config={
+                    "features": list(features),
+                    "estimator_format": estimator_format,
+                    "run_id": run.info.run_id,  # a policy's calibration is for one model
+                    "registered_model_name": self.model_name,  # where the policy is read
+                    "default_policy": default_policy(),
+                },
+                signature=serving_signature(features, served),
                 input_example=example,
                 registered_model_name=self.model_name,
                 pip_requirements=_requirements(),
@@ -206,7 +250,42 @@ class Registry:
         return mlflow.pyfunc.load_model(f"models:/{self.model_name}/{version}")
 
     def predict_probability(self, version: str, X: pd.DataFrame) -> pd.Series:
-        return self.load(version).predict(X)["probability"]
+        """The model's own probability on every row (it imputes missing features), as
+        evaluation needs; serving falls back on such rows instead."""
+        return self.load(version).predict(X, params={"score_missing": True})["probability"]
+
+    def publish_policy(self, policy: dict, experiment: str = "feedback_pipeline_policies") -> str:
+        """Log ``policy`` as an MLflow run's ``serving_policy.json`` and point the registered
+        model's tags at it: every fresh load of the model serves it. Returns the run id."""
+        experiment_id = self._experiment_id(experiment)
+        run = self.client.create_run(experiment_id, run_name=f"serving-policy-v{policy['version']}")
+        self.client.log_dict(run.info.run_id, policy, POLICY_ARTIFACT)
+        self.client.log_param(run.info.run_id, "policy_version", policy["version"])
+        self.client.set_terminated(run.info.run_id)
+        self.client.set_registered_model_tag(self.model_name, POLICY_RUN_TAG, run.info.run_id)
+        self.client.set_registered_model_tag(
+            self.model_name, POLICY_VERSION_TAG, str(policy["version"])
+        )
+        return run.info.run_id
+
+    def clear_policy(self) -> None:
+        """Back to the default policy (version 0) for every fresh load."""
+        for tag in (POLICY_RUN_TAG, POLICY_VERSION_TAG):
+            try:
+                self.client.delete_registered_model_tag(self.model_name, tag)
+            except MlflowException as error:
+                if not _not_found(error):
+                    raise RegistryUnavailable(self.tracking_uri, error) from error
+
+    def active_policy_version(self) -> int:
+        """The policy version fresh loads serve (0: the default)."""
+        try:
+            tags = self.client.get_registered_model(self.model_name).tags
+        except MlflowException as error:
+            if _not_found(error):
+                return 0
+            raise RegistryUnavailable(self.tracking_uri, error) from error
+        return int(tags.get(POLICY_VERSION_TAG, 0))
 
     def set_alias(self, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(self.model_name, alias, version)

@@ -1,7 +1,11 @@
 """The model code logged with every challenger (MLflow "models from code"): what consumers of
 ``models:/feedback_model@champion`` run. It imports only the model's own requirements (MLflow,
-pandas, XGBoost or scikit-learn), never ``feedback_pipeline``, so the champion loads wherever
-those are installed. MLflow runs this file on load; the fitted estimator is an artifact beside it.
+numpy, pandas, XGBoost or scikit-learn) and ``served_policy.py``, logged beside it as code, never
+``feedback_pipeline``, so the champion loads wherever those are installed.
+
+On load it reads the active serving policy from the registry (the registered model's
+``serving_policy_run_id`` tag names the MLflow run holding ``serving_policy.json``), so applying
+or rolling back a policy changes what a fresh load serves without a retrain.
 """
 
 from __future__ import annotations
@@ -9,29 +13,74 @@ from __future__ import annotations
 import pickle
 
 import mlflow
+import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
+from mlflow.tracking import MlflowClient
 
 
 class ProbabilityModel(PythonModel):
-    """``predict`` returns ``probability`` (that a prediction is good) for each input row."""
+    """``predict`` returns, per row: ``probability`` (that a prediction is good), then the
+    serving policy's ``calibrated``, ``blended_confidence`` and ``decision``, ``fallback`` (the
+    model could not score the row, so ``rule_confidence`` was served) and ``policy_version``.
+    ``params={"score_missing": True}`` scores rows with missing features too (the model imputes
+    them), as evaluation does; ``fallback_count`` counts fallbacks since load."""
 
     def load_context(self, context) -> None:
+        import served_policy  # logged as code beside this file
+
+        self.served_policy = served_policy
         config = context.model_config
         self.features = list(config["features"])
+        self.run_id = config.get("run_id")
+        self.fallback_count = 0
         path = context.artifacts["estimator"]
         if config["estimator_format"] == "xgboost_json":  # XGBoost's own, version-safe format
             from xgboost import XGBClassifier
 
             self.estimator = XGBClassifier()
             self.estimator.load_model(path)
+            self.estimator.set_params(n_jobs=1)  # one thread per request: no oversubscription
         else:  # a scikit-learn pipeline, pickled as scikit-learn's own persistence does
             with open(path, "rb") as file:
                 self.estimator = pickle.load(file)
+        self.policy = self._active_policy(config)
+
+    def _active_policy(self, config: dict) -> dict:
+        policy = dict(config["default_policy"])
+        name = config.get("registered_model_name")
+        if not name:
+            return policy
+        try:
+            tags = MlflowClient().get_registered_model(name).tags
+        except MlflowException as error:
+            if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+                return policy
+            raise RuntimeError(
+                f"could not read the serving policy of registered model {name} from MLflow at "
+                f"{mlflow.get_tracking_uri()}: {error}. Check MLFLOW_TRACKING_URI and the "
+                "tracking server, then load the model again."
+            ) from error
+        run_id = tags.get(self.served_policy.POLICY_RUN_TAG)
+        if run_id:
+            policy = mlflow.artifacts.load_dict(
+                f"runs:/{run_id}/{self.served_policy.POLICY_ARTIFACT}"
+            )
+        return policy
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        frame = pd.DataFrame(model_input)[self.features].astype("float64")
-        return pd.DataFrame({"probability": self.estimator.predict_proba(frame)[:, 1]})
+        frame = pd.DataFrame(model_input)
+        if (params or {}).get("score_missing"):
+            scorable = np.ones(len(frame), dtype=bool)
+        else:
+            scorable = self.served_policy.scorable_rows(frame, self.features)
+        probability = np.full(len(frame), np.nan)
+        if scorable.any():
+            X = frame.loc[scorable].reindex(columns=self.features).astype("float64")
+            probability[scorable] = self.estimator.predict_proba(X)[:, 1]
+        self.fallback_count += int((~scorable).sum())
+        return self.served_policy.serve(frame, probability, scorable, self.policy, self.run_id)
 
 
 mlflow.models.set_model(ProbabilityModel())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -27,7 +28,7 @@ import pandas as pd
 mlflow.set_tracking_uri(sys.argv[1])
 model = mlflow.pyfunc.load_model(sys.argv[2])
 rows = pd.read_json(sys.argv[3], orient="split")
-print(json.dumps(model.predict(rows)["probability"].tolist()))
+print(model.predict(rows).to_json(orient="split"))
 """
 
 
@@ -72,6 +73,16 @@ def test_a_registered_version_loads_where_feedback_pipeline_is_not_installed(fam
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    served = np.array(json.loads(done.stdout.strip().splitlines()[-1]))
+    served = pd.read_json(io.StringIO(done.stdout.strip().splitlines()[-1]), orient="split")
     expected = estimator.predict_proba(train.X.head(20))[:, 1]
-    np.testing.assert_allclose(served, expected, rtol=1e-6, atol=1e-7)
+    # A row missing a feature is not scored: it falls back (to rule_confidence, absent here).
+    missing = train.X.head(20).isna().any(axis=1).to_numpy()
+    assert missing.any() and served["fallback"].to_numpy().tolist() == missing.tolist()
+    assert served.loc[missing, "probability"].isna().all()
+    np.testing.assert_allclose(
+        served.loc[~missing, "probability"], expected[~missing], rtol=1e-6, atol=1e-7
+    )
+    # No policy applied yet: version 0, calibrated = probability, decision at 0.5.
+    assert (served["policy_version"] == 0).all()
+    np.testing.assert_allclose(served.loc[~missing, "calibrated"], expected[~missing], rtol=1e-6)
+    assert served.loc[~missing, "decision"].tolist() == (expected[~missing] >= 0.5).tolist()

@@ -1,0 +1,1 @@
+"""Feedback analytics: weekly statistics, segments, note terms and A/B comparisons."""

@@ -1,0 +1,113 @@
+"""The serving policy applied to the model's probability: what consumers of the champion get.
+
+Logged with every model (MLflow ``code_paths``) and imported by ``serving_model.py``; the
+serving-policy stages import it too, so the "after" figures they report are computed by the very
+code that serves. It needs numpy and pandas only, never ``feedback_pipeline``.
+
+A policy is plain JSON data::
+
+    {"version": 3, "threshold": 0.62, "blend_weight": 0.5, "model_run_id": "...",
+     "calibration": {"method": "isotonic", "x": [...], "y": [...]}   # or sigmoid: a, b
+     "rule_weights": {"intercept": -0.1, "coefficients": {"momentum": 0.8, ...}}}
+
+Per row: ``calibrated`` = the calibration map of ``probability`` (only when the policy was
+fitted for this very model, ``model_run_id``); the rule score is the learned rule weights'
+logistic score, else the caller's ``rule_confidence``; ``blended_confidence`` = ``blend_weight``
+x calibrated + (1 - ``blend_weight``) x rule score (calibrated alone without a rule score);
+``decision`` = blended >= ``threshold``. A row the model cannot score (a feature missing or not
+finite) falls back to ``rule_confidence`` and is flagged ``fallback``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+POLICY_ARTIFACT = "serving_policy.json"
+POLICY_RUN_TAG = "serving_policy_run_id"  # registered-model tags naming the active policy
+POLICY_VERSION_TAG = "serving_policy_version"
+OUTPUT_COLUMNS = (
+    "probability",
+    "calibrated",
+    "blended_confidence",
+    "decision",
+    "fallback",
+    "policy_version",
+)
+
+
+def default_policy(threshold: float = 0.5, blend_weight: float = 0.6) -> dict:
+    """Version 0: no calibration, no learned rule weights."""
+    return {
+        "version": 0,
+        "threshold": threshold,
+        "blend_weight": blend_weight,
+        "calibration": None,
+        "rule_weights": None,
+        "model_run_id": None,
+    }
+
+
+def calibrate(probability: np.ndarray, calibration: dict | None) -> np.ndarray:
+    """The calibration map: isotonic (piecewise linear between its thresholds, clipped at the
+    ends, as scikit-learn's IsotonicRegression predicts) or sigmoid (Platt: 1 / (1 + exp(a p +
+    b)), as CalibratedClassifierCV's sigmoid does)."""
+    if calibration is None:
+        return probability
+    if calibration["method"] == "isotonic":
+        return np.interp(probability, calibration["x"], calibration["y"])
+    return 1.0 / (1.0 + np.exp(calibration["a"] * probability + calibration["b"]))
+
+
+def rule_score(frame: pd.DataFrame, rule_weights: dict | None) -> np.ndarray:
+    """The learned rule weights' logistic score; the caller's ``rule_confidence`` without them
+    (NaN where neither is there)."""
+    if rule_weights is None:
+        if "rule_confidence" not in frame:
+            return np.full(len(frame), np.nan)
+        return pd.to_numeric(frame["rule_confidence"], errors="coerce").to_numpy(dtype=float)
+    names = list(rule_weights["coefficients"])
+    columns = frame.reindex(columns=names).apply(pd.to_numeric, errors="coerce")
+    logit = rule_weights["intercept"] + columns.to_numpy(dtype=float) @ np.array(
+        [rule_weights["coefficients"][n] for n in names]
+    )
+    return 1.0 / (1.0 + np.exp(-logit))
+
+
+def scorable_rows(frame: pd.DataFrame, features: list[str]) -> np.ndarray:
+    """Rows whose every model feature is present and finite."""
+    values = frame.reindex(columns=features).apply(pd.to_numeric, errors="coerce")
+    return np.isfinite(values.to_numpy(dtype=float)).all(axis=1)
+
+
+def serve(
+    frame: pd.DataFrame,
+    probability: np.ndarray,
+    scorable: np.ndarray,
+    policy: dict,
+    model_run_id: str | None,
+) -> pd.DataFrame:
+    """The served columns for ``frame`` given the model's ``probability`` on its scorable rows
+    (NaN elsewhere)."""
+    calibration = policy["calibration"] if policy.get("model_run_id") == model_run_id else None
+    calibrated = calibrate(probability, calibration)
+    rules = rule_score(frame, policy["rule_weights"])
+    weight = policy["blend_weight"]
+    blended = np.where(np.isfinite(rules), weight * calibrated + (1.0 - weight) * rules, calibrated)
+    fallback_confidence = (
+        pd.to_numeric(frame["rule_confidence"], errors="coerce").to_numpy(dtype=float)
+        if "rule_confidence" in frame
+        else np.full(len(frame), np.nan)
+    )
+    blended = np.where(scorable, blended, fallback_confidence)
+    return pd.DataFrame(
+        {
+            "probability": np.where(scorable, probability, np.nan),
+            "calibrated": np.where(scorable, calibrated, np.nan),
+            "blended_confidence": blended,
+            "decision": np.nan_to_num(blended, nan=-1.0) >= policy["threshold"],
+            "fallback": ~scorable,
+            "policy_version": np.full(len(frame), int(policy["version"])),
+        },
+        index=frame.index,
+    )
