@@ -1,5 +1,5 @@
-"""``feedback-pipeline``: simulate landing data, inspect the warehouse, move the champion and
-backtest the retraining policy."""
+"""``feedback-pipeline``: simulate landing data, inspect the warehouse, move the champion,
+backtest the retraining policy, read the feedback (stats, A/B) and manage the serving policy."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
+from feedback_pipeline.analytics.ab_test import ab_compare
+from feedback_pipeline.analytics.feedback_stats import WEEKLY_GROUPS, feedback_stats
 from feedback_pipeline.backtest.replay import EXPERIMENT, BacktestPlan, backtest_into
 from feedback_pipeline.labels.outcomes import orphan_feedback_count
 from feedback_pipeline.monitoring.triggers import count_new_labels, data_watermark
@@ -24,7 +26,14 @@ from feedback_pipeline.registry.mlflow_registry import (
     RegistryUnavailable,
     local_registry,
 )
-from feedback_pipeline.settings import SettingsError, default_data_dir, load_settings, parse_as_of
+from feedback_pipeline.serving import store as policies
+from feedback_pipeline.settings import (
+    AB_METRICS,
+    SettingsError,
+    default_data_dir,
+    load_settings,
+    parse_as_of,
+)
 from feedback_pipeline.simulator import SimulationConfig, simulate
 from feedback_pipeline.simulator.weather import write_weather_landing
 from feedback_pipeline.warehouse import connection as warehouse
@@ -174,6 +183,170 @@ def _backtest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_warehouse(data_dir: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    path = data_dir / "warehouse.duckdb"
+    if not path.exists():
+        raise ValueError(f"no warehouse at {path} yet: run `make demo` or the ingest_job first")
+    return warehouse.connect(path, read_only=read_only, lock_timeout=LOCK_TIMEOUT_SECONDS)
+
+
+def _print_json(payload: dict | list) -> None:
+    print(json.dumps(payload, default=str, allow_nan=False))
+
+
+def _stats(args: argparse.Namespace) -> int:
+    """The weekly feedback figures, FP-rate trend, segments and note terms."""
+    settings = load_settings(args.settings)
+    as_of = parse_as_of(args.as_of)
+    con = _open_warehouse(args.data_dir, read_only=True)
+    try:
+        stats = feedback_stats(
+            con,
+            settings.labeling,
+            settings.analytics,
+            as_of,
+            as_of - args.since if args.since else None,
+            tuple(args.by) if args.by else WEEKLY_GROUPS,
+        )
+    finally:
+        con.close()
+    if args.json:
+        _print_json(stats.as_dict())
+        return 0
+    print(f"Feedback from {stats.since:%Y-%m-%d %H:%M} to {stats.as_of:%Y-%m-%d %H:%M} UTC\n")
+    for title, frame in (
+        ("Weekly", stats.weekly),
+        ("FP rate per week and environment (Wilson interval)", stats.fp_trend),
+        ("Effectiveness (good-label rate) per segment", stats.segments),
+        ("Note terms of good and bad labels", stats.note_terms),
+    ):
+        print(f"## {title}\n\n{reporting.markdown(frame, max_rows=60)}\n")
+    return 0
+
+
+def _ab(args: argparse.Namespace) -> int:
+    """Compare two variants or two model versions on one or more metrics."""
+    settings = load_settings(args.settings)
+    as_of = parse_as_of(args.as_of)
+    con = _open_warehouse(args.data_dir, read_only=True)
+    try:
+        results = ab_compare(
+            con,
+            settings.labeling,
+            settings.analytics,
+            as_of,
+            args.control,
+            args.treatment,
+            args.metric or settings.analytics.ab_metrics,
+            args.by,
+            as_of - args.since if args.since else None,
+        )
+    finally:
+        con.close()
+    if args.json:
+        _print_json([r.as_dict() for r in results])
+        return 0
+    for r in results:
+        print(
+            f"{r.metric} ({r.by} {r.treatment} vs {r.control}, {r.test}): "
+            f"{r.control_value:.4g} (n={r.n_control:,}) -> {r.treatment_value:.4g} "
+            f"(n={r.n_treatment:,}); difference {r.difference:+.4g} "
+            f"[{r.ci_low:+.4g}, {r.ci_high:+.4g}], lift {r.relative_lift:+.1%}, "
+            f"p={r.p_value:.3g}"
+            + (f" (BH-adjusted {r.p_value_adjusted:.3g})" if r.p_value_adjusted is not None else "")
+            + f", {r.effect_size_name} {r.effect_size:+.3f}, power {r.power:.0%}\n"
+            f"  -> {r.recommendation}: {r.reason}"
+        )
+    return 0
+
+
+def _policy(args: argparse.Namespace) -> int:
+    """Show, list, apply or roll back serving policy versions."""
+    con = _open_warehouse(args.data_dir, read_only=False)
+    try:
+        if args.action == "show":
+            active = policies.active_policy(con)
+            proposal = policies.latest_proposal(con)
+            served = local_registry(args.data_dir).active_policy_version()
+            if args.json:
+                _print_json(
+                    {
+                        "active": active,
+                        "served_by_champion": served,
+                        "latest_proposal": None
+                        if proposal is None
+                        else {
+                            "version": proposal.version,
+                            "status": proposal.status,
+                            "reason": proposal.reason,
+                            "stages": json.loads(proposal.stages.to_json(orient="records")),
+                            "before": proposal.metrics_before,
+                            "after": proposal.metrics_after,
+                        },
+                    }
+                )
+                return 0
+            print(
+                f"active serving policy: v{active['version']} (the champion serves "
+                f"v{served}): threshold {active['threshold']:.4g}, blend weight "
+                f"{active['blend_weight']:g}, calibration "
+                f"{(active['calibration'] or {}).get('method', 'none')}, rule weights "
+                f"{'learned' if active['rule_weights'] else 'none (rule_confidence)'}"
+            )
+            if proposal is None:
+                print("no proposal yet: materialize serving_policy (analytics_job)")
+                return 0
+            print(
+                f"\nnewest proposal: v{proposal.version} ({proposal.status}; {proposal.reason})\n\n"
+                f"{reporting.markdown(proposal.stages)}\n\non held-out rows: current "
+                f"{_metrics_line(proposal.metrics_before)}\n                  proposed "
+                f"{_metrics_line(proposal.metrics_after)}"
+            )
+            return 0
+        if args.action == "history":
+            frame = policies.history(con, args.limit)
+            if args.json:
+                _print_json(json.loads(frame.to_json(orient="records")))
+            else:
+                print(reporting.markdown(frame, max_rows=args.limit))
+            return 0
+        registry = local_registry(args.data_dir)
+        if args.action == "apply":
+            change = policies.apply_policy(con, registry, args.version, args.reason)
+        else:
+            change = policies.rollback_policy(con, registry, args.reason)
+    finally:
+        con.close()
+    if args.json:
+        _print_json(
+            {
+                "action": args.action,
+                "old_version": change.old_version,
+                "new_version": change.new_version,
+                "reason": change.reason,
+            }
+        )
+    else:
+        print(
+            f"serving policy: v{change.old_version} -> v{change.new_version} ({args.action}; "
+            f"the champion serves it on its next load; recorded in {ledger.LEDGER})"
+        )
+    return 0
+
+
+def _metrics_line(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.4g}" for name, value in metrics.items())
+
+
+def _analysis_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--since", type=_duration, default=None, help="e.g. 30d (default: analytics.since_days)"
+    )
+    parser.add_argument("--as-of", default=None, help="ISO-8601, UTC (default: now)")
+    parser.add_argument("--settings", type=Path, default=None, help="a settings YAML file")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="feedback-pipeline", description=__doc__)
     parser.add_argument(
@@ -231,6 +404,43 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--out", type=Path, default=None, help="default: DATA/backtest")
     backtest.add_argument("--json", action="store_true", help="print the summary as JSON")
     backtest.set_defaults(handler=_backtest)
+
+    stats = commands.add_parser(
+        "stats", help="weekly feedback figures, FP-rate trend, segments and note terms"
+    )
+    stats.add_argument(
+        "--by", action="append", choices=WEEKLY_GROUPS, default=None,
+        help="group each week by this (repeatable; default: environment, model_version, variant)",
+    )  # fmt: skip
+    _analysis_options(stats)
+    stats.set_defaults(handler=_stats)
+
+    ab = commands.add_parser("ab", help="A/B comparison of two variants or model versions")
+    ab.add_argument("--control", required=True, help="the control arm, e.g. A")
+    ab.add_argument("--treatment", required=True, help="the treatment arm, e.g. B")
+    ab.add_argument(
+        "--metric", action="append", choices=AB_METRICS, default=None,
+        help="repeatable (default: analytics.ab_metrics)",
+    )  # fmt: skip
+    ab.add_argument("--by", choices=["variant", "model_version"], default="variant")
+    _analysis_options(ab)
+    ab.set_defaults(handler=_ab)
+
+    policy = commands.add_parser(
+        "policy", help="the serving policy: show, history, apply, rollback"
+    )
+    actions = policy.add_subparsers(dest="action", required=True)
+    show = actions.add_parser("show", help="the active policy and what the champion serves")
+    history = actions.add_parser("history", help="every version, newest first")
+    history.add_argument("--limit", type=int, default=20)
+    apply = actions.add_parser("apply", help="serve a version (default: the newest proposal)")
+    apply.add_argument("version", nargs="?", type=int, default=None)
+    apply.add_argument("--reason", required=True, help="why (recorded in the ledger)")
+    back = actions.add_parser("rollback", help="serve the previously applied version again")
+    back.add_argument("--reason", required=True, help="why (recorded in the ledger)")
+    for action in (show, history, apply, back):
+        action.add_argument("--json", action="store_true", help="print the result as JSON")
+    policy.set_defaults(handler=_policy)
 
     promote = commands.add_parser("promote", help="force a version to champion")
     promote.add_argument("version")

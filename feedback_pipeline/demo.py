@@ -1,5 +1,6 @@
 """``make demo``: lay down a demo landing zone that ends today, run retrain_job end to end with
-no run config (as the UI's "Materialize all" or the weekly schedule would), say what happened."""
+no run config (as the UI's "Materialize all" or the weekly schedule would), then analytics_job
+(feedback stats, the A/B comparison, the next serving policy), and say what happened."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from datetime import UTC, datetime
 import duckdb
 import mlflow
 
+from feedback_pipeline.cli import main as cli
 from feedback_pipeline.cli import print_status
 from feedback_pipeline.defs.launch import run_job
 from feedback_pipeline.ingest.landing_files import landing_files
@@ -16,7 +18,7 @@ from feedback_pipeline.promotion import ledger
 from feedback_pipeline.registry.mlflow_registry import CHAMPION, MODEL_NAME, default_tracking_uri
 from feedback_pipeline.settings import default_data_dir
 from feedback_pipeline.simulator.feedback_stream import simulate_demo_stream
-from feedback_pipeline.warehouse.tables import TRAINING_SET
+from feedback_pipeline.warehouse.tables import LABELED_OUTCOMES, TRAINING_SET
 
 
 def main() -> int:
@@ -41,12 +43,31 @@ def main() -> int:
 
     con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)
     decision = ledger.recent_events(con, 1).iloc[0]
-    sample = con.execute(f"SELECT * FROM {TRAINING_SET} WHERE split = 'holdout' LIMIT 3").df()
+    sample = con.execute(
+        f"""SELECT t.*, l.rule_confidence FROM {TRAINING_SET} t
+            JOIN {LABELED_OUTCOMES} l ON l.prediction_id = t.row_id
+            WHERE t.split = 'holdout' ORDER BY t.row_id LIMIT 4"""
+    ).df()
     con.close()
     print(
         f"\nThis run's decision: {'promoted' if decision.promoted else 'not promoted'} "
         f"({decision.reason})"
     )
+
+    print("\nRunning analytics_job (feedback stats, A/B comparison, serving policy) ...")
+    outcome = run_job("analytics_job", tags={"trigger": "demo"})
+    if not outcome.success:
+        print("analytics_job failed; see the run in the Dagster UI", file=sys.stderr)
+        print("\n".join(outcome.errors), file=sys.stderr)
+        return 1
+    print(f"analytics_job succeeded (run {outcome.run_id})\n")
+    print("$ feedback-pipeline stats --by environment --since 42d")
+    cli(["stats", "--by", "environment", "--since", "42d"])
+    print("$ feedback-pipeline policy show")
+    cli(["policy", "show"])
+    print("\n$ feedback-pipeline ab --control A --treatment B --metric accept_rate")
+    cli(["ab", "--control", "A", "--treatment", "B", "--metric", "accept_rate"])
+
     mlflow.set_tracking_uri(default_tracking_uri(data_dir))
     champion_uri = f"models:/{MODEL_NAME}@{CHAMPION}"
     try:
@@ -55,8 +76,13 @@ def main() -> int:
         print("No champion in the registry yet.")
     else:
         features = champion.metadata.get_input_schema().input_names()  # the signature's
-        scores = champion.predict(sample[features])["probability"].astype(float).round(3).tolist()
-        print(f"{champion_uri} loads and predicts; holdout sample scores: {scores}")
+        rows = sample.reindex(columns=features)
+        rows.iloc[-1, 0] = None  # a row the model cannot score: it falls back to rule_confidence
+        served = champion.predict(rows)
+        print(
+            f"\n{champion_uri} loads and serves the active policy (holdout rows; the last one "
+            f"misses {features[0]}):\n{served.round(3).to_string(index=False)}"
+        )
     print(
         "\nLook around:\n"
         "  make dev     Dagster UI on http://127.0.0.1:3000 (asset graph, metadata, checks);\n"

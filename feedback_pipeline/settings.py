@@ -217,11 +217,14 @@ class TriggerSettings(_Strict):
 
     weekly_cron: str = "0 3 * * 1"
     monthly_cron: str = "0 4 1 * *"
+    analytics_cron: str = Field(
+        default="0 5 * * *", description="feedback stats, A/B comparison and serving policy"
+    )
     new_labels_threshold: int = Field(default=500, ge=1)
     landing_interval_seconds: int = Field(default=60, ge=5)
     new_labels_interval_seconds: int = Field(default=300, ge=5)
 
-    @field_validator("weekly_cron", "monthly_cron")
+    @field_validator("weekly_cron", "monthly_cron", "analytics_cron")
     @classmethod
     def _valid_cron(cls, value: str) -> str:
         if len(value.split()) != 5 or not croniter.is_valid(value):
@@ -264,6 +267,35 @@ class AnalyticsSettings(_Strict):
     )
 
 
+class PolicyMinimums(_Strict):
+    """Matured labels a serving-policy stage needs in the rows it is fitted on."""
+
+    threshold: int = Field(default=10, ge=2)
+    rule_weights: int = Field(default=50, ge=2)
+    sigmoid: int = Field(default=30, ge=2, description="recalibration below isotonic's minimum")
+    isotonic: int = Field(default=200, ge=2)
+    blend: int = Field(default=20, ge=1, description="outcomes per group (ML-enhanced, rule-only)")
+
+
+class ServingSettings(_Strict):
+    """DESIGN section 13: how the serving policy is learned from feedback and applied."""
+
+    mode: Literal["dry_run", "apply"] = Field(
+        default="dry_run",
+        description="dry_run: propose and report, serve nothing new; apply: serve the proposal "
+        "when it beats the active policy on held-out rows (`policy apply` does it on request)",
+    )
+    min_labels: PolicyMinimums = Field(default_factory=PolicyMinimums)
+    lookback_days: int = Field(default=90, ge=1, le=36500)
+    tp_retention: float = Field(default=0.95, gt=0.0, le=1.0)
+    blend_step: float = Field(default=0.1, gt=0.0, le=0.5)
+    blend_min: float = Field(default=0.1, ge=0.0, le=1.0)
+    blend_max: float = Field(default=0.7, ge=0.0, le=1.0)
+    blend_margin: float = Field(
+        default=0.05, ge=0.0, le=1.0, description="win-rate gap (ML-enhanced vs rule-only)"
+    )
+
+
 class Settings(_Strict):
     """Every tunable of the pipeline, with its default."""
 
@@ -277,6 +309,7 @@ class Settings(_Strict):
     full_retrain: FullRetrainSettings = Field(default_factory=FullRetrainSettings)
     triggers: TriggerSettings = Field(default_factory=TriggerSettings)
     analytics: AnalyticsSettings = Field(default_factory=AnalyticsSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
 
 
 def _format_validation_error(error: ValidationError, origin: str) -> str:

@@ -7,6 +7,7 @@ trade outcome and its rating. The A/B comparison reads the same relation.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -64,8 +65,10 @@ LEFT JOIN ratings r USING (prediction_id)
 LEFT JOIN stats_labels l USING (prediction_id)
 """
 
+WEEKLY_GROUPS = ("environment", "model_version", "variant")  # a week's rows, by default
+
 WEEKLY_SQL = f"""
-SELECT week, environment, model_version, variant,
+SELECT week, {{groups}}
        count(*) AS predictions,
        count(final_human) AS human_feedback,
        avg(accepted) AS accept_rate,
@@ -82,6 +85,15 @@ SELECT week, environment, model_version, variant,
 FROM {PREDICTION_FEEDBACK}
 GROUP BY ALL ORDER BY ALL
 """
+
+
+def weekly_sql(by: tuple[str, ...]) -> str:
+    """The weekly figures per week and ``by`` (any of WEEKLY_GROUPS, none for one row a week)."""
+    unknown = sorted(set(by) - set(WEEKLY_GROUPS))
+    if unknown:
+        raise ValueError(f"--by {', '.join(unknown)}: choose from {', '.join(WEEKLY_GROUPS)}")
+    return WEEKLY_SQL.format(groups="".join(f"{name}, " for name in by))
+
 
 FP_TREND_SQL = f"""
 SELECT week, environment, count(label) AS labeled, sum(1 - label) AS false_positives
@@ -129,6 +141,14 @@ class FeedbackStats:
     @property
     def predictions(self) -> int:
         return int(self.weekly["predictions"].sum()) if len(self.weekly) else 0
+
+    def as_dict(self) -> dict:
+        """JSON-ready: tables as lists of records (missing values as null, dates ISO-8601)."""
+        tables = {
+            name: json.loads(getattr(self, name).to_json(orient="records", date_format="iso"))
+            for name in ("weekly", "fp_trend", "segments", "note_terms")
+        }
+        return {"since": self.since.isoformat(), "as_of": self.as_of.isoformat(), **tables}
 
 
 def load_prediction_feedback(
@@ -214,12 +234,15 @@ def feedback_stats(
     settings: AnalyticsSettings,
     as_of: datetime,
     since: datetime | None = None,
+    by: tuple[str, ...] = WEEKLY_GROUPS,
 ) -> FeedbackStats:
-    """The weekly figures, the FP-rate trend per environment, effectiveness per segment and the
-    note terms that go with good and bad labels, over predictions in (``since``, ``as_of``]."""
+    """The weekly figures (per week and ``by``), the FP-rate trend per environment,
+    effectiveness per segment and the note terms that go with good and bad labels, over
+    predictions in (``since``, ``as_of``]."""
     since = since or as_of - timedelta(days=settings.since_days)
+    query = weekly_sql(by)
     load_prediction_feedback(con, labeling, as_of, since)
-    weekly = con.execute(WEEKLY_SQL).df()
+    weekly = con.execute(query).df()
     fp_trend = with_wilson_interval(
         con.execute(FP_TREND_SQL).df(), "false_positives", "labeled", settings.alpha, "fp_rate"
     )

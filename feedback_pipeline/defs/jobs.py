@@ -12,8 +12,9 @@ ingest_job = dg.define_asset_job(
     description="Land new files into raw.* and rebuild labeled.labeled_outcomes.",
 )
 
-# The retrain graph: every asset but the backtest, which replays history on its own schedule.
-RETRAIN_GRAPH = dg.AssetSelection.all() - dg.AssetSelection.groups("backtest")
+# The retrain graph: every asset but the backtest (it replays history on its own schedule) and
+# the analytics (daily, on their own schedule).
+RETRAIN_GRAPH = dg.AssetSelection.all() - dg.AssetSelection.groups("backtest", "analytics")
 
 retrain_job = dg.define_asset_job(
     "retrain_job",
@@ -34,4 +35,10 @@ backtest_job = dg.define_asset_job(
     description="Replay the retraining policy over history against its baselines.",
 )
 
-jobs = [ingest_job, retrain_job, full_retrain_job, backtest_job]
+analytics_job = dg.define_asset_job(
+    "analytics_job",
+    selection=dg.AssetSelection.groups("analytics"),
+    description="Weekly feedback stats, the configured A/B comparison and the next serving policy.",
+)
+
+jobs = [ingest_job, retrain_job, full_retrain_job, backtest_job, analytics_job]

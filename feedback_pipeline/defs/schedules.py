@@ -1,16 +1,17 @@
-"""Weekly retrain and monthly full retrain (DESIGN section 9); crons come from settings."""
+"""Weekly retrain, monthly full retrain (DESIGN section 9) and daily analytics (section 13);
+crons come from settings."""
 
 from __future__ import annotations
 
 import dagster as dg
 
-from feedback_pipeline.defs.jobs import full_retrain_job, retrain_job
+from feedback_pipeline.defs.jobs import analytics_job, full_retrain_job, retrain_job
 from feedback_pipeline.defs.run_context import run_context_config
 from feedback_pipeline.settings import TriggerSettings
 
 
 def scheduled_retrain(context: dg.ScheduleEvaluationContext, trigger: str, full: bool):
-    """A retrain as of the scheduled time; the run key makes each tick fire once."""
+    """A run as of the scheduled time; the run key makes each tick fire once."""
     as_of = context.scheduled_execution_time.isoformat()
     return dg.RunRequest(
         run_key=f"{trigger}:{as_of}",
@@ -42,4 +43,15 @@ def build_schedules(triggers: TriggerSettings) -> list[dg.ScheduleDefinition]:
     def monthly_full_retrain_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
         return scheduled_retrain(context, "monthly", full=True)
 
-    return [weekly_retrain_schedule, monthly_full_retrain_schedule]
+    @dg.schedule(
+        name="daily_analytics_schedule",
+        cron_schedule=triggers.analytics_cron,
+        job=analytics_job,
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Feedback stats, the A/B comparison and the next serving policy, daily.",
+    )
+    def daily_analytics_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+        return scheduled_retrain(context, "analytics", full=False)
+
+    return [weekly_retrain_schedule, monthly_full_retrain_schedule, daily_analytics_schedule]

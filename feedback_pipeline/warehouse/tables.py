@@ -14,6 +14,7 @@ LABELED_OUTCOMES_INFO = "labeled.labeled_outcomes_info"
 TRAINING_SET = "training.training_set"
 TRAINING_SET_INFO = "training.training_set_info"
 RETRAINING_EVENTS = "ops.retraining_events"
+SERVING_POLICIES = "ops.serving_policies"
 BACKTEST_PERIODS = "backtest.periods"
 BACKTEST_PREDICTIONS = "backtest.predictions"
 

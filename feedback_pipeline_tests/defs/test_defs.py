@@ -16,7 +16,8 @@ RETRAIN_ASSETS = INGEST_ASSETS | {
     "evaluation_report",
     "champion_model",
 }
-ASSETS = RETRAIN_ASSETS | {"backtest_report"}
+ANALYTICS_ASSETS = {"feedback_stats", "ab_comparison", "serving_policy"}
+ASSETS = RETRAIN_ASSETS | ANALYTICS_ASSETS | {"backtest_report"}
 
 
 def test_definitions_load():
@@ -33,6 +34,7 @@ def test_assets_and_groups():
     assert groups["challenger_models"] == "training"
     assert groups["champion_model"] == "evaluation"
     assert groups["backtest_report"] == "backtest"
+    assert {groups[name] for name in ANALYTICS_ASSETS} == {"analytics"}
 
 
 def asset_nodes(job_name: str) -> set[str]:
@@ -44,6 +46,16 @@ def test_jobs_select_the_right_assets():
     assert asset_nodes("retrain_job") == RETRAIN_ASSETS
     assert asset_nodes("full_retrain_job") == RETRAIN_ASSETS
     assert asset_nodes("backtest_job") == {"backtest_report"}
+    assert asset_nodes("analytics_job") == ANALYTICS_ASSETS
+
+
+def test_schedules_run_the_retrains_and_the_daily_analytics():
+    schedules = {s.name: (s.job_name, s.cron_schedule) for s in defs.schedules}
+    assert schedules == {
+        "weekly_retrain_schedule": ("retrain_job", "0 3 * * 1"),
+        "monthly_full_retrain_schedule": ("full_retrain_job", "0 4 1 * *"),
+        "daily_analytics_schedule": ("analytics_job", "0 5 * * *"),
+    }
 
 
 def test_full_retrain_job_runs_all_families_over_the_wide_window_by_default():

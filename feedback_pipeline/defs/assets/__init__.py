@@ -1,3 +1,4 @@
+from feedback_pipeline.defs.assets.analytics import ab_comparison, feedback_stats, serving_policy
 from feedback_pipeline.defs.assets.backtest import backtest_report
 from feedback_pipeline.defs.assets.evaluation import champion_model, evaluation_report
 from feedback_pipeline.defs.assets.ingest import (
@@ -18,4 +19,7 @@ assets = [
     evaluation_report,
     champion_model,
     backtest_report,
+    feedback_stats,
+    ab_comparison,
+    serving_policy,
 ]

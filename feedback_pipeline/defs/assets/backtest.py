@@ -1,6 +1,5 @@
 """The backtest as an asset: replay the retraining policy with its baselines (DESIGN 12)."""
 
-import base64
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from feedback_pipeline.backtest.replay import (
     backtest_into,
     default_start,
 )
+from feedback_pipeline.defs.metadata import png_markdown
 from feedback_pipeline.defs.resources import MlflowRegistryResource, WarehouseResource
 from feedback_pipeline.defs.run_context import WAREHOUSE_POOL, RunContextResource
 from feedback_pipeline.registry.mlflow_registry import Registry
@@ -69,15 +69,12 @@ def backtest_report(
         plan,
         context.log.info,
     )
-    plot = "data:image/png;base64," + base64.b64encode(summary.plot_path.read_bytes()).decode()
     return dg.MaterializeResult(
         metadata={
             "backtest_id": summary.backtest_id,
             "periods": len(summary.periods["period_start"].unique()),
             "summary": dg.MetadataValue.md(markdown(summary.overall)),
-            "accuracy_per_period": dg.MetadataValue.md(
-                f"![accuracy](data:image/png;base64,{plot})"
-            ),
+            "accuracy_per_period": png_markdown(summary.plot_path.read_bytes(), "accuracy"),
             "mlflow_run_id": run_id,
         }
     )

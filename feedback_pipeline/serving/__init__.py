@@ -1,0 +1,1 @@
+"""The serving policy: learned from feedback, versioned, applied through the registry."""

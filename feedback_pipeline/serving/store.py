@@ -1,0 +1,303 @@
+"""``ops.serving_policies``: every serving policy version, proposed, applied or rolled back.
+
+It follows the gate's pattern: a proposal is recorded (dry run) and served only when applied, on
+request or by setting; a rollback serves the version applied before it again (or the default,
+version 0). Applying publishes the policy to the registry (``Registry.publish_policy``), so a
+fresh load of ``models:/feedback_model@champion`` serves it, and appends to the ledger.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from feedback_pipeline.promotion import ledger
+from feedback_pipeline.registry.mlflow_registry import CHAMPION, Registry
+from feedback_pipeline.registry.served_policy import default_policy
+from feedback_pipeline.serving.stages import PolicyProposal, PolicyRows, StageResult, stage_table
+from feedback_pipeline.vocabulary import HOLDOUT_SOURCES, OUTCOMES
+from feedback_pipeline.warehouse.connection import transaction
+from feedback_pipeline.warehouse.tables import LABELED_OUTCOMES, SERVING_POLICIES
+
+DDL = f"""
+CREATE TABLE IF NOT EXISTS {SERVING_POLICIES} (
+    policy_version INTEGER PRIMARY KEY,
+    created_at TIMESTAMP NOT NULL,
+    status VARCHAR NOT NULL,          -- proposed | active | superseded | rolled_back
+    model_version VARCHAR,            -- the champion it was fitted for
+    policy JSON NOT NULL,             -- the values, as the served model reads them
+    reason VARCHAR NOT NULL,
+    stages JSON,                      -- per stage: ran, changed, reason, before, after
+    metrics_before JSON,              -- the policy it would replace, on held-out rows
+    metrics_after JSON,               -- this policy on the same rows
+    applied_at TIMESTAMP,
+    mlflow_run_id VARCHAR,            -- the run holding serving_policy.json once applied
+    rolled_back_at TIMESTAMP,
+    rollback_reason VARCHAR,
+    dagster_run_id VARCHAR
+);
+"""
+
+
+class PolicyError(ValueError):
+    """A policy command that cannot be carried out; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class PolicyChange:
+    old_version: int
+    new_version: int
+    reason: str
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def ensure_table(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(DDL)
+
+
+def active_policy(con: duckdb.DuckDBPyConnection) -> dict:
+    """The policy being served (the default, version 0, when none was applied)."""
+    ensure_table(con)
+    rows = con.execute(f"SELECT policy FROM {SERVING_POLICIES} WHERE status = 'active'").fetchall()
+    return json.loads(rows[0][0]) if rows else default_policy()
+
+
+def history(con: duckdb.DuckDBPyConnection, limit: int = 20) -> pd.DataFrame:
+    ensure_table(con)
+    return con.execute(
+        f"""
+        SELECT policy_version, status, model_version,
+               strftime(created_at, '%Y-%m-%d %H:%M:%S') AS created_at,
+               strftime(applied_at, '%Y-%m-%d %H:%M:%S') AS applied_at,
+               round(policy->>'$.threshold', 4) AS threshold,
+               policy->>'$.blend_weight' AS blend_weight,
+               coalesce(policy->>'$.calibration.method', '-') AS calibration,
+               (policy->'$.rule_weights' IS NOT NULL
+                AND policy->>'$.rule_weights' <> 'null') AS rule_weights,
+               coalesce(rollback_reason, reason) AS reason
+        FROM {SERVING_POLICIES} ORDER BY policy_version DESC LIMIT {int(limit)}
+        """
+    ).df()
+
+
+@dataclass(frozen=True)
+class ProposalSummary:
+    """The newest proposal: its version, status and what each stage did."""
+
+    version: int
+    status: str
+    reason: str
+    stages: pd.DataFrame  # stage, ran, changed, fitted_rows, before, after, reason
+    metrics_before: dict[str, float]
+    metrics_after: dict[str, float]
+
+
+def latest_proposal(con: duckdb.DuckDBPyConnection) -> ProposalSummary | None:
+    ensure_table(con)
+    rows = con.execute(
+        f"""SELECT policy_version, status, reason, stages, metrics_before, metrics_after
+            FROM {SERVING_POLICIES} WHERE stages IS NOT NULL
+            ORDER BY policy_version DESC LIMIT 1"""
+    ).fetchall()
+    if not rows:
+        return None
+    version, status, reason, stages, before, after = rows[0]
+    results = [StageResult(**stage) for stage in json.loads(stages)]
+    return ProposalSummary(
+        int(version), status, reason, stage_table(results), json.loads(before), json.loads(after)
+    )
+
+
+def load_policy_rows(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    as_of: datetime,
+    lookback_days: int,
+) -> tuple[PolicyRows, str, str]:
+    """Matured outcome and explicit labels the champion's procedure never trained on, with
+    its probability; returns (rows, champion version, champion run id).
+
+    A refit champion has trained on every matured label, so its rows are scored by the
+    candidate it is a refit of (the same procedure, without the newest rows): the policy is
+    fitted on that candidate's out-of-sample scores and applied to the refit."""
+    champion = registry.alias_version(CHAMPION)
+    if champion is None:
+        raise PolicyError("no champion yet: run retrain_job first; a policy is for a model")
+    tags = registry.version_tags(champion)
+    scorer = tags.get("refit_of") or champion
+    scorer_tags = tags if scorer == champion else registry.version_tags(scorer)
+    watermark = scorer_tags.get("data_watermark")
+    features = json.loads(tags["features"])
+    structure = json.dumps({name: "DOUBLE" for name in features})
+    frame = con.execute(
+        f"""
+        SELECT unnest(json_transform(features, '{structure}')), rule_confidence,
+               ml_enhanced::DOUBLE AS ml_enhanced, label,
+               CASE WHEN list_contains($outcomes, deciding_signal)
+                    THEN (deciding_signal = 'win')::DOUBLE END AS won
+        FROM {LABELED_OUTCOMES}
+        WHERE list_contains($sources, label_source) AND labeled_at <= $as_of
+          AND predicted_at > $since
+          AND ($watermark IS NULL OR labeled_at > $watermark::TIMESTAMP)
+        ORDER BY predicted_at, prediction_id
+        """,
+        {
+            "outcomes": list(OUTCOMES),
+            "sources": list(HOLDOUT_SOURCES),
+            "as_of": as_of,
+            "since": as_of - timedelta(days=lookback_days),
+            "watermark": None if watermark in (None, "None") else watermark,
+        },
+    ).df()
+    probability = (
+        registry.predict_probability(scorer, frame[features]).to_numpy(dtype=float)
+        if len(frame)
+        else np.array([])
+    )
+    rows = PolicyRows(
+        frame=frame[[*features, "rule_confidence"]],
+        probability=probability,
+        y=frame["label"].to_numpy(dtype=int),
+        ml_enhanced=frame["ml_enhanced"].to_numpy(dtype=float),
+        won=frame["won"].to_numpy(dtype=float),
+        features=features,
+    )
+    return rows, champion, registry.run_id(champion)
+
+
+def record_proposal(
+    con: duckdb.DuckDBPyConnection,
+    proposal: PolicyProposal,
+    model_version: str,
+    dagster_run_id: str | None = None,
+) -> int:
+    """Store ``proposal`` as the next version, status ``proposed``; returns its version."""
+    ensure_table(con)
+    with transaction(con):
+        version = con.execute(
+            f"SELECT coalesce(max(policy_version), 0) + 1 FROM {SERVING_POLICIES}"
+        ).fetchall()[0][0]
+        reason = proposal.verdict()
+        con.execute(
+            f"INSERT INTO {SERVING_POLICIES} (policy_version, created_at, status, model_version, "
+            "policy, reason, stages, metrics_before, metrics_after, dagster_run_id) "
+            "VALUES (?, ?, 'proposed', ?, ?, ?, ?, ?, ?, ?)",
+            [
+                version,
+                _now(),
+                model_version,
+                json.dumps({**proposal.policy, "version": version}),
+                reason,
+                json.dumps(proposal.as_dict()["stages"], default=float),
+                json.dumps(proposal.before),
+                json.dumps(proposal.after),
+                dagster_run_id,
+            ],
+        )
+    return int(version)
+
+
+def _version_row(con: duckdb.DuckDBPyConnection, version: int) -> tuple[str, dict]:
+    rows = con.execute(
+        f"SELECT status, policy FROM {SERVING_POLICIES} WHERE policy_version = ?", [version]
+    ).fetchall()
+    if not rows:
+        raise PolicyError(
+            f"no serving policy version {version}: see `feedback-pipeline policy history`"
+        )
+    return rows[0][0], json.loads(rows[0][1])
+
+
+def apply_policy(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    version: int | None,
+    reason: str,
+    trigger: str = "cli",
+    dagster_run_id: str | None = None,
+) -> PolicyChange:
+    """Serve policy ``version`` (default: the newest proposal): publish it to the registry,
+    mark it active (the previous one superseded) and append to the ledger."""
+    ensure_table(con)
+    if version is None:
+        rows = con.execute(
+            f"SELECT max(policy_version) FROM {SERVING_POLICIES} WHERE status = 'proposed'"
+        ).fetchall()
+        if rows[0][0] is None:
+            raise PolicyError("no proposed serving policy: materialize serving_policy first")
+        version = int(rows[0][0])
+    status, policy = _version_row(con, version)
+    if status == "active":
+        raise PolicyError(f"serving policy v{version} is already active")
+    old = int(active_policy(con)["version"])
+    with transaction(con):
+        run_id = registry.publish_policy(policy)  # MLflow first: if it fails, nothing changes
+        con.execute(f"UPDATE {SERVING_POLICIES} SET status = 'superseded' WHERE status = 'active'")
+        con.execute(
+            f"UPDATE {SERVING_POLICIES} SET status = 'active', applied_at = ?, mlflow_run_id = ?, "
+            "rolled_back_at = NULL, rollback_reason = NULL WHERE policy_version = ?",
+            [_now(), run_id, version],
+        )
+        ledger.append_event(
+            con,
+            "policy_applied",
+            f"serving policy v{old} -> v{version}: {reason}",
+            promoted=False,
+            old_version=None,
+            new_version=None,
+            trigger=trigger,
+            metrics={"policy_before": old, "policy_after": version},
+            dagster_run_id=dagster_run_id,
+        )
+    return PolicyChange(old, version, reason)
+
+
+def rollback_policy(
+    con: duckdb.DuckDBPyConnection, registry: Registry, reason: str
+) -> PolicyChange:
+    """Stop serving the active policy: the one applied before it is served again (or the
+    default, version 0), without a retrain."""
+    ensure_table(con)
+    current = int(active_policy(con)["version"])
+    if current == 0:
+        raise PolicyError("no serving policy is applied: nothing to roll back")
+    previous = con.execute(
+        f"""SELECT policy_version, policy FROM {SERVING_POLICIES}
+            WHERE status = 'superseded' AND applied_at IS NOT NULL
+            ORDER BY applied_at DESC LIMIT 1"""
+    ).fetchall()
+    with transaction(con):
+        if previous:
+            run_id = registry.publish_policy(json.loads(previous[0][1]))
+            con.execute(
+                f"UPDATE {SERVING_POLICIES} SET status = 'active', mlflow_run_id = ? "
+                "WHERE policy_version = ?",
+                [run_id, previous[0][0]],
+            )
+        else:
+            registry.clear_policy()
+        con.execute(
+            f"UPDATE {SERVING_POLICIES} SET status = 'rolled_back', rolled_back_at = ?, "
+            "rollback_reason = ? WHERE policy_version = ?",
+            [_now(), reason, current],
+        )
+        new = int(previous[0][0]) if previous else 0
+        ledger.append_event(
+            con,
+            "policy_rolled_back",
+            f"serving policy v{current} -> v{new}: {reason}",
+            promoted=False,
+            old_version=None,
+            new_version=None,
+            trigger="cli",
+            metrics={"policy_before": current, "policy_after": new},
+        )
+    return PolicyChange(current, new, reason)
