@@ -230,7 +230,7 @@ def _ab(args: argparse.Namespace) -> int:
     as_of = parse_as_of(args.as_of)
     con = _open_warehouse(args.data_dir, read_only=True)
     try:
-        results = ab_compare(
+        comparison = ab_compare(
             con,
             settings.labeling,
             settings.analytics,
@@ -244,9 +244,11 @@ def _ab(args: argparse.Namespace) -> int:
     finally:
         con.close()
     if args.json:
-        _print_json([r.as_dict() for r in results])
+        _print_json(comparison.as_dict())
         return 0
-    for r in results:
+    for metric, why in comparison.skipped.items():
+        print(f"{metric}: skipped ({why})")
+    for r in comparison.results:
         print(
             f"{r.metric} ({r.by} {r.treatment} vs {r.control}, {r.test}): "
             f"{r.control_value:.4g} (n={r.n_control:,}) -> {r.treatment_value:.4g} "

@@ -39,7 +39,20 @@ def test_demo_then_retrain_job_and_materialize_all_with_no_config_move_no_alias(
     assert "Laid down a demo landing zone" in demo.stdout
     assert "retrain_job succeeded" in demo.stdout
     assert "This run's decision: promoted" in demo.stdout  # a fresh registry: first champion
-    assert "models:/feedback_model@champion loads and predicts" in demo.stdout
+    # The analytics: weekly stats, a recommendation per policy stage, one A/B comparison, and
+    # the champion serving the policy's columns (one row falls back to rule_confidence).
+    assert "analytics_job succeeded" in demo.stdout
+    assert "## Weekly" in demo.stdout and "## Note terms of good and bad labels" in demo.stdout
+    assert "newest proposal: v1 (proposed;" in demo.stdout
+    for stage in ("threshold", "rule_weights", "recalibration", "blend_weight"):
+        assert f"| {stage} " in demo.stdout
+    assert "accept_rate (variant B vs A, two-proportion z-test)" in demo.stdout
+    assert "models:/feedback_model@champion loads and serves the active policy" in demo.stdout
+    served_header = demo.stdout.split("loads and serves the active policy")[1].splitlines()[1]
+    assert served_header.split() == [
+        "probability", "calibrated", "blended_confidence", "decision", "fallback",
+        "policy_version",
+    ]  # fmt: skip
     # The champion is scored on exactly the features its signature names.
     assert "not defined in the model signature" not in output
     registry = local_registry(data_dir)
@@ -61,6 +74,12 @@ def test_demo_then_retrain_job_and_materialize_all_with_no_config_move_no_alias(
     ).fetchall()
     con.close()
     assert ledger == [(True, "demo"), (False, "manual"), (False, "manual")]
+    con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)
+    proposals = con.execute(
+        "SELECT policy_version, status FROM ops.serving_policies ORDER BY 1"
+    ).fetchall()
+    con.close()
+    assert proposals == [(1, "proposed"), (2, "proposed")]  # dry run: nothing served unasked
     con = duckdb.connect(str(data_dir / "backtest" / "warehouse.duckdb"), read_only=True)
     policies = con.execute("SELECT DISTINCT policy FROM backtest.periods").fetchall()
     con.close()

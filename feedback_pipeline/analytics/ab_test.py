@@ -37,6 +37,10 @@ METRICS: dict[str, tuple[str, Literal["rate", "mean"], bool]] = {
 Recommendation = Literal["adopt", "keep control", "keep collecting"]
 
 
+class TooFewSamples(ValueError):
+    """An arm has fewer than two samples of a metric."""
+
+
 @dataclass(frozen=True)
 class ABResult:
     metric: str
@@ -113,7 +117,7 @@ def compare_arms(
     _, kind, higher_is_better = METRICS[metric]
     n_c, n_t = len(control), len(treatment)
     if min(n_c, n_t) < 2:
-        raise ValueError(
+        raise TooFewSamples(
             f"{metric}: {names[0]} has {n_c} and {names[1]} has {n_t} samples with this kind of "
             f"feedback; an A/B comparison needs at least 2 per arm (check --{by} and the arms)"
         )
@@ -173,6 +177,17 @@ def compare_arms(
     )
 
 
+@dataclass(frozen=True)
+class ABComparison:
+    """The metrics compared, and those skipped for too few samples (metric -> why)."""
+
+    results: list[ABResult]
+    skipped: dict[str, str]
+
+    def as_dict(self) -> dict:
+        return {"results": [r.as_dict() for r in self.results], "skipped": self.skipped}
+
+
 def ab_compare(
     con: duckdb.DuckDBPyConnection,
     labeling: LabelingSettings,
@@ -183,24 +198,32 @@ def ab_compare(
     metrics: list[ABMetric],
     by: str = "variant",
     since: datetime | None = None,
-) -> list[ABResult]:
-    """Compare two arms on each metric; with several metrics the p-values are also adjusted
-    for the many comparisons (Benjamini-Hochberg) and the recommendation uses the adjusted one."""
+) -> ABComparison:
+    """Compare two arms on each metric that has samples in both (a metric without, say no
+    ratings yet, is skipped with the reason; none comparable is an error). With several metrics
+    the p-values are also adjusted for the many comparisons (Benjamini-Hochberg) and the
+    recommendation uses the adjusted one."""
     since = since or as_of - timedelta(days=settings.since_days)
     load_prediction_feedback(con, labeling, as_of, since)
-    results = [
-        compare_arms(
-            arm_values(con, metric, by, control),
-            arm_values(con, metric, by, treatment),
-            metric,
-            settings,
-            by,
-            (control, treatment),
-        )
-        for metric in metrics
-    ]
+    results, skipped = [], {}
+    for metric in metrics:
+        try:
+            results.append(
+                compare_arms(
+                    arm_values(con, metric, by, control),
+                    arm_values(con, metric, by, treatment),
+                    metric,
+                    settings,
+                    by,
+                    (control, treatment),
+                )
+            )
+        except TooFewSamples as error:
+            skipped[metric] = str(error)
+    if not results:
+        raise TooFewSamples("; ".join(skipped.values()))
     if len(results) < 2:
-        return results
+        return ABComparison(results, skipped)
     adjusted = false_discovery_control([r.p_value for r in results], method="bh")
     out = []
     for result, p_adjusted in zip(results, adjusted, strict=True):
@@ -222,4 +245,4 @@ def ab_compare(
                 }
             )
         )
-    return out
+    return ABComparison(out, skipped)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 
 import matplotlib
+import numpy as np
 import pandas as pd
+from sklearn.calibration import CalibrationDisplay
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -30,4 +32,17 @@ def fp_trend_png(fp_trend: pd.DataFrame) -> bytes:
         ax.fill_between(weeks, rows["fp_rate_low"], rows["fp_rate_high"], alpha=0.2)
     ax.set(title="Weekly FP rate (95% Wilson interval)", ylabel="FP rate", ylim=(0, 1))
     ax.legend()
+    return png_bytes(figure)
+
+
+def reliability_png(y: np.ndarray, scores: dict[str, np.ndarray], n_bins: int = 10) -> bytes:
+    """Reliability diagram (scikit-learn's CalibrationDisplay) of each named score on the same
+    labeled rows: the held-out rows of a serving-policy proposal, current vs proposed."""
+    figure, ax = plt.subplots(figsize=(5, 4.5))
+    for name, score in scores.items():
+        known = np.isfinite(score)
+        CalibrationDisplay.from_predictions(
+            y[known], score[known], n_bins=n_bins, strategy="quantile", name=name, ax=ax
+        )
+    ax.set(title=f"Held-out rows ({len(y)}): reliability")
     return png_bytes(figure)

@@ -77,6 +77,8 @@ class PolicyProposal:
     after: dict[str, float]  # the proposal on the same rows
     rows: int
     held_out_rows: int
+    held_out_y: np.ndarray = field(repr=False, default_factory=lambda: np.array([]))
+    held_out_scores: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
 
     @property
     def changed(self) -> bool:
@@ -202,7 +204,7 @@ def blend_step(
 ) -> tuple[float, str]:
     """The trading rule: +step when ML-enhanced signals win more often than rule-only ones by
     more than the margin, -step when they lose by more, clamped to [blend_min, blend_max]."""
-    gap = ml_win_rate - rule_win_rate
+    gap = round(ml_win_rate - rule_win_rate, 9)  # exactly the margin is within it
     if gap > settings.blend_margin:
         step, why = settings.blend_step, "ML-enhanced signals win more"
     elif gap < -settings.blend_margin:
@@ -367,14 +369,21 @@ def propose_policy(
             n, before, after,
         )  # fmt: skip
 
+    served_now = _served(held_out, current, model_run_id)
+    served_next = _served(held_out, policy, model_run_id)
     return PolicyProposal(
         policy=policy,
         current=current,
         stages=tuple(results[name] for name in STAGES),
-        before=decision_metrics(held_out.y, _served(held_out, current, model_run_id)),
-        after=decision_metrics(held_out.y, _served(held_out, policy, model_run_id)),
+        before=decision_metrics(held_out.y, served_now),
+        after=decision_metrics(held_out.y, served_next),
         rows=len(rows),
         held_out_rows=len(held_out),
+        held_out_y=held_out.y,
+        held_out_scores={
+            "current": served_now["blended_confidence"].to_numpy(),
+            "proposed": served_next["blended_confidence"].to_numpy(),
+        },
     )
 
 

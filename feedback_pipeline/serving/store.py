@@ -77,11 +77,11 @@ def history(con: duckdb.DuckDBPyConnection, limit: int = 20) -> pd.DataFrame:
         SELECT policy_version, status, model_version,
                strftime(created_at, '%Y-%m-%d %H:%M:%S') AS created_at,
                strftime(applied_at, '%Y-%m-%d %H:%M:%S') AS applied_at,
-               round(policy->>'$.threshold', 4) AS threshold,
-               policy->>'$.blend_weight' AS blend_weight,
-               coalesce(policy->>'$.calibration.method', '-') AS calibration,
-               (policy->'$.rule_weights' IS NOT NULL
-                AND policy->>'$.rule_weights' <> 'null') AS rule_weights,
+               round(json_extract_string(policy, '$.threshold')::DOUBLE, 4) AS threshold,
+               json_extract_string(policy, '$.blend_weight')::DOUBLE AS blend_weight,
+               coalesce(json_extract_string(policy, '$.calibration.method'), '-') AS calibration,
+               coalesce(json_extract_string(policy, '$.rule_weights'), 'null') <> 'null'
+                   AS rule_weights,
                coalesce(rollback_reason, reason) AS reason
         FROM {SERVING_POLICIES} ORDER BY policy_version DESC LIMIT {int(limit)}
         """

@@ -20,6 +20,7 @@ from feedback_pipeline.registry.mlflow_registry import (
     default_tracking_uri,
     local_registry,
 )
+from feedback_pipeline.registry.served_policy import OUTPUT_COLUMNS
 from feedback_pipeline_tests.conftest import SIMULATED_AS_OF
 
 AS_OF = SIMULATED_AS_OF.isoformat() + "Z"
@@ -58,10 +59,12 @@ def test_retrain_job_leaves_a_loadable_champion_and_a_ledger_row(retrained):
     mlflow.set_tracking_uri(default_tracking_uri(data_dir))
     champion = mlflow.pyfunc.load_model("models:/feedback_model@champion")
     columns = champion.metadata.get_input_schema().input_names()
-    assert columns == sorted(columns) and "momentum" in columns
+    # the features, sorted, then the caller's rule score (the serving policy's fallback)
+    assert columns[:-1] == sorted(columns[:-1]) and "momentum" in columns
+    assert columns[-1] == "rule_confidence"
     scores = champion.predict(pd.DataFrame([{name: 0.1 for name in columns}] * 3))
-    assert list(scores.columns) == ["probability"]
-    assert scores["probability"].between(0, 1).all()
+    assert list(scores.columns) == list(OUTPUT_COLUMNS)
+    assert scores["probability"].between(0, 1).all() and not scores["fallback"].any()
 
     (event,) = ledger(data_dir)
     assert event[:2] == ("retrain", "weekly")

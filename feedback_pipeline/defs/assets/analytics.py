@@ -1,11 +1,12 @@
 """Feedback analytics and the serving policy (DESIGN section 13)."""
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 
 from feedback_pipeline.analytics.ab_test import ab_compare
 from feedback_pipeline.analytics.feedback_stats import feedback_stats as compute_feedback_stats
-from feedback_pipeline.analytics.plots import fp_trend_png
+from feedback_pipeline.analytics.plots import fp_trend_png, reliability_png
 from feedback_pipeline.defs.metadata import png_markdown
 from feedback_pipeline.defs.resources import MlflowRegistryResource, WarehouseResource
 from feedback_pipeline.defs.run_context import WAREHOUSE_POOL, RunContextResource
@@ -65,7 +66,7 @@ def ab_comparison(
     analytics = settings.analytics
     with warehouse.connect(read_only=True) as con:
         try:
-            results = ab_compare(
+            comparison = ab_compare(
                 con,
                 settings.labeling,
                 analytics,
@@ -77,12 +78,15 @@ def ab_comparison(
             )
         except ValueError as error:
             raise dg.Failure(description=f"ab_comparison: {error}") from None
-    table = pd.DataFrame([r.as_dict() for r in results])
+    table = pd.DataFrame([r.as_dict() for r in comparison.results])
     return dg.MaterializeResult(
         metadata={
             "comparison": f"{analytics.ab_by} {analytics.ab_treatment} vs {analytics.ab_control}",
             "results": dg.MetadataValue.md(markdown(table)),
-            "recommendations": dg.MetadataValue.json({r.metric: r.recommendation for r in results}),
+            "recommendations": dg.MetadataValue.json(
+                {r.metric: r.recommendation for r in comparison.results}
+            ),
+            "skipped": dg.MetadataValue.json(comparison.skipped),
         }
     )
 
@@ -149,5 +153,15 @@ def serving_policy(
                 )
             ),
             "policy": dg.MetadataValue.json(proposal.policy),
+            **(
+                {
+                    "reliability": png_markdown(
+                        reliability_png(proposal.held_out_y, proposal.held_out_scores),
+                        "reliability of the blended confidence, current vs proposed",
+                    )
+                }
+                if len(np.unique(proposal.held_out_y)) == 2
+                else {}
+            ),
         }
     )
