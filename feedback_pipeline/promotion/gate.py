@@ -89,21 +89,29 @@ def _decide(gate, holdout_rows, challenger, champion, deltas, majority_accuracy)
             f"holdout has {holdout_rows} rows, fewer than min_holdout_rows={gate.min_holdout_rows}",
             checks={"holdout_size": False},
         )
+    # The floor every champion must clear, on holdout labels it never trained on: beat the
+    # majority class, with AUC >= cold_start_min_auc. Comparing procedures like with like
+    # cannot catch a broken training set (a label bug fits the champion's procedure on the same
+    # noise), so a model of noise is refused here, whatever the comparison says.
+    beats_majority = challenger["accuracy"] > majority_accuracy
+    auc_ok = challenger["roc_auc"] >= gate.cold_start_min_auc
+    floor = {"beats_majority_class": beats_majority, "min_auc": auc_ok}
+    summary = (
+        f"accuracy {challenger['accuracy']:.3f} vs majority class "
+        f"{majority_accuracy:.3f}, AUC {challenger['roc_auc']:.3f} (needs >= "
+        f"{gate.cold_start_min_auc})"
+    )
     if champion is None:
-        beats_majority = challenger["accuracy"] > majority_accuracy
-        auc_ok = challenger["roc_auc"] >= gate.cold_start_min_auc
-        checks = {"beats_majority_class": beats_majority, "min_auc": auc_ok}
-        summary = (
-            f"accuracy {challenger['accuracy']:.3f} vs majority class "
-            f"{majority_accuracy:.3f}, AUC {challenger['roc_auc']:.3f} (needs >= "
-            f"{gate.cold_start_min_auc})"
-        )
         if beats_majority and auc_ok:
             return Decision(
-                True, True, f"no champion yet; challenger qualifies: {summary}", "accuracy", checks
+                True, True, f"no champion yet; challenger qualifies: {summary}", "accuracy", floor
             )
         return Decision(
-            False, False, f"no champion yet; challenger does not qualify: {summary}", None, checks
+            False, False, f"no champion yet; challenger does not qualify: {summary}", None, floor
+        )
+    if not (beats_majority and auc_ok):
+        return Decision(
+            False, False, f"challenger is below the floor of any champion: {summary}", None, floor
         )
 
     assert deltas is not None

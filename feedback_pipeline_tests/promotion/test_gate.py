@@ -24,6 +24,17 @@ CHAMPION = metrics(0.70, 0.70, 0.75)
 CASES = [
     # (name, gate overrides, holdout rows, challenger, champion, deltas, majority, promote, reason)
     (
+        "a champion's procedure fit on the same noise: not worse, but below the floor",
+        {"rule": "non_inferiority"},
+        500,
+        metrics(0.52, 0.5, 0.51),
+        metrics(0.52, 0.5, 0.51),
+        {k: {"delta": 0.0, "low": 0.0, "high": 0.0} for k in ("accuracy", "f1_weighted")},
+        0.55,
+        False,
+        "challenger is below the floor of any champion: accuracy 0.520 vs majority class 0.550",
+    ),
+    (
         "cold start qualifies",
         {},
         500,
