@@ -220,11 +220,14 @@ class TriggerSettings(_Strict):
     analytics_cron: str = Field(
         default="0 5 * * *", description="feedback stats, A/B comparison and serving policy"
     )
+    monitoring_cron: str = Field(
+        default="30 5 * * *", description="feature drift, live performance, serving health"
+    )
     new_labels_threshold: int = Field(default=500, ge=1)
     landing_interval_seconds: int = Field(default=60, ge=5)
     new_labels_interval_seconds: int = Field(default=300, ge=5)
 
-    @field_validator("weekly_cron", "monthly_cron", "analytics_cron")
+    @field_validator("weekly_cron", "monthly_cron", "analytics_cron", "monitoring_cron")
     @classmethod
     def _valid_cron(cls, value: str) -> str:
         if len(value.split()) != 5 or not croniter.is_valid(value):
@@ -296,6 +299,42 @@ class ServingSettings(_Strict):
     )
 
 
+class MonitoringSettings(_Strict):
+    """DESIGN section 14: drift, live performance and serving health, and when they retrain."""
+
+    reference_days: int = Field(
+        default=28, ge=1, le=3650,
+        description="the drift reference: the last days of the champion's training window",
+    )  # fmt: skip
+    recent_days: int = Field(default=7, ge=1, le=365, description="the monitoring assets' window")
+    window_days: int = Field(default=1, ge=1, le=90, description="one window of the sensor")
+    windows: int = Field(default=3, ge=1, le=60, description="n: the sensor's last n windows")
+    windows_required: int = Field(default=2, ge=1, description="k of those n must degrade")
+    min_window_rows: int = Field(default=100, ge=10, description="fewer rows: not judged")
+    psi_threshold: float = Field(default=0.2, gt=0.0, description="PSI above this is drift")
+    ks_threshold: float = Field(default=0.1, gt=0.0, lt=1.0, description="reported beside PSI")
+    bins: int = Field(default=10, ge=2, le=100, description="reference quantile bins for PSI")
+    accuracy_drop: float = Field(
+        default=0.05, gt=0.0, lt=1.0,
+        description="live accuracy this far below the reference period's is degradation",
+    )  # fmt: skip
+    min_labeled_rows: int = Field(default=50, ge=10, description="labels a window needs")
+    alpha: float = Field(
+        default=0.01, gt=0.0, lt=0.5, description="an accuracy drop must be this significant"
+    )
+    sla_mean_latency_ms: float = Field(default=75.0, gt=0.0)
+    sla_fallback_rate: float = Field(default=0.10, ge=0.0, le=1.0)
+    sensor_interval_seconds: int = Field(default=300, ge=5)
+
+    @model_validator(mode="after")
+    def _k_of_n(self) -> MonitoringSettings:
+        if self.windows_required > self.windows:
+            raise ValueError(
+                f"windows_required ({self.windows_required}) cannot exceed windows ({self.windows})"
+            )
+        return self
+
+
 class Settings(_Strict):
     """Every tunable of the pipeline, with its default."""
 
@@ -310,6 +349,7 @@ class Settings(_Strict):
     triggers: TriggerSettings = Field(default_factory=TriggerSettings)
     analytics: AnalyticsSettings = Field(default_factory=AnalyticsSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
 
 
 def _format_validation_error(error: ValidationError, origin: str) -> str:

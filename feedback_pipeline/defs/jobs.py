@@ -12,9 +12,11 @@ ingest_job = dg.define_asset_job(
     description="Land new files into raw.* and rebuild labeled.labeled_outcomes.",
 )
 
-# The retrain graph: every asset but the backtest (it replays history on its own schedule) and
-# the analytics (daily, on their own schedule).
-RETRAIN_GRAPH = dg.AssetSelection.all() - dg.AssetSelection.groups("backtest", "analytics")
+# The retrain graph: every asset but the backtest (it replays history on its own schedule), the
+# analytics and the monitoring (daily, on their own schedules).
+RETRAIN_GRAPH = dg.AssetSelection.all() - dg.AssetSelection.groups(
+    "backtest", "analytics", "monitoring"
+)
 
 retrain_job = dg.define_asset_job(
     "retrain_job",
@@ -41,4 +43,10 @@ analytics_job = dg.define_asset_job(
     description="Weekly feedback stats, the configured A/B comparison and the next serving policy.",
 )
 
-jobs = [ingest_job, retrain_job, full_retrain_job, backtest_job, analytics_job]
+monitoring_job = dg.define_asset_job(
+    "monitoring_job",
+    selection=dg.AssetSelection.groups("monitoring"),
+    description="Feature drift, live performance and serving health, with their WARN checks.",
+)
+
+jobs = [ingest_job, retrain_job, full_retrain_job, backtest_job, analytics_job, monitoring_job]

@@ -43,6 +43,16 @@ class LandingZoneResource(dg.ConfigurableResource):
         return Path(self.path)
 
 
+class ServingLogResource(dg.ConfigurableResource):
+    """Where ``feedback-pipeline serve`` logs its requests (``requests-YYYYMMDD.jsonl``)."""
+
+    path: str
+
+    @property
+    def root(self) -> Path:
+        return Path(self.path)
+
+
 class MlflowRegistryResource(dg.ConfigurableResource):
     """MLflow tracking store and model registry (``MLFLOW_TRACKING_URI`` or local sqlite)."""
 
@@ -58,6 +68,7 @@ def local_resources(data_dir: Path) -> dict[str, dg.ConfigurableResource]:
     return {
         "warehouse": WarehouseResource(path=str(data_dir / "warehouse.duckdb")),
         "landing_zone": LandingZoneResource(path=str(data_dir / "landing")),
+        "serving_log": ServingLogResource(path=str(data_dir / "serving")),
         "run_context": RunContextResource(settings_file=os.environ.get(SETTINGS_ENV_VAR) or None),
         "mlflow_registry": MlflowRegistryResource(
             tracking_uri=default_tracking_uri(data_dir),

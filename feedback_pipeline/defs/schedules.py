@@ -1,11 +1,16 @@
-"""Weekly retrain, monthly full retrain (DESIGN section 9) and daily analytics (section 13);
-crons come from settings."""
+"""Weekly retrain, monthly full retrain (DESIGN section 9), daily analytics (section 13) and
+monitoring (section 14); crons come from settings."""
 
 from __future__ import annotations
 
 import dagster as dg
 
-from feedback_pipeline.defs.jobs import analytics_job, full_retrain_job, retrain_job
+from feedback_pipeline.defs.jobs import (
+    analytics_job,
+    full_retrain_job,
+    monitoring_job,
+    retrain_job,
+)
 from feedback_pipeline.defs.run_context import run_context_config
 from feedback_pipeline.settings import TriggerSettings
 
@@ -54,4 +59,20 @@ def build_schedules(triggers: TriggerSettings) -> list[dg.ScheduleDefinition]:
     def daily_analytics_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
         return scheduled_retrain(context, "analytics", full=False)
 
-    return [weekly_retrain_schedule, monthly_full_retrain_schedule, daily_analytics_schedule]
+    @dg.schedule(
+        name="daily_monitoring_schedule",
+        cron_schedule=triggers.monitoring_cron,
+        job=monitoring_job,
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Feature drift, live performance and serving health, daily.",
+    )
+    def daily_monitoring_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+        return scheduled_retrain(context, "monitoring", full=False)
+
+    return [
+        weekly_retrain_schedule,
+        monthly_full_retrain_schedule,
+        daily_analytics_schedule,
+        daily_monitoring_schedule,
+    ]

@@ -1,4 +1,5 @@
-"""Sensors: enough new labels -> retrain; new landing files -> ingest; failed retrain -> ledger."""
+"""Sensors: enough new labels, or drift / degradation that holds -> retrain; new landing files ->
+ingest; failed retrain -> ledger."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from feedback_pipeline.defs.resources import (
     WarehouseResource,
 )
 from feedback_pipeline.defs.run_context import RunContextResource, run_context_config
-from feedback_pipeline.monitoring import triggers
+from feedback_pipeline.monitoring import drift, triggers
 from feedback_pipeline.promotion import ledger
 from feedback_pipeline.registry.mlflow_registry import CHAMPION, RegistryUnavailable
 from feedback_pipeline.settings import TriggerSettings
@@ -54,7 +55,40 @@ def new_labels_request(
     )
 
 
-def build_sensors(triggers_settings: TriggerSettings) -> list[dg.SensorDefinition]:
+def monitoring_request(
+    context: dg.SensorEvaluationContext,
+    warehouse: WarehouseResource,
+    mlflow_registry: MlflowRegistryResource,
+    run_context: RunContextResource,
+) -> dg.RunRequest | dg.SkipReason:
+    """A retrain when drift or a drop in live accuracy holds for k of the last n windows after
+    the champion's as_of; keyed by champion and window, so one episode asks once."""
+    settings = run_context.settings().monitoring
+    now = run_context.as_of_datetime()
+    try:
+        reference = drift.champion_reference(mlflow_registry.get_registry(), settings)
+    except drift.NoChampion as error:
+        return dg.SkipReason(str(error))
+    try:
+        with warehouse.connect(read_only=True, lock_timeout=0) as con:
+            verdicts, _ = drift.judge_windows(con, reference, now, settings)
+    except duckdb.IOException as error:  # a run holds the writer lock: look again next tick
+        return dg.SkipReason(f"warehouse busy, will check again: {error}")
+    due = drift.retrain_due(verdicts, reference, settings)
+    if not due.due:
+        return dg.SkipReason(due.reason)
+    as_of = now.isoformat() + "Z"
+    context.log.info(f"requesting a retrain: {due.reason}")
+    return dg.RunRequest(
+        run_key=due.run_key,
+        run_config=run_context_config(as_of),
+        tags={"trigger": "monitoring", "as_of": as_of, "champion": reference.champion_version},
+    )
+
+
+def build_sensors(
+    triggers_settings: TriggerSettings, monitoring_interval_seconds: int = 300
+) -> list[dg.SensorDefinition]:
     @dg.sensor(
         name="new_labels_sensor",
         job=retrain_job,
@@ -82,7 +116,23 @@ def build_sensors(triggers_settings: TriggerSettings) -> list[dg.SensorDefinitio
     ):
         return landing_files_request(context, landing_zone)
 
-    return [new_labels_sensor, landing_files_sensor]
+    @dg.sensor(
+        name="monitoring_sensor",
+        job=retrain_job,
+        minimum_interval_seconds=monitoring_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Retrain when drift or a drop in live accuracy holds for k of the last n "
+        "windows after the champion's as_of (settings: monitoring).",
+    )
+    def monitoring_sensor(
+        context: dg.SensorEvaluationContext,
+        warehouse: WarehouseResource,
+        mlflow_registry: MlflowRegistryResource,
+        run_context: RunContextResource,
+    ):
+        return monitoring_request(context, warehouse, mlflow_registry, run_context)
+
+    return [new_labels_sensor, landing_files_sensor, monitoring_sensor]
 
 
 def landing_files_request(

@@ -102,6 +102,14 @@ class SimulationConfig:
     variants: tuple[str, ...] = ("A", "B")
     variant_effect: float = 0.0  # added to the good-prediction logit of every variant but the first
     rating_rate: float = 0.0  # share of predictions that get a 1-5 rating with a note
+    # A drift episode: from day ``drift_start_day`` (for ``drift_episode_days`` days, None: to
+    # the end) ``drift_feature`` is shifted by ``drift_shift`` standard deviations. The world
+    # moves with it (the ground truth sees the shifted value), so a model trained before it is
+    # both drifted and degraded.
+    drift_start_day: int | None = None
+    drift_feature: str = FEATURES[0]
+    drift_shift: float = 0.0
+    drift_episode_days: int | None = None
 
     def __post_init__(self) -> None:
         if self.days < 1:
@@ -121,6 +129,21 @@ class SimulationConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if self.drift_feature not in FEATURES:
+            raise ValueError(
+                f"drift_feature must be one of {', '.join(FEATURES)}, got {self.drift_feature!r}"
+            )
+
+    def drift_shift_on(self, day: int) -> float:
+        """The drift episode's shift of ``drift_feature`` on ``day`` (0 outside the episode)."""
+        if self.drift_start_day is None or day < self.drift_start_day:
+            return 0.0
+        if (
+            self.drift_episode_days is not None
+            and day >= self.drift_start_day + self.drift_episode_days
+        ):
+            return 0.0
+        return self.drift_shift
 
 
 @dataclass
@@ -165,6 +188,7 @@ def predictions_for_day(config: SimulationConfig, day: int) -> tuple[pd.DataFram
     rng = _rng(config.seed, "predictions", day)
     n = config.predictions_per_day
     features = _feature_frame(rng, n)
+    features[config.drift_feature] += config.drift_shift_on(day)
     x = features.to_numpy()
     variant = np.asarray(config.variants, dtype=object)[
         np.random.default_rng([config.seed, EXTRA_CODES["variants"], day]).integers(
@@ -286,6 +310,7 @@ def baseline_for_day(config: SimulationConfig, day: int) -> pd.DataFrame:
     rng = _rng(config.seed, "baseline", day)
     n = config.baseline_per_day
     features = _feature_frame(rng, n)
+    features[config.drift_feature] += config.drift_shift_on(day)
     # The automatic labeler (forward returns) sees the market features only, not the rest.
     market = np.array([name in MARKET_FEATURES for name in FEATURES])
     weights = true_weights(day, config.drift_days) * market

@@ -17,7 +17,8 @@ RETRAIN_ASSETS = INGEST_ASSETS | {
     "champion_model",
 }
 ANALYTICS_ASSETS = {"feedback_stats", "ab_comparison", "serving_policy"}
-ASSETS = RETRAIN_ASSETS | ANALYTICS_ASSETS | {"backtest_report"}
+MONITORING_ASSETS = {"feature_drift", "live_performance", "serving_health"}
+ASSETS = RETRAIN_ASSETS | ANALYTICS_ASSETS | MONITORING_ASSETS | {"backtest_report"}
 
 
 def test_definitions_load():
@@ -35,6 +36,7 @@ def test_assets_and_groups():
     assert groups["champion_model"] == "evaluation"
     assert groups["backtest_report"] == "backtest"
     assert {groups[name] for name in ANALYTICS_ASSETS} == {"analytics"}
+    assert {groups[name] for name in MONITORING_ASSETS} == {"monitoring"}
 
 
 def asset_nodes(job_name: str) -> set[str]:
@@ -47,6 +49,7 @@ def test_jobs_select_the_right_assets():
     assert asset_nodes("full_retrain_job") == RETRAIN_ASSETS
     assert asset_nodes("backtest_job") == {"backtest_report"}
     assert asset_nodes("analytics_job") == ANALYTICS_ASSETS
+    assert asset_nodes("monitoring_job") == MONITORING_ASSETS
 
 
 def test_schedules_run_the_retrains_and_the_daily_analytics():
@@ -55,7 +58,21 @@ def test_schedules_run_the_retrains_and_the_daily_analytics():
         "weekly_retrain_schedule": ("retrain_job", "0 3 * * 1"),
         "monthly_full_retrain_schedule": ("full_retrain_job", "0 4 1 * *"),
         "daily_analytics_schedule": ("analytics_job", "0 5 * * *"),
+        "daily_monitoring_schedule": ("monitoring_job", "30 5 * * *"),
     }
+
+
+def test_sensors_and_their_jobs():
+    sensors = {s.name: s for s in defs.sensors}
+    assert set(sensors) == {
+        "new_labels_sensor",
+        "landing_files_sensor",
+        "monitoring_sensor",
+        "retrain_failure_sensor",
+    }
+    assert sensors["monitoring_sensor"].job_name == "retrain_job"
+    assert sensors["monitoring_sensor"].minimum_interval_seconds == 300
+    assert sensors["new_labels_sensor"].job_name == "retrain_job"
 
 
 def test_full_retrain_job_runs_all_families_over_the_wide_window_by_default():
@@ -84,7 +101,14 @@ def test_checks_exist_and_the_right_ones_block():
         ("baseline_examples", "landing_files_readable"),
     }
     graph = defs.resolve_asset_graph()
-    assert {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys} == set(specs)
+    # The monitoring assets report their own WARN checks with their numbers.
+    monitoring = {
+        ("feature_drift", "no_drift_over_threshold"),
+        ("serving_health", "mean_latency_within_sla"),
+        ("serving_health", "fallback_rate_within_sla"),
+    }
+    graph_checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
+    assert graph_checks == set(specs) | monitoring
 
 
 def test_a_bad_settings_file_fails_the_runs_not_the_code_location(tmp_path, instance, monkeypatch):

@@ -7,6 +7,7 @@ from feedback_pipeline.defs.assets.ingest import (
     raw_predictions,
 )
 from feedback_pipeline.defs.assets.labels import labeled_outcomes
+from feedback_pipeline.defs.assets.monitoring import feature_drift, live_performance, serving_health
 from feedback_pipeline.defs.assets.training import challenger_models, training_set
 
 assets = [
@@ -22,4 +23,7 @@ assets = [
     feedback_stats,
     ab_comparison,
     serving_policy,
+    feature_drift,
+    live_performance,
+    serving_health,
 ]
