@@ -27,6 +27,7 @@ from feedback_pipeline.registry.mlflow_registry import (
     local_registry,
 )
 from feedback_pipeline.serving import store as policies
+from feedback_pipeline.serving.batch import score_file
 from feedback_pipeline.settings import (
     AB_METRICS,
     SettingsError,
@@ -340,6 +341,28 @@ def _metrics_line(metrics: dict[str, float]) -> str:
     return ", ".join(f"{name} {value:.4g}" for name, value in metrics.items())
 
 
+def _predict(args: argparse.Namespace) -> int:
+    """Score a file of prediction records with the champion (or --version)."""
+    registry = local_registry(args.data_dir)
+    version = args.version or registry.alias_version(CHAMPION)
+    if version is None:
+        raise ValueError("no champion yet: run `make demo` or retrain_job, or pass --version")
+    if str(version) not in registry.versions():
+        raise ValueError(f"--version {version}: no such version of {registry.model_name}")
+    result = score_file(args.input, args.output, registry.load(str(version)), str(version))
+    if args.json:
+        _print_json(result.as_dict())
+        return 0
+    print(
+        f"{args.input} -> {args.output}: {result.rows:,} rows, {result.scored:,} scored by "
+        f"{registry.model_name} version {result.model_version} ({result.fallbacks:,} fell back "
+        f"to rule_confidence), {result.rejected:,} rejected"
+    )
+    for reason, count in sorted(result.reasons.items(), key=lambda item: -item[1]):
+        print(f"  {count:>8,}  {reason}")
+    return 0
+
+
 def _analysis_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--since", type=_duration, default=None, help="e.g. 30d (default: analytics.since_days)"
@@ -443,6 +466,17 @@ def build_parser() -> argparse.ArgumentParser:
     for action in (show, history, apply, back):
         action.add_argument("--json", action="store_true", help="print the result as JSON")
     policy.set_defaults(handler=_policy)
+
+    predict = commands.add_parser(
+        "predict", help="score a .jsonl, .csv or .parquet file of predictions with the champion"
+    )
+    predict.add_argument("--input", type=Path, required=True, help="prediction records")
+    predict.add_argument(
+        "--output", type=Path, required=True, help="one row per input record (.jsonl/.csv/.parquet)"
+    )
+    predict.add_argument("--version", default=None, help="a model version instead of the champion")
+    predict.add_argument("--json", action="store_true", help="print the counts as JSON")
+    predict.set_defaults(handler=_predict)
 
     promote = commands.add_parser("promote", help="force a version to champion")
     promote.add_argument("version")
