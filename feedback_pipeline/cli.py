@@ -26,6 +26,7 @@ from feedback_pipeline.registry.mlflow_registry import (
     RegistryUnavailable,
     local_registry,
 )
+from feedback_pipeline.serving import server
 from feedback_pipeline.serving import store as policies
 from feedback_pipeline.serving.batch import score_file
 from feedback_pipeline.settings import (
@@ -477,6 +478,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--version", default=None, help="a model version instead of the champion")
     predict.add_argument("--json", action="store_true", help="print the counts as JSON")
     predict.set_defaults(handler=_predict)
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve the champion over HTTP: /predict (MLflow's scoring JSON), /health, /metrics",
+    )
+    server.add_server_arguments(serve)
+    serve.set_defaults(
+        handler=lambda args: server.run(server.config_from_args(args, args.data_dir)) or 0
+    )
 
     promote = commands.add_parser("promote", help="force a version to champion")
     promote.add_argument("version")

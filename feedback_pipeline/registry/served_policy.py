@@ -74,10 +74,18 @@ def rule_score(frame: pd.DataFrame, rule_weights: dict | None) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logit))
 
 
+def feature_matrix(frame: pd.DataFrame, features: list[str]) -> np.ndarray:
+    """The features as a float matrix, NaN where missing or not a number. Numeric columns (the
+    common case) are taken as they are; only other columns are parsed."""
+    values = frame.reindex(columns=features)
+    if all(pd.api.types.is_numeric_dtype(dtype) for dtype in values.dtypes):
+        return values.to_numpy(dtype=float, na_value=np.nan)
+    return values.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+
+
 def scorable_rows(frame: pd.DataFrame, features: list[str]) -> np.ndarray:
     """Rows whose every model feature is present and finite."""
-    values = frame.reindex(columns=features).apply(pd.to_numeric, errors="coerce")
-    return np.isfinite(values.to_numpy(dtype=float)).all(axis=1)
+    return np.isfinite(feature_matrix(frame, features)).all(axis=1)
 
 
 def serve(

@@ -71,13 +71,14 @@ class ProbabilityModel(PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         frame = pd.DataFrame(model_input)
+        matrix = self.served_policy.feature_matrix(frame, self.features)
         if (params or {}).get("score_missing"):
             scorable = np.ones(len(frame), dtype=bool)
         else:
-            scorable = self.served_policy.scorable_rows(frame, self.features)
+            scorable = np.isfinite(matrix).all(axis=1)
         probability = np.full(len(frame), np.nan)
         if scorable.any():
-            X = frame.loc[scorable].reindex(columns=self.features).astype("float64")
+            X = pd.DataFrame(matrix[scorable], columns=self.features)
             probability[scorable] = self.estimator.predict_proba(X)[:, 1]
         self.fallback_count += int((~scorable).sum())
         return self.served_policy.serve(frame, probability, scorable, self.policy, self.run_id)
