@@ -187,8 +187,13 @@ class Registry:
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(SERVING_MODEL_CODE),
-                code_paths=[str(SERVED_POLICY_CODE)],
-                artifacts={"estimator": str(estimator_file)},
+                # The policy code travels as an artifact of this version and is imported under a
+                # name of its own: a process that loads several versions (a server across alias
+                # moves, the backtest) never runs one version's model with another's policy code.
+                artifacts={
+                    "estimator": str(estimator_file),
+                    "served_policy": str(SERVED_POLICY_CODE),
+                },
                 model_config={
                     "features": list(features),
                     "estimator_format": estimator_format,

@@ -1,6 +1,6 @@
 """The serving policy applied to the model's probability: what consumers of the champion get.
 
-Logged with every model (MLflow ``code_paths``) and imported by ``serving_model.py``; the
+Logged with every model (an artifact of each version) and imported by ``serving_model.py``; the
 serving-policy stages import it too, so the "after" figures they report are computed by the very
 code that serves. It needs numpy and pandas only, never ``feedback_pipeline``.
 

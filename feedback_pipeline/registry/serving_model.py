@@ -1,7 +1,8 @@
 """The model code logged with every challenger (MLflow "models from code"): what consumers of
 ``models:/feedback_model@champion`` run. It imports only the model's own requirements (MLflow,
-numpy, pandas, XGBoost or scikit-learn) and ``served_policy.py``, logged beside it as code, never
-``feedback_pipeline``, so the champion loads wherever those are installed.
+numpy, pandas, XGBoost or scikit-learn) and ``served_policy.py``, logged as an artifact of the
+version (imported under a name of its own), never ``feedback_pipeline``, so the champion loads
+wherever those are installed.
 
 On load it reads the active serving policy from the registry (the registered model's
 ``serving_policy_run_id`` tag names the MLflow run holding ``serving_policy.json``), so applying
@@ -10,7 +11,10 @@ or rolling back a policy changes what a fresh load serves without a retrain.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import pickle
+import sys
 
 import mlflow
 import numpy as np
@@ -18,6 +22,20 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
 from mlflow.tracking import MlflowClient
+
+
+def _import_file(path: str):
+    """The module at ``path`` under a name unique to that file, so two versions' policy code
+    never share ``sys.modules`` (a plain ``import served_policy`` returns whichever version's
+    copy was imported first in this process)."""
+    name = f"served_policy_{hashlib.sha256(str(path).encode()).hexdigest()[:16]}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 class ProbabilityModel(PythonModel):
@@ -28,9 +46,7 @@ class ProbabilityModel(PythonModel):
     them), as evaluation does; ``fallback_count`` counts fallbacks since load."""
 
     def load_context(self, context) -> None:
-        import served_policy  # logged as code beside this file
-
-        self.served_policy = served_policy
+        self.served_policy = _import_file(context.artifacts["served_policy"])
         config = context.model_config
         self.features = list(config["features"])
         self.run_id = config.get("run_id")

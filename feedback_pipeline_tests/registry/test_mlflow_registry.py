@@ -85,3 +85,35 @@ def test_a_registered_version_loads_where_feedback_pipeline_is_not_installed(fam
     assert (served["policy_version"] == 0).all()
     np.testing.assert_allclose(served.loc[~missing, "calibrated"], expected[~missing], rtol=1e-6)
     assert served.loc[~missing, "decision"].tolist() == (expected[~missing] >= 0.5).tolist()
+
+
+def test_two_versions_in_one_process_each_run_their_own_policy_code(tmp_path, monkeypatch):
+    """A server that follows the alias loads version after version in one process: each must
+    run the policy code logged with it, not whichever was imported first."""
+    from feedback_pipeline.registry import mlflow_registry
+
+    settings = Settings()
+    train = training_split()
+    estimator = fit(
+        "logistic_regression",
+        settings.models.hyperparameters.for_family("logistic_regression"),
+        train,
+        settings.models.seed,
+    )
+    registry = local_registry(tmp_path)
+
+    def log() -> str:
+        return registry.log_challenger(
+            estimator, "logistic_regression", FEATURES, train.X, {}, {}, {}, "# card"
+        ).version
+
+    first = log()
+    changed = tmp_path / "served_policy.py"
+    changed.write_text(
+        mlflow_registry.SERVED_POLICY_CODE.read_text() + "\nCODE_REVISION = 'second'\n"
+    )
+    monkeypatch.setattr(mlflow_registry, "SERVED_POLICY_CODE", changed)
+    second = log()
+    old, new = (registry.load(v).unwrap_python_model().served_policy for v in (first, second))
+    assert getattr(new, "CODE_REVISION", None) == "second"
+    assert not hasattr(old, "CODE_REVISION")
