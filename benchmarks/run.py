@@ -24,6 +24,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import numpy as np
+from serving_targets import serving_benchmarks, serving_markdown  # benchmarks/, beside this file
 
 from feedback_pipeline.backtest.replay import EXPERIMENT as BACKTEST_EXPERIMENT
 from feedback_pipeline.backtest.replay import BacktestPlan, backtest_into
@@ -293,6 +294,8 @@ def run(predictions: int, keep: bool) -> dict:
         incremental_steps = step_metrics(instance, incremental.run_id, sampler)
         incremental_s = sum(incremental_steps[step]["seconds"] for step in INGEST_STEPS)
     sampler.running = False
+    print("serving and monitoring targets ...", flush=True)
+    serving = serving_benchmarks(data_dir, work, datetime.fromisoformat(as_of[:-1]))
 
     bare_fit, train_rows = bare_fit_seconds(data_dir)
     print("backtest: two weekly periods ...", flush=True)
@@ -324,6 +327,7 @@ def run(predictions: int, keep: bool) -> dict:
         "sensor_eval_s": round(sensor_s, 4),
         "sensor_query_10m_rows_s": round(sensor_query_seconds_at(10_000_000, work), 4),
         "backtest": backtest,
+        "serving": serving,
         "ratios": {
             "ingest_vs_scan": round(full_ingest / raw_scan, 2),
             "ingest_vs_typed_load": round(full_ingest / typed_load, 2),
@@ -378,7 +382,10 @@ with its start-up {r["incremental_ingest_run_s"]} s) |
 | backtest reference: labels + training-set SQL + bare fit of its train split | \
 {r["backtest"]["reference_period_s"]} s |
 | backtest period vs reference (target about 1.5) | {ratios["backtest_period_vs_sql_and_fit"]} |
-"""
+
+Serving and monitoring (issue 13), champion version {r["serving"]["champion_version"]}:
+
+{serving_markdown(r["serving"])}"""
 
 
 def main() -> int:

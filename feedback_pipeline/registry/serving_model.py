@@ -58,9 +58,11 @@ class ProbabilityModel(PythonModel):
             self.estimator = XGBClassifier()
             self.estimator.load_model(path)
             self.estimator.set_params(n_jobs=1)  # one thread per request: no oversubscription
+            self.takes_matrix = True  # XGBoost scores a plain matrix (no pandas conversion)
         else:  # a scikit-learn pipeline, pickled as scikit-learn's own persistence does
             with open(path, "rb") as file:
                 self.estimator = pickle.load(file)
+            self.takes_matrix = False  # a pipeline fitted on named columns wants them named
         self.policy = self._active_policy(config)
 
     def _active_policy(self, config: dict) -> dict:
@@ -94,7 +96,9 @@ class ProbabilityModel(PythonModel):
             scorable = np.isfinite(matrix).all(axis=1)
         probability = np.full(len(frame), np.nan)
         if scorable.any():
-            X = pd.DataFrame(matrix[scorable], columns=self.features)
+            X = matrix[scorable]
+            if not self.takes_matrix:
+                X = pd.DataFrame(X, columns=self.features)
             probability[scorable] = self.estimator.predict_proba(X)[:, 1]
         self.fallback_count += int((~scorable).sum())
         return self.served_policy.serve(frame, probability, scorable, self.policy, self.run_id)

@@ -366,6 +366,7 @@ class Champion:
     """A loaded version, swapped in whole: a request scores with one consistent champion."""
 
     model: Any  # mlflow.pyfunc.PyFuncModel
+    python_model: Any  # its ProbabilityModel: predict without MLflow's per-call schema check
     version: str
     policy_version: int
     features: tuple[str, ...]
@@ -585,6 +586,7 @@ class Reloader:
         policy = getattr(python_model, "policy", None) or {}
         champion = Champion(
             model=model,
+            python_model=python_model,
             version=str(version),
             policy_version=int(policy.get("version", 0)),
             features=tuple(name for name in inputs if name != RULE_CONFIDENCE),
@@ -752,7 +754,14 @@ class ServingState:
             }
         )
         try:
-            served = champion.model.predict(model_input, params=params)
+            # The request was checked above (numbers, ranges, every input column present), so
+            # the model is called directly; with params, MLflow checks those against the
+            # signature first.
+            served = (
+                champion.model.predict(model_input, params=params)
+                if params
+                else champion.python_model.predict(None, model_input)
+            )
         except MlflowException as error:
             if error.error_code in CLIENT_ERROR_CODES:  # the caller's params, not the model
                 raise BadRequest(error.message) from error

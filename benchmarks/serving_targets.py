@@ -1,0 +1,262 @@
+"""Serving and monitoring targets of `make bench` (issue 13), on the bench's data and champion.
+
+* in-process single-row scoring through the champion's pyfunc, serving policy included (p99);
+* batch scoring of 1M rows through the pyfunc against a bare ``predict_proba`` of the same
+  estimator on the same matrix (and the whole ``predict`` CLI path, file to file, beside it);
+* drift of 1M recent predictions against the champion's reference period;
+* HTTP ``/predict`` on 127.0.0.1 at a fixed request rate (see ``http_load``).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from feedback_pipeline.monitoring import drift
+from feedback_pipeline.registry.mlflow_registry import CHAMPION, local_registry
+from feedback_pipeline.serving.batch import score_file
+from feedback_pipeline.settings import MonitoringSettings
+from feedback_pipeline.warehouse import connection as warehouse
+
+
+def _rows(data_dir: Path, features: list[str], limit: int) -> pd.DataFrame:
+    structure = json.dumps({name: "DOUBLE" for name in features})
+    con = warehouse.connect(data_dir / "warehouse.duckdb", read_only=True)
+    try:
+        return con.execute(
+            f"""SELECT prediction_id, unnest(json_transform(features, '{structure}')),
+                       rule_confidence
+                FROM raw.predictions LIMIT {int(limit)}"""
+        ).df()
+    finally:
+        con.close()
+
+
+def percentiles(seconds: list[float] | np.ndarray) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1000
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3),
+        "mean_ms": round(float(ms.mean()), 3),
+    }
+
+
+def single_row(model, rows: pd.DataFrame, calls: int = 2000) -> dict:
+    """One row per call, as a request handler calls it."""
+    columns = model.metadata.get_input_schema().input_names()
+    frames = [rows.iloc[[i % len(rows)]][columns] for i in range(calls)]
+    for frame in frames[:50]:  # warm-up
+        model.predict(frame)
+    times = []
+    for frame in frames:
+        started = time.perf_counter()
+        model.predict(frame)
+        times.append(time.perf_counter() - started)
+    return {"calls": calls, **percentiles(times)}
+
+
+def batch(model, data_dir: Path, work: Path, n: int = 1_000_000) -> dict:
+    """The pyfunc on n rows vs a bare predict_proba of the same estimator on the same matrix;
+    then the ``predict`` path file to file (parse, contract, score, write) on the same rows."""
+    columns = model.metadata.get_input_schema().input_names()
+    features = [c for c in columns if c != "rule_confidence"]
+    rows = _rows(data_dir, features, n)
+    estimator = model.unwrap_python_model().estimator
+    matrix = rows[features].astype("float64")
+    started = time.perf_counter()
+    estimator.predict_proba(matrix)
+    bare = time.perf_counter() - started
+    started = time.perf_counter()
+    served = model.predict(rows[columns])
+    pyfunc = time.perf_counter() - started
+    source = work / "batch_input.parquet"
+    con = duckdb.connect()
+    con.register("rows", rows)
+    features_json = "json_object(" + ", ".join(f"'{f}', {f}" for f in features) + ")"
+    con.execute(
+        f"COPY (SELECT prediction_id, {features_json} AS features, rule_confidence FROM rows) "
+        f"TO '{source}' (FORMAT PARQUET)"
+    )
+    con.close()
+    started = time.perf_counter()
+    result = score_file(source, work / "batch_output.parquet", model, "bench")
+    file_to_file = time.perf_counter() - started
+    return {
+        "rows": len(rows),
+        "bare_predict_proba_s": round(bare, 3),
+        "pyfunc_with_policy_s": round(pyfunc, 3),
+        "ratio": round(pyfunc / bare, 2),
+        "fallbacks": int(served["fallback"].sum()),
+        "predict_file_to_file_s": round(file_to_file, 3),
+        "predict_scored": result.scored,
+    }
+
+
+def drift_seconds(data_dir: Path, as_of: datetime) -> dict:
+    """Every prediction of the bench (about 1M) as the recent window, against the champion's
+    reference period: the load from DuckDB and PSI + KS per column."""
+    registry = local_registry(data_dir)
+    settings = MonitoringSettings()
+    reference = drift.champion_reference(registry, settings)
+    con = warehouse.connect(data_dir / "warehouse.duckdb", read_only=True)
+    try:
+        started = time.perf_counter()
+        base = drift.load_served(con, reference.features, reference.start, reference.end)
+        recent = drift.load_served(
+            con, reference.features, datetime(1970, 1, 1), as_of + timedelta(days=1)
+        )
+        table = drift.drift_table(
+            base, recent, [*reference.features, *drift.SERVED_COLUMNS], settings
+        )
+        seconds = time.perf_counter() - started
+    finally:
+        con.close()
+    return {
+        "recent_rows": len(recent),
+        "reference_rows": len(base),
+        "columns": len(table),
+        "seconds": round(seconds, 3),
+    }
+
+
+def http_load(data_dir: Path, rows: pd.DataFrame, rate: int = 200, duration: float = 30.0) -> dict:
+    """Open-loop load on `feedback-pipeline serve` on 127.0.0.1: one single-row /predict every
+    1/rate s for ``duration`` s, from a pool of keep-alive connections. Latency is counted from
+    each request's scheduled time, so a stall also delays the requests queued behind it."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = open(data_dir / "serve_bench.log", "wb")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("feedback-pipeline")), "--data-dir", str(data_dir),
+         "serve", "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    if json.load(r)["status"] == "ok":
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not come up: see {log.name}")
+            time.sleep(0.5)
+        columns = [c for c in rows.columns if c != "prediction_id"]
+        bodies = [
+            json.dumps(
+                {"dataframe_split": {"columns": columns, "data": [rows[columns].iloc[i].tolist()]}}
+            ).encode()
+            for i in range(len(rows))
+        ]
+        total = int(rate * duration)
+        start = time.perf_counter() + 0.5
+        latencies = np.full(total, np.nan)
+        errors = [0]
+        lock = threading.Lock()
+        next_index = [0]
+
+        def worker() -> None:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            while True:
+                with lock:
+                    i = next_index[0]
+                    next_index[0] += 1
+                if i >= total:
+                    break
+                scheduled = start + i / rate
+                time.sleep(max(0.0, scheduled - time.perf_counter()))
+                try:
+                    connection.request(
+                        "POST", "/predict", bodies[i % len(bodies)],
+                        {"Content-Type": "application/json"},
+                    )  # fmt: skip
+                    response = connection.getresponse()
+                    response.read()
+                    ok = response.status == 200
+                except OSError:
+                    ok = False
+                    connection.close()
+                    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                latencies[i] = time.perf_counter() - scheduled
+                if not ok:
+                    with lock:
+                        errors[0] += 1
+            connection.close()
+
+        threads = [threading.Thread(target=worker) for _ in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - start
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+    return {
+        "rate": rate,
+        "duration_s": duration,
+        "requests": total,
+        "achieved_rate": round(total / elapsed, 1),
+        "errors": errors[0],
+        **percentiles(latencies),
+    }
+
+
+def serving_benchmarks(data_dir: Path, work: Path, as_of: datetime) -> dict:
+    registry = local_registry(data_dir)
+    version = registry.alias_version(CHAMPION)
+    model = registry.load(version)
+    columns = model.metadata.get_input_schema().input_names()
+    sample = _rows(data_dir, [c for c in columns if c != "rule_confidence"], 1000)
+    results = {
+        "champion_version": version,
+        "single_row": single_row(model, sample),
+        "batch": batch(model, data_dir, work),
+        "drift": drift_seconds(data_dir, as_of),
+    }
+    del model  # the server below scores with its own copy
+    results["http"] = http_load(data_dir, sample)
+    return results
+
+
+def serving_markdown(r: dict) -> str:
+    s, b, d = r["single_row"], r["batch"], r["drift"]
+    lines = [
+        "| target | measured | goal |",
+        "|---|---:|---:|",
+        f"| in-process single-row scoring, pyfunc + policy ({s['calls']} calls) | p99 "
+        f"{s['p99_ms']} ms (p50 {s['p50_ms']} ms) | p99 <= 5 ms |",
+        f"| batch scoring of {b['rows']:,} rows through the pyfunc vs bare predict_proba | "
+        f"{b['pyfunc_with_policy_s']} s vs {b['bare_predict_proba_s']} s = {b['ratio']}x | "
+        "<= 2x |",
+        f"| `predict` file to file, {b['rows']:,} rows (parquet in, contract, score, parquet "
+        f"out; no target) | {b['predict_file_to_file_s']} s | |",
+        f"| drift of {d['recent_rows']:,} recent predictions vs {d['reference_rows']:,} "
+        f"reference rows, {d['columns']} columns (load + PSI + KS) | {d['seconds']} s | <= 2 s |",
+    ]
+    if "http" in r:
+        h = r["http"]
+        lines.append(
+            f"| HTTP /predict on 127.0.0.1, {h['rate']} requests/s for {h['duration_s']} s "
+            f"({h['requests']:,} requests, {h['errors']} errors) | p99 {h['p99_ms']} ms "
+            f"(p50 {h['p50_ms']} ms) | p99 <= 25 ms, no errors |"
+        )
+    return "\n".join(lines) + "\n"
