@@ -42,7 +42,12 @@ def test_schedules_exist_with_the_design_crons():
     for name in ("weekly_retrain_schedule", "monthly_full_retrain_schedule"):
         assert defs.resolve_schedule_def(name).execution_timezone == "UTC"
     sensors = {s.name for s in defs.sensors}
-    assert sensors == {"new_labels_sensor", "landing_files_sensor", "retrain_failure_sensor"}
+    assert sensors == {
+        "new_labels_sensor",
+        "landing_files_sensor",
+        "monitoring_sensor",
+        "retrain_failure_sensor",
+    }
 
 
 @pytest.mark.parametrize(

@@ -162,6 +162,10 @@ class Running:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory) -> Iterator[Running]:
     saved = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    # A module fixture runs before the per-test isolation: an earlier test's URI (mlflow exports
+    # it) would point this registry at another store than the servers' own data directory.
+    for name in saved:
+        os.environ.pop(name, None)
     main_dir = tmp_path_factory.mktemp("serve_main")
     writeback_dir = tmp_path_factory.mktemp("serve_writeback")
     registry = local_registry(main_dir)
