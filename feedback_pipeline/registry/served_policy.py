@@ -59,16 +59,18 @@ def calibrate(probability: np.ndarray, calibration: dict | None) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(calibration["a"] * probability + calibration["b"]))
 
 
+def caller_rule_confidence(frame: pd.DataFrame) -> np.ndarray:
+    """The caller's ``rule_confidence`` as floats (NaN where absent or not a number)."""
+    return feature_matrix(frame, ["rule_confidence"])[:, 0]
+
+
 def rule_score(frame: pd.DataFrame, rule_weights: dict | None) -> np.ndarray:
     """The learned rule weights' logistic score; the caller's ``rule_confidence`` without them
     (NaN where neither is there)."""
     if rule_weights is None:
-        if "rule_confidence" not in frame:
-            return np.full(len(frame), np.nan)
-        return pd.to_numeric(frame["rule_confidence"], errors="coerce").to_numpy(dtype=float)
+        return caller_rule_confidence(frame)
     names = list(rule_weights["coefficients"])
-    columns = frame.reindex(columns=names).apply(pd.to_numeric, errors="coerce")
-    logit = rule_weights["intercept"] + columns.to_numpy(dtype=float) @ np.array(
+    logit = rule_weights["intercept"] + feature_matrix(frame, names) @ np.array(
         [rule_weights["coefficients"][n] for n in names]
     )
     return 1.0 / (1.0 + np.exp(-logit))
@@ -99,15 +101,13 @@ def serve(
     (NaN elsewhere)."""
     calibration = policy["calibration"] if policy.get("model_run_id") == model_run_id else None
     calibrated = calibrate(probability, calibration)
-    rules = rule_score(frame, policy["rule_weights"])
+    caller_rule = caller_rule_confidence(frame)
+    rules = (
+        caller_rule if policy["rule_weights"] is None else rule_score(frame, policy["rule_weights"])
+    )
     weight = policy["blend_weight"]
     blended = np.where(np.isfinite(rules), weight * calibrated + (1.0 - weight) * rules, calibrated)
-    fallback_confidence = (
-        pd.to_numeric(frame["rule_confidence"], errors="coerce").to_numpy(dtype=float)
-        if "rule_confidence" in frame
-        else np.full(len(frame), np.nan)
-    )
-    blended = np.where(scorable, blended, fallback_confidence)
+    blended = np.where(scorable, blended, caller_rule)
     return pd.DataFrame(
         {
             "probability": np.where(scorable, probability, np.nan),
