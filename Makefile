@@ -29,8 +29,9 @@ lock: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m feedback_pipeline.demo
 
+# Both cores: one test file per worker (files share module fixtures: a server, a simulated stream).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # N=10000000 for the large run
 N ?= 1000000
