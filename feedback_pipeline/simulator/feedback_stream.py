@@ -188,7 +188,8 @@ def predictions_for_day(config: SimulationConfig, day: int) -> tuple[pd.DataFram
     rng = _rng(config.seed, "predictions", day)
     n = config.predictions_per_day
     features = _feature_frame(rng, n)
-    features[config.drift_feature] += config.drift_shift_on(day)
+    if shift := config.drift_shift_on(day):  # untouched otherwise: -0.0 stays -0.0
+        features[config.drift_feature] += shift
     x = features.to_numpy()
     variant = np.asarray(config.variants, dtype=object)[
         np.random.default_rng([config.seed, EXTRA_CODES["variants"], day]).integers(
@@ -310,7 +311,8 @@ def baseline_for_day(config: SimulationConfig, day: int) -> pd.DataFrame:
     rng = _rng(config.seed, "baseline", day)
     n = config.baseline_per_day
     features = _feature_frame(rng, n)
-    features[config.drift_feature] += config.drift_shift_on(day)
+    if shift := config.drift_shift_on(day):  # untouched otherwise: -0.0 stays -0.0
+        features[config.drift_feature] += shift
     # The automatic labeler (forward returns) sees the market features only, not the rest.
     market = np.array([name in MARKET_FEATURES for name in FEATURES])
     weights = true_weights(day, config.drift_days) * market
