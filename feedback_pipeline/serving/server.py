@@ -7,8 +7,8 @@ falls back to the caller's ``rule_confidence`` when the model cannot score (or c
 loaded), exports Prometheus metrics, and writes every served row back to the landing zone as a
 contract prediction record, so served predictions meet their feedback and the loop closes.
 
-One uvicorn worker; scoring runs on one dedicated thread with native thread pools limited to one
-thread (OpenMP oversubscription on 2 cores took a single-row p99 from ~1.4 ms to ~900 ms).
+One uvicorn worker; scoring runs on the event loop's thread with native thread pools limited to
+one thread (OpenMP oversubscription on 2 cores took a single-row p99 from ~1.4 ms to ~900 ms).
 It never imports dagster or ``feedback_pipeline.defs`` (an import-linter contract).
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import io
 import json
 import logging
@@ -24,7 +23,6 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -593,6 +591,10 @@ class Reloader:
             input_columns=inputs,
             loaded_at=datetime.now(UTC),
         )
+        try:  # one throwaway prediction before it serves, so the first request is not slow
+            python_model.predict(None, pd.DataFrame(0.0, index=[0], columns=list(inputs)))
+        except Exception:
+            log.warning("version %s failed a warm-up prediction", version, exc_info=True)
         log.info(
             "serving %s version %s with policy v%d",
             self.config.model_name,
@@ -610,7 +612,7 @@ class Answer:
 
 class ServingState:
     """Everything a request needs: the champion (swapped atomically), the metrics, the
-    write-back, and the single scoring thread."""
+    write-back."""
 
     def __init__(self, config: ServerConfig):
         self.config = config
@@ -620,7 +622,6 @@ class ServingState:
         self.champion: Champion | None = None
         self.predict_failed = False  # the last predict raised: degraded until one succeeds
         self.started = time.monotonic()
-        self.scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scoring")
         self._limited_for: Champion | None = None
 
     def swap(self, champion: Champion) -> None:
@@ -629,30 +630,21 @@ class ServingState:
         self.metrics.reloads.inc()
         self.metrics.champion_version.set(float(champion.version))
         self.metrics.policy_version.set(float(champion.policy_version))
-        # Warm the scoring thread for it, so the first request is not the slow one (unless
-        # the scorer is already shut down).
-        with contextlib.suppress(RuntimeError):
-            self.scorer.submit(self._warm, champion)
 
-    def _warm(self, champion: Champion) -> None:
-        """On the scoring thread: one-thread native pools (a new model may have loaded new
-        ones; OpenMP limits are per thread) and one throwaway prediction."""
+    def _limit_threads(self, champion: Champion) -> None:
+        """One-thread native pools on the scoring thread (the event loop's), once per champion:
+        a new model may have loaded new pools, and OpenMP limits are per thread."""
         threadpool_limits(limits=1)
         self._limited_for = champion
-        try:
-            warm = pd.DataFrame(0.0, index=[0], columns=list(champion.input_columns))
-            champion.model.predict(warm)
-        except Exception:
-            log.warning("version %s failed a warm-up prediction", champion.version, exc_info=True)
 
     def start(self) -> None:
         self.reloader.start()
         self.writeback.start()
 
     def stop(self) -> None:
-        """Shutdown order: no more reloads, let in-flight scoring finish, then flush."""
+        """Shutdown order (uvicorn has finished the in-flight requests): no more reloads, then
+        flush."""
         self.reloader.stop()
-        self.scorer.shutdown(wait=True)
         self.writeback.close()
 
     def health(self) -> dict:
@@ -668,7 +660,7 @@ class ServingState:
         }
 
     def answer(self, body: bytes, content_type: str | None, started: float) -> Answer:
-        """Parse, score, buffer the write-back and record the metrics (on the scoring thread)."""
+        """Parse, score, buffer the write-back and record the metrics."""
         at = datetime.now(UTC)
         rows = fallbacks = 0
         served_by: Champion | None = None
@@ -742,8 +734,8 @@ class ServingState:
         features = np.column_stack(list(columns.values())) if names else np.empty((len(frame), 0))
         if champion is None:
             return rule_fallback(checked.rule_confidence), None, names, features
-        if self._limited_for is not champion:  # not warmed yet
-            self._warm(champion)
+        if self._limited_for is not champion:
+            self._limit_threads(champion)
         # Every input column, absent ones as NaN: a row missing one still reaches the model,
         # which falls back on it (a frame without the columns would lose its rows in MLflow).
         columns[RULE_CONFIDENCE] = checked.rule_confidence
