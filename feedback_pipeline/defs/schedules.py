@@ -14,8 +14,10 @@ from feedback_pipeline.defs.jobs import (
 from feedback_pipeline.defs.run_context import run_context_config
 from feedback_pipeline.settings import TriggerSettings
 
+AssetJob = type(retrain_job)  # what define_asset_job returns (its class is not exported)
 
-def scheduled_retrain(context: dg.ScheduleEvaluationContext, trigger: str, full: bool):
+
+def scheduled_run(context: dg.ScheduleEvaluationContext, trigger: str, full: bool):
     """A run as of the scheduled time; the run key makes each tick fire once."""
     as_of = context.scheduled_execution_time.isoformat()
     return dg.RunRequest(
@@ -25,54 +27,42 @@ def scheduled_retrain(context: dg.ScheduleEvaluationContext, trigger: str, full:
     )
 
 
+def as_of_schedule(
+    name: str, cron: str, job: AssetJob, trigger: str, description: str,
+    full: bool = False,
+) -> dg.ScheduleDefinition:  # fmt: skip
+    """``job`` on ``cron`` (UTC, on by default), as of each tick, tagged ``trigger``."""
+
+    @dg.schedule(
+        name=name,
+        cron_schedule=cron,
+        job=job,
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=description,
+    )
+    def schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+        return scheduled_run(context, trigger, full)
+
+    return schedule
+
+
 def build_schedules(triggers: TriggerSettings) -> list[dg.ScheduleDefinition]:
-    @dg.schedule(
-        name="weekly_retrain_schedule",
-        cron_schedule=triggers.weekly_cron,
-        job=retrain_job,
-        execution_timezone="UTC",
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Retrain and gate every week, as of the scheduled time.",
-    )
-    def weekly_retrain_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-        return scheduled_retrain(context, "weekly", full=False)
-
-    @dg.schedule(
-        name="monthly_full_retrain_schedule",
-        cron_schedule=triggers.monthly_cron,
-        job=full_retrain_job,
-        execution_timezone="UTC",
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="All families, the wider window and a hyperparameter search, monthly.",
-    )
-    def monthly_full_retrain_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-        return scheduled_retrain(context, "monthly", full=True)
-
-    @dg.schedule(
-        name="daily_analytics_schedule",
-        cron_schedule=triggers.analytics_cron,
-        job=analytics_job,
-        execution_timezone="UTC",
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Feedback stats, the A/B comparison and the next serving policy, daily.",
-    )
-    def daily_analytics_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-        return scheduled_retrain(context, "analytics", full=False)
-
-    @dg.schedule(
-        name="daily_monitoring_schedule",
-        cron_schedule=triggers.monitoring_cron,
-        job=monitoring_job,
-        execution_timezone="UTC",
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Feature drift, live performance and serving health, daily.",
-    )
-    def daily_monitoring_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-        return scheduled_retrain(context, "monitoring", full=False)
-
     return [
-        weekly_retrain_schedule,
-        monthly_full_retrain_schedule,
-        daily_analytics_schedule,
-        daily_monitoring_schedule,
-    ]
+        as_of_schedule(
+            "weekly_retrain_schedule", triggers.weekly_cron, retrain_job, "weekly",
+            "Retrain and gate every week, as of the scheduled time.",
+        ),
+        as_of_schedule(
+            "monthly_full_retrain_schedule", triggers.monthly_cron, full_retrain_job, "monthly",
+            "All families, the wider window and a hyperparameter search, monthly.", full=True,
+        ),
+        as_of_schedule(
+            "daily_analytics_schedule", triggers.analytics_cron, analytics_job, "analytics",
+            "Feedback stats, the A/B comparison and the next serving policy, daily.",
+        ),
+        as_of_schedule(
+            "daily_monitoring_schedule", triggers.monitoring_cron, monitoring_job, "monitoring",
+            "Feature drift, live performance and serving health, daily.",
+        ),
+    ]  # fmt: skip
