@@ -21,6 +21,17 @@ from feedback_pipeline.simulator.feedback_stream import simulate_demo_stream
 from feedback_pipeline.warehouse.tables import LABELED_OUTCOMES, TRAINING_SET
 
 
+def run_and_say(job_name: str) -> bool:
+    """Run ``job_name`` with no run config, as the UI would; say how it went."""
+    outcome = run_job(job_name, tags={"trigger": "demo"})
+    if not outcome.success:
+        print(f"{job_name} failed; see the run in the Dagster UI (`make dev`)", file=sys.stderr)
+        print("\n".join(outcome.errors), file=sys.stderr)
+        return False
+    print(f"{job_name} succeeded (run {outcome.run_id})\n")
+    return True
+
+
 def main() -> int:
     data_dir = default_data_dir()
     landing = data_dir / "landing"
@@ -33,12 +44,8 @@ def main() -> int:
             "broken records and files."
         )
     print(f"Running retrain_job on {landing} as of now ...")
-    outcome = run_job("retrain_job", tags={"trigger": "demo"})
-    if not outcome.success:
-        print("retrain_job failed; see the run in the Dagster UI (`make dev`)", file=sys.stderr)
-        print("\n".join(outcome.errors), file=sys.stderr)
+    if not run_and_say("retrain_job"):
         return 1
-    print(f"retrain_job succeeded (run {outcome.run_id})\n")
     print_status(data_dir)
 
     con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)
@@ -55,12 +62,8 @@ def main() -> int:
     )
 
     print("\nRunning analytics_job (feedback stats, A/B comparison, serving policy) ...")
-    outcome = run_job("analytics_job", tags={"trigger": "demo"})
-    if not outcome.success:
-        print("analytics_job failed; see the run in the Dagster UI", file=sys.stderr)
-        print("\n".join(outcome.errors), file=sys.stderr)
+    if not run_and_say("analytics_job"):
         return 1
-    print(f"analytics_job succeeded (run {outcome.run_id})\n")
     print("$ feedback-pipeline stats --by environment --since 42d")
     cli(["stats", "--by", "environment", "--since", "42d"])
     print("$ feedback-pipeline policy show")
