@@ -7,6 +7,8 @@ import argparse
 import json
 import os
 import sys
+from contextlib import closing
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from feedback_pipeline.serving import store as policies
 from feedback_pipeline.serving.batch import score_file
 from feedback_pipeline.settings import (
     AB_METRICS,
+    Settings,
     SettingsError,
     default_data_dir,
     load_settings,
@@ -196,22 +199,33 @@ def _print_json(payload: dict | list) -> None:
     print(json.dumps(payload, default=str, allow_nan=False))
 
 
+@dataclass(frozen=True)
+class AnalysisWindow:
+    """What an analysis command reads: the settings, ``as_of`` and ``since`` (None: the
+    settings' window), from the options ``_analysis_options`` adds."""
+
+    settings: Settings
+    as_of: datetime
+    since: datetime | None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> AnalysisWindow:
+        as_of = parse_as_of(args.as_of)
+        return cls(load_settings(args.settings), as_of, as_of - args.since if args.since else None)
+
+
 def _stats(args: argparse.Namespace) -> int:
     """The weekly feedback figures, FP-rate trend, segments and note terms."""
-    settings = load_settings(args.settings)
-    as_of = parse_as_of(args.as_of)
-    con = _open_warehouse(args.data_dir, read_only=True)
-    try:
+    window = AnalysisWindow.from_args(args)
+    with closing(_open_warehouse(args.data_dir, read_only=True)) as con:
         stats = feedback_stats(
             con,
-            settings.labeling,
-            settings.analytics,
-            as_of,
-            as_of - args.since if args.since else None,
+            window.settings.labeling,
+            window.settings.analytics,
+            window.as_of,
+            window.since,
             tuple(args.by) if args.by else WEEKLY_GROUPS,
         )
-    finally:
-        con.close()
     if args.json:
         _print_json(stats.as_dict())
         return 0
@@ -228,23 +242,20 @@ def _stats(args: argparse.Namespace) -> int:
 
 def _ab(args: argparse.Namespace) -> int:
     """Compare two variants or two model versions on one or more metrics."""
-    settings = load_settings(args.settings)
-    as_of = parse_as_of(args.as_of)
-    con = _open_warehouse(args.data_dir, read_only=True)
-    try:
+    window = AnalysisWindow.from_args(args)
+    analytics = window.settings.analytics
+    with closing(_open_warehouse(args.data_dir, read_only=True)) as con:
         comparison = ab_compare(
             con,
-            settings.labeling,
-            settings.analytics,
-            as_of,
+            window.settings.labeling,
+            analytics,
+            window.as_of,
             args.control,
             args.treatment,
-            args.metric or settings.analytics.ab_metrics,
+            args.metric or analytics.ab_metrics,
             args.by,
-            as_of - args.since if args.since else None,
+            window.since,
         )
-    finally:
-        con.close()
     if args.json:
         _print_json(comparison.as_dict())
         return 0
