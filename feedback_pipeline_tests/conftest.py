@@ -104,19 +104,30 @@ SAMPLE_LANDING = Path(__file__).resolve().parent / "fixtures" / "sample_landing"
 SAMPLE_AS_OF = "2026-02-22T00:00:00Z"
 
 
+def simulate_and_ingest(
+    folder: Path,
+    config: SimulationConfig,
+    kinds: tuple[str, ...] = ("predictions", "feedback", "baseline"),
+) -> duckdb.DuckDBPyConnection:
+    """``config``'s stream as landing files in ``folder/landing``, ``kinds`` ingested into
+    ``folder/warehouse.duckdb``; returns the open connection (the caller closes it)."""
+    simulate(folder / "landing", config)
+    connection = warehouse.connect(folder / "warehouse.duckdb")
+    for kind in kinds:
+        ingest_kind(connection, folder / "landing", kind)
+    return connection
+
+
 @pytest.fixture(scope="session")
 def simulated_source(tmp_path_factory) -> Path:
     """Six weeks of simulated, drifting data, ingested and labeled once per test session."""
     folder = tmp_path_factory.mktemp("simulated")
-    simulate(
-        folder / "landing",
+    connection = simulate_and_ingest(
+        folder,
         SimulationConfig(
             days=42, predictions_per_day=150, baseline_per_day=75, seed=11, bad_rate=0.01
         ),
     )
-    connection = warehouse.connect(folder / "warehouse.duckdb")
-    for kind in ("predictions", "feedback", "baseline"):
-        ingest_kind(connection, folder / "landing", kind)
     build_labeled_outcomes(connection, LabelingSettings(), SIMULATED_AS_OF)
     connection.close()
     return folder

@@ -5,21 +5,17 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
-from feedback_pipeline.ingest.landing_files import ingest_kind
-from feedback_pipeline.simulator.feedback_stream import SimulationConfig, simulate
-from feedback_pipeline.warehouse import connection as warehouse
+from feedback_pipeline.simulator.feedback_stream import SimulationConfig
+from feedback_pipeline_tests.conftest import simulate_and_ingest
 
 START, DAYS = date(2026, 3, 2), 28
 
 
 def simulated_stream(data_dir: Path, **config) -> datetime:
     """Four weeks of predictions and feedback in ``data_dir``; returns the as-of just after."""
-    simulate(
-        data_dir / "landing",
+    simulate_and_ingest(
+        data_dir,
         SimulationConfig(start=START, days=DAYS, predictions_per_day=200, seed=21, **config),
-    )
-    con = warehouse.connect(data_dir / "warehouse.duckdb")
-    for kind in ("predictions", "feedback"):
-        ingest_kind(con, data_dir / "landing", kind)
-    con.close()
+        ("predictions", "feedback"),
+    ).close()
     return datetime.combine(START, datetime.min.time()) + timedelta(days=DAYS + 1)

@@ -16,10 +16,9 @@ from feedback_pipeline.defs.definitions import build_defs
 from feedback_pipeline.defs.resources import local_resources
 from feedback_pipeline.defs.run_context import RunContextResource, run_context_config
 from feedback_pipeline.defs.sensors import monitoring_request
-from feedback_pipeline.ingest.landing_files import ingest_kind
 from feedback_pipeline.registry.mlflow_registry import CHAMPION, local_registry
-from feedback_pipeline.simulator.feedback_stream import SimulationConfig, simulate
-from feedback_pipeline.warehouse import connection as warehouse
+from feedback_pipeline.simulator.feedback_stream import SimulationConfig
+from feedback_pipeline_tests.conftest import simulate_and_ingest
 
 START = date(2026, 3, 2)
 TRAINED = datetime(2026, 3, 30)  # day 28: the champion's as_of
@@ -27,14 +26,9 @@ NOW = datetime(2026, 4, 4)  # windows: days 30, 31 and 32 (03-31 .. 04-03)
 
 
 def ingested(folder: Path, **drift) -> Path:
-    simulate(
-        folder / "landing",
-        SimulationConfig(start=START, days=34, predictions_per_day=150, seed=5, **drift),
-    )
-    con = warehouse.connect(folder / "warehouse.duckdb")
-    for kind in ("predictions", "feedback", "baseline"):
-        ingest_kind(con, folder / "landing", kind)
-    con.close()
+    simulate_and_ingest(
+        folder, SimulationConfig(start=START, days=34, predictions_per_day=150, seed=5, **drift)
+    ).close()
     return folder
 
 

@@ -7,7 +7,6 @@ from datetime import date, datetime, timedelta
 import numpy as np
 import pytest
 
-from feedback_pipeline.ingest.landing_files import ingest_kind
 from feedback_pipeline.labels.outcomes import build_labeled_outcomes
 from feedback_pipeline.monitoring.drift import (
     Reference,
@@ -17,8 +16,9 @@ from feedback_pipeline.monitoring.drift import (
     retrain_due,
 )
 from feedback_pipeline.settings import LabelingSettings, MonitoringSettings
-from feedback_pipeline.simulator.feedback_stream import FEATURES, SimulationConfig, simulate
+from feedback_pipeline.simulator.feedback_stream import FEATURES, SimulationConfig
 from feedback_pipeline.warehouse import connection as warehouse
+from feedback_pipeline_tests.conftest import simulate_and_ingest
 
 START = date(2026, 3, 2)
 SETTINGS = MonitoringSettings()
@@ -39,13 +39,11 @@ def test_psi_is_near_zero_for_the_same_distribution_and_large_for_a_shift():
 
 
 def stream(tmp_path, seed: int, **drift) -> warehouse.duckdb.DuckDBPyConnection:
-    simulate(
-        tmp_path / "landing",
+    con = simulate_and_ingest(
+        tmp_path,
         SimulationConfig(start=START, days=21, predictions_per_day=200, seed=seed, **drift),
+        ("predictions", "feedback"),
     )
-    con = warehouse.connect(tmp_path / "warehouse.duckdb")
-    for kind in ("predictions", "feedback"):
-        ingest_kind(con, tmp_path / "landing", kind)
     build_labeled_outcomes(con, LabelingSettings(), datetime(2026, 3, 23))
     return con
 
