@@ -20,6 +20,8 @@ finite) falls back to ``rule_confidence`` and is flagged ``fallback``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 
@@ -59,21 +61,28 @@ def calibrate(probability: np.ndarray, calibration: dict | None) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(calibration["a"] * probability + calibration["b"]))
 
 
-def caller_rule_confidence(frame: pd.DataFrame) -> np.ndarray:
-    """The caller's ``rule_confidence`` as floats (NaN where absent or not a number)."""
-    return feature_matrix(frame, ["rule_confidence"])[:, 0]
+def policy_inputs(policy: dict) -> list[str]:
+    """The request columns the policy reads besides the model's probability: the caller's
+    ``rule_confidence`` (the fallback) and the learned rule weights' features."""
+    weights = policy.get("rule_weights") or {"coefficients": {}}
+    return ["rule_confidence", *(n for n in weights["coefficients"] if n != "rule_confidence")]
+
+
+def _learned_rule_score(columns: Mapping[str, np.ndarray], rule_weights: dict, rows: int):
+    logit = np.full(rows, float(rule_weights["intercept"]))
+    for name, weight in rule_weights["coefficients"].items():
+        logit = logit + weight * columns.get(name, np.full(rows, np.nan))
+    return 1.0 / (1.0 + np.exp(-logit))
 
 
 def rule_score(frame: pd.DataFrame, rule_weights: dict | None) -> np.ndarray:
     """The learned rule weights' logistic score; the caller's ``rule_confidence`` without them
     (NaN where neither is there)."""
     if rule_weights is None:
-        return caller_rule_confidence(frame)
+        return feature_matrix(frame, ["rule_confidence"])[:, 0]
     names = list(rule_weights["coefficients"])
-    logit = rule_weights["intercept"] + feature_matrix(frame, names) @ np.array(
-        [rule_weights["coefficients"][n] for n in names]
-    )
-    return 1.0 / (1.0 + np.exp(-logit))
+    columns = dict(zip(names, feature_matrix(frame, names).T, strict=True))
+    return _learned_rule_score(columns, rule_weights, len(frame))
 
 
 def feature_matrix(frame: pd.DataFrame, features: list[str]) -> np.ndarray:
@@ -85,9 +94,41 @@ def feature_matrix(frame: pd.DataFrame, features: list[str]) -> np.ndarray:
     return values.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
 
 
-def scorable_rows(frame: pd.DataFrame, features: list[str]) -> np.ndarray:
-    """Rows whose every model feature is present and finite."""
-    return np.isfinite(feature_matrix(frame, features)).all(axis=1)
+def frame_columns(frame: pd.DataFrame, names: list[str]) -> dict[str, np.ndarray]:
+    """``names`` as float columns (NaN where missing or not a number), for ``serve_columns``."""
+    return dict(zip(names, feature_matrix(frame, names).T, strict=True))
+
+
+def serve_columns(
+    columns: Mapping[str, np.ndarray],
+    probability: np.ndarray,
+    scorable: np.ndarray,
+    policy: dict,
+    model_run_id: str | None,
+) -> dict[str, np.ndarray]:
+    """The served columns (``OUTPUT_COLUMNS``) given the model's ``probability`` on its
+    scorable rows (NaN elsewhere) and the request's float ``columns`` (at least
+    ``policy_inputs(policy)`` that the caller sent; an absent one counts as missing). Numpy
+    only: the server calls it per request without building a DataFrame."""
+    rows = len(probability)
+    caller_rule = columns.get("rule_confidence", np.full(rows, np.nan))
+    calibration = policy["calibration"] if policy.get("model_run_id") == model_run_id else None
+    calibrated = calibrate(probability, calibration)
+    rule_weights = policy["rule_weights"]
+    rules = (
+        caller_rule if rule_weights is None else _learned_rule_score(columns, rule_weights, rows)
+    )
+    weight = policy["blend_weight"]
+    blended = np.where(np.isfinite(rules), weight * calibrated + (1.0 - weight) * rules, calibrated)
+    blended = np.where(scorable, blended, caller_rule)
+    return {
+        "probability": np.where(scorable, probability, np.nan),
+        "calibrated": np.where(scorable, calibrated, np.nan),
+        "blended_confidence": blended,
+        "decision": np.nan_to_num(blended, nan=-1.0) >= policy["threshold"],
+        "fallback": ~scorable,
+        "policy_version": np.full(rows, int(policy["version"])),
+    }
 
 
 def serve(
@@ -97,25 +138,7 @@ def serve(
     policy: dict,
     model_run_id: str | None,
 ) -> pd.DataFrame:
-    """The served columns for ``frame`` given the model's ``probability`` on its scorable rows
-    (NaN elsewhere)."""
-    calibration = policy["calibration"] if policy.get("model_run_id") == model_run_id else None
-    calibrated = calibrate(probability, calibration)
-    caller_rule = caller_rule_confidence(frame)
-    rules = (
-        caller_rule if policy["rule_weights"] is None else rule_score(frame, policy["rule_weights"])
-    )
-    weight = policy["blend_weight"]
-    blended = np.where(np.isfinite(rules), weight * calibrated + (1.0 - weight) * rules, calibrated)
-    blended = np.where(scorable, blended, caller_rule)
-    return pd.DataFrame(
-        {
-            "probability": np.where(scorable, probability, np.nan),
-            "calibrated": np.where(scorable, calibrated, np.nan),
-            "blended_confidence": blended,
-            "decision": np.nan_to_num(blended, nan=-1.0) >= policy["threshold"],
-            "fallback": ~scorable,
-            "policy_version": np.full(len(frame), int(policy["version"])),
-        },
-        index=frame.index,
-    )
+    """``serve_columns`` for a DataFrame of requests, as a DataFrame on its index."""
+    columns = frame_columns(frame, policy_inputs(policy))
+    served = serve_columns(columns, probability, scorable, policy, model_run_id)
+    return pd.DataFrame(served, index=frame.index)

@@ -15,6 +15,7 @@ import hashlib
 import importlib.util
 import pickle
 import sys
+from collections.abc import Mapping
 
 import mlflow
 import numpy as np
@@ -87,21 +88,35 @@ class ProbabilityModel(PythonModel):
             )
         return policy
 
+    def score(
+        self, columns: Mapping[str, np.ndarray], rows: int, score_missing: bool = False
+    ) -> dict[str, np.ndarray]:
+        """``predict`` on plain arrays: the request's float ``columns`` (the features and
+        ``rule_confidence``; NaN or absent where missing) to the served columns. What
+        ``feedback-pipeline serve`` calls per request, with no DataFrame on the way."""
+        missing = np.full(rows, np.nan)
+        matrix = np.column_stack([columns.get(name, missing) for name in self.features])
+        scorable = np.ones(rows, dtype=bool) if score_missing else np.isfinite(matrix).all(axis=1)
+        probability = np.full(rows, np.nan)
+        if scorable.all():
+            probability = self._probability(matrix)
+        elif scorable.any():
+            probability[scorable] = self._probability(matrix[scorable])
+        self.fallback_count += int(rows - scorable.sum())
+        return self.served_policy.serve_columns(
+            columns, probability, scorable, self.policy, self.run_id
+        )
+
+    def _probability(self, matrix: np.ndarray) -> np.ndarray:
+        X = matrix if self.takes_matrix else pd.DataFrame(matrix, columns=self.features)
+        return self.estimator.predict_proba(X)[:, 1]
+
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         frame = pd.DataFrame(model_input)
-        matrix = self.served_policy.feature_matrix(frame, self.features)
-        if (params or {}).get("score_missing"):
-            scorable = np.ones(len(frame), dtype=bool)
-        else:
-            scorable = np.isfinite(matrix).all(axis=1)
-        probability = np.full(len(frame), np.nan)
-        if scorable.any():
-            X = matrix[scorable]
-            if not self.takes_matrix:
-                X = pd.DataFrame(X, columns=self.features)
-            probability[scorable] = self.estimator.predict_proba(X)[:, 1]
-        self.fallback_count += int((~scorable).sum())
-        return self.served_policy.serve(frame, probability, scorable, self.policy, self.run_id)
+        names = [*self.features, *self.served_policy.policy_inputs(self.policy)]
+        columns = self.served_policy.frame_columns(frame, list(dict.fromkeys(names)))
+        score_missing = bool((params or {}).get("score_missing"))
+        return pd.DataFrame(self.score(columns, len(frame), score_missing), index=frame.index)
 
 
 mlflow.models.set_model(ProbabilityModel())

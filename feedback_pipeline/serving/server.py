@@ -36,7 +36,6 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from mlflow.exceptions import MlflowException
-from mlflow.utils.proto_json_utils import dataframe_from_parsed_json
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -140,17 +139,35 @@ def utc_iso(moment: datetime) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Parsing: MLflow's scoring JSON (and CSV) to a DataFrame, with a message for every bad shape.
+# Parsing: MLflow's scoring JSON (and CSV) to named columns, with a message for every bad shape.
 
 
-def parse_request(body: bytes, content_type: str | None) -> tuple[pd.DataFrame, dict | None]:
+@dataclass(frozen=True)
+class Table:
+    """A request's rows: each named column as an object array of the values the body held
+    (None or NaN where null). The JSON parser has already made one Python object per value, so
+    arranging them in columns is all that is left; a DataFrame per request cost more than
+    scoring a row."""
+
+    columns: dict[str, np.ndarray]
+    rows: int
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.columns
+
+
+def parse_request(body: bytes, content_type: str | None) -> tuple[Table, dict | None]:
     """The rows and ``params`` of a scoring request; BadRequest says what is wrong."""
     media = (content_type or "").split(";")[0].strip().lower()
     if media == "text/csv":
         try:
-            return pd.read_csv(io.BytesIO(body)), None
+            frame = pd.read_csv(io.BytesIO(body))
         except Exception as error:  # pandas raises many types for a malformed CSV
             raise BadRequest(f"the body is not a readable CSV table: {error}") from error
+        if len(frame) == 0:
+            raise BadRequest("the CSV table holds no rows to score")
+        columns = {str(name): frame[name].to_numpy(dtype=object) for name in frame.columns}
+        return Table(columns, len(frame)), None
     # Anything else is read as JSON: `curl -d` sends JSON labelled as a form.
     try:
         payload = json.loads(body)
@@ -170,68 +187,106 @@ def parse_request(body: bytes, content_type: str | None) -> tuple[pd.DataFrame, 
     params = payload.get("params")
     if params is not None and not isinstance(params, dict):
         raise BadRequest(f"params must be a JSON object, not {type(params).__name__}")
-    return _frame(formats[0], payload[formats[0]]), params
+    return _table(formats[0], payload[formats[0]]), params
 
 
-def _frame(fmt: str, data: Any) -> pd.DataFrame:
-    """A DataFrame with named, unique columns and a fresh index, or BadRequest."""
-    try:
-        if fmt in (DF_SPLIT, DF_RECORDS):  # MLflow's own parsing and messages
-            frame = dataframe_from_parsed_json(data, pandas_orient=fmt.removeprefix("dataframe_"))
-        elif isinstance(data, dict):  # inputs/instances in columnar form: name -> values
-            frame = pd.DataFrame({name: np.atleast_1d(values) for name, values in data.items()})
-        elif isinstance(data, list):  # inputs/instances as a list of row objects
-            frame = pd.DataFrame(data)
-        else:
-            raise BadRequest(f"{fmt} must be a list of row objects or an object of columns")
-    except MlflowException as error:
-        raise BadRequest(error.message) from error
-    except (ValueError, TypeError) as error:
-        raise BadRequest(f"{fmt} is not a table: {error}") from error
-    if len(frame) == 0:
+def _table(fmt: str, data: Any) -> Table:
+    """The rows of one of MLflow's input formats: ``dataframe_split`` (columns and rows of
+    values), row objects (``dataframe_records``, or a list under ``inputs``/``instances``) or
+    an object of columns (``inputs``/``instances``)."""
+    if fmt == DF_SPLIT:
+        if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+            raise BadRequest(f"{fmt} must be an object with 'columns' and 'data' (a list of rows)")
+        return _from_rows(fmt, data.get("columns"), data["data"])
+    if isinstance(data, list):
+        if not all(isinstance(row, dict) for row in data):
+            raise BadRequest(
+                f"{fmt} must name its columns: rows must be objects (column name -> value)"
+            )
+        names = list(dict.fromkeys(name for row in data for name in row))
+        return _from_rows(fmt, names, [[row.get(name) for name in names] for row in data])
+    if fmt == DF_RECORDS or not isinstance(data, dict):
+        raise BadRequest(f"{fmt} must be a list of row objects or an object of columns")
+    columns = {name: np.atleast_1d(np.array(values, dtype=object)) for name, values in data.items()}
+    if any(values.ndim != 1 for values in columns.values()):
+        raise BadRequest(f"each column of {fmt} must hold one value per row")
+    lengths = {len(values) for values in columns.values()}
+    if len(lengths) > 1:
+        raise BadRequest(f"the columns of {fmt} must all be as long; they hold {sorted(lengths)}")
+    rows = lengths.pop() if lengths else 0
+    if rows == 0:
         raise BadRequest(f"{fmt} holds no rows to score")
-    if not all(isinstance(name, str) for name in frame.columns):
+    return Table(columns, rows)
+
+
+def _from_rows(fmt: str, names: Any, rows: list) -> Table:
+    """Named columns from rows of values, each row one value per name."""
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
         raise BadRequest(
             f"{fmt} must name its columns: rows must be objects (column name -> value), or "
             "dataframe_split must give 'columns'"
         )
-    if frame.columns.duplicated().any():
-        duplicated = sorted(set(frame.columns[frame.columns.duplicated()]))
+    if len(set(names)) != len(names):
+        duplicated = sorted({name for name in names if names.count(name) > 1})
         raise BadRequest(f"{fmt} repeats the columns {duplicated}")
-    return frame.reset_index(drop=True)
-
-
-def numbers(frame: pd.DataFrame, column: str) -> np.ndarray:
-    """A column as float64 (absent or null: NaN); a value that is not a number is a 400."""
-    if column not in frame:
-        return np.full(len(frame), np.nan)
-    raw = frame[column]
-    if pd.api.types.is_numeric_dtype(raw.dtype):  # the usual case: already numbers
-        return raw.to_numpy(dtype="float64", na_value=np.nan)
-    values = pd.to_numeric(raw, errors="coerce")
-    bad = (values.isna() & raw.notna()).to_numpy()
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
+    if not rows:
+        raise BadRequest(f"{fmt} holds no rows to score")
+    values = np.empty((len(rows), len(names)), dtype=object)
+    try:
+        values[:] = rows
+    except (ValueError, TypeError) as error:
         raise BadRequest(
-            f"column {column!r} must hold numbers or null; row {row} holds {raw.iloc[row]!r}"
-        )
-    return values.to_numpy(dtype="float64", na_value=np.nan)
+            f"each row of {fmt} must hold one value for each of its {len(names)} columns"
+        ) from error
+    return Table({name: values[:, i] for i, name in enumerate(names)}, len(rows))
 
 
-def optional(frame: pd.DataFrame, column: str, kinds: tuple[str, ...], what: str) -> np.ndarray:
+def numbers(table: Table, column: str) -> np.ndarray:
+    """A column as float64 (absent or null: NaN); a value that is not a number is a 400."""
+    if column not in table:
+        return np.full(table.rows, np.nan)
+    raw = table.columns[column]
+    try:
+        return raw.astype("float64")  # None -> NaN; numbers and numeric strings as float()
+    except (TypeError, ValueError):
+        pass
+    for row, value in enumerate(raw):  # only on the way to a 400: find the row to name
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            raise BadRequest(
+                f"column {column!r} must hold numbers or null; row {row} holds {value!r}"
+            ) from None
+    raise BadRequest(f"column {column!r} must hold numbers or null")
+
+
+def optional(table: Table, column: str, kinds: tuple[str, ...], what: str) -> np.ndarray:
     """An optional column as an object array, null as None (absent: all None); a value of
     another JSON type (``pandas.api.types.infer_dtype`` not in ``kinds``) is a 400."""
-    if column not in frame:
-        return np.full(len(frame), None, dtype=object)
-    values = frame[column].to_numpy(dtype=object, copy=True)
+    if column not in table:
+        return np.full(table.rows, None, dtype=object)
+    values = table.columns[column].copy()
     if pd.api.types.infer_dtype(values, skipna=True) not in (*kinds, "empty"):
         raise BadRequest(f"column {column!r} must hold {what} or null")
     values[pd.isna(values)] = None
     return values
 
 
-def texts(frame: pd.DataFrame, column: str) -> np.ndarray:
-    return optional(frame, column, ("string",), "strings")
+def texts(table: Table, column: str) -> np.ndarray:
+    return optional(table, column, ("string",), "strings")
+
+
+def sent_numbers(table: Table) -> tuple[str, ...]:
+    """The numeric columns the caller sent besides the pass-through fields and
+    ``rule_confidence``: what is recorded as features when no model is loaded."""
+    return tuple(
+        name
+        for name, values in table.columns.items()
+        if name not in PASS_THROUGH
+        and name != RULE_CONFIDENCE
+        and pd.api.types.infer_dtype(values, skipna=True)
+        in ("floating", "integer", "mixed-integer-float")
+    )
 
 
 def new_ids(count: int) -> np.ndarray:
@@ -255,42 +310,64 @@ class Rows:
     rule_confidence: np.ndarray
 
 
-def checked_rows(frame: pd.DataFrame, environment: str) -> Rows:
-    ids = texts(frame, "prediction_id")
+def checked_rows(table: Table, environment: str) -> Rows:
+    ids = texts(table, "prediction_id")
     missing = (ids == None) | (ids == "")  # noqa: E711 - elementwise on an object array
     if missing.any():
         ids[missing] = new_ids(int(missing.sum()))
     if len(pd.unique(ids)) != len(ids):
         repeated = pd.Series(ids)[pd.Series(ids).duplicated()].iloc[0]
         raise BadRequest(f"prediction_id repeats within the request: {repeated!r}")
-    env = texts(frame, "environment")
+    env = texts(table, "environment")
     env[env == None] = environment  # noqa: E711
     allowed = np.isin(env, ENVIRONMENTS)
     if not allowed.all():
         bad = env[~allowed][0]
         raise BadRequest(f"environment must be one of {', '.join(ENVIRONMENTS)}, not {bad!r}")
-    ml = optional(frame, "ml_enhanced", ("boolean",), "true, false")
-    rule = numbers(frame, RULE_CONFIDENCE)
+    ml = optional(table, "ml_enhanced", ("boolean",), "true, false")
+    rule = numbers(table, RULE_CONFIDENCE)
     with np.errstate(invalid="ignore"):
         out_of_range = ~np.isnan(rule) & ((rule < 0.0) | (rule > 1.0))
     if out_of_range.any():
         row = int(np.flatnonzero(out_of_range)[0])
         raise BadRequest(f"rule_confidence must be within [0, 1]; row {row} holds {rule[row]}")
-    return Rows(ids, texts(frame, "entity_id"), env, texts(frame, "variant"), ml, rule)
+    return Rows(ids, texts(table, "entity_id"), env, texts(table, "variant"), ml, rule)
 
 
-def rule_fallback(rule: np.ndarray) -> pd.DataFrame:
+def rule_fallback(rule: np.ndarray) -> dict[str, np.ndarray]:
     """What is served without a model: the caller's ``rule_confidence``, flagged fallback."""
-    return pd.DataFrame(
-        {
-            "probability": np.nan,
-            "calibrated": np.nan,
-            "blended_confidence": rule,
-            "decision": np.nan_to_num(rule, nan=-1.0) >= 0.5,
-            "fallback": True,
-            "policy_version": pd.array([pd.NA] * len(rule), dtype="Int64"),
-        }
-    )
+    rows = len(rule)
+    return {
+        "probability": np.full(rows, np.nan),
+        "calibrated": np.full(rows, np.nan),
+        "blended_confidence": rule,
+        "decision": np.nan_to_num(rule, nan=-1.0) >= 0.5,
+        "fallback": np.ones(rows, dtype=bool),
+        "policy_version": np.full(rows, None, dtype=object),
+    }
+
+
+def _json_values(values: np.ndarray) -> list:
+    """A column as JSON-ready Python values, NaN as None (JSON null)."""
+    if values.dtype.kind == "f":
+        nulls = np.isnan(values)
+        if nulls.any():
+            values = values.astype(object)
+            values[nulls] = None
+    return values.tolist()
+
+
+def predictions_json(ids: np.ndarray, version: str | None, served: dict[str, np.ndarray]) -> bytes:
+    """``{"predictions": [row, ...]}`` as ``mlflow models serve`` answers for a DataFrame:
+    one object per row with its id, the version that served it and the served columns."""
+    columns = {
+        "prediction_id": ids.tolist(),
+        "model_version": [version] * len(ids),
+        **{name: _json_values(np.asarray(served[name])) for name in OUTPUT_COLUMNS},
+    }
+    names = list(columns)
+    records = [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+    return json.dumps({"predictions": records}, allow_nan=False, separators=(",", ":")).encode()
 
 
 @dataclass(frozen=True)
@@ -370,6 +447,21 @@ class Champion:
     features: tuple[str, ...]
     input_columns: tuple[str, ...]
     loaded_at: datetime
+
+    def score(
+        self, columns: dict[str, np.ndarray], rows: int, params: dict | None
+    ) -> dict[str, np.ndarray]:
+        """The served columns for float ``columns`` (NaN or absent where missing). Without
+        params, the model's own array path, ``ProbabilityModel.score`` (the request was
+        checked already: numbers, ranges); with params, or for a version logged before that
+        path existed, MLflow's ``predict``, which checks params against the signature."""
+        score = getattr(self.python_model, "score", None)
+        if score is not None and not params:
+            return score(columns, rows)
+        missing = np.full(rows, np.nan)
+        frame = pd.DataFrame({name: columns.get(name, missing) for name in self.input_columns})
+        served = self.model.predict(frame, params=params or None)
+        return {name: served[name].to_numpy() for name in OUTPUT_COLUMNS}
 
 
 class Metrics:
@@ -592,7 +684,7 @@ class Reloader:
             loaded_at=datetime.now(UTC),
         )
         try:  # one throwaway prediction before it serves, so the first request is not slow
-            python_model.predict(None, pd.DataFrame(0.0, index=[0], columns=list(inputs)))
+            champion.score({name: np.zeros(1) for name in inputs}, 1, None)
         except Exception:
             log.warning("version %s failed a warm-up prediction", version, exc_info=True)
         log.info(
@@ -666,23 +758,13 @@ class ServingState:
         served_by: Champion | None = None
         buffered: Served | None = None
         try:
-            frame, params = parse_request(body, content_type)
-            checked = checked_rows(frame, self.config.environment)
-            served, served_by, names, features = self._score(frame, checked, params)
-            rows, fallbacks = len(served), int(served["fallback"].sum())
+            table, params = parse_request(body, content_type)
+            checked = checked_rows(table, self.config.environment)
+            served, served_by, names, features = self._score(table, checked, params)
+            rows, fallbacks = table.rows, int(np.sum(served["fallback"]))
             version = served_by.version if served_by else None
-            response = pd.DataFrame(
-                {
-                    "prediction_id": checked.ids,
-                    "model_version": version,
-                    **{name: served[name] for name in OUTPUT_COLUMNS},
-                }
-            )
-            status = 200
-            payload = (
-                '{"predictions":' + response.to_json(orient="records", double_precision=15) + "}"
-            ).encode()
-            confidence = served["blended_confidence"].to_numpy(dtype="float64", na_value=np.nan)
+            status, payload = 200, predictions_json(checked.ids, version, served)
+            confidence = np.asarray(served["blended_confidence"], dtype="float64")
             buffered = Served(utc_iso(at), version, checked, confidence, names, features)
         except BadRequest as error:
             self.metrics.errors.labels("bad_request").inc()
@@ -714,46 +796,22 @@ class ServingState:
         return Answer(status, payload)
 
     def _score(
-        self, frame: pd.DataFrame, checked: Rows, params: dict | None
-    ) -> tuple[pd.DataFrame, Champion | None, tuple[str, ...], np.ndarray]:
-        """The served columns (index 0..n-1), the champion that served them (None: the rule
-        fallback), and the feature names and values to record."""
+        self, table: Table, checked: Rows, params: dict | None
+    ) -> tuple[dict[str, np.ndarray], Champion | None, tuple[str, ...], np.ndarray]:
+        """The served columns, the champion that served them (None: the rule fallback), and
+        the feature names and values to record."""
         champion = self.champion  # read once: the whole request sees one champion
-        if champion is not None:
-            names = champion.features
-        else:  # no model: record the numeric columns the caller sent as its features
-            names = tuple(
-                name
-                for name in frame.columns
-                if name not in PASS_THROUGH
-                and name != RULE_CONFIDENCE
-                and pd.api.types.is_numeric_dtype(frame[name])
-                and not pd.api.types.is_bool_dtype(frame[name])
-            )
-        columns = {name: numbers(frame, name) for name in names}
-        features = np.column_stack(list(columns.values())) if names else np.empty((len(frame), 0))
+        # No model: record the numeric columns the caller sent as its features.
+        names = champion.features if champion is not None else sent_numbers(table)
+        columns = {name: numbers(table, name) for name in names}
+        features = np.column_stack(list(columns.values())) if names else np.empty((table.rows, 0))
         if champion is None:
             return rule_fallback(checked.rule_confidence), None, names, features
         if self._limited_for is not champion:
             self._limit_threads(champion)
-        # Every input column, absent ones as NaN: a row missing one still reaches the model,
-        # which falls back on it (a frame without the columns would lose its rows in MLflow).
         columns[RULE_CONFIDENCE] = checked.rule_confidence
-        model_input = pd.DataFrame(
-            {
-                name: columns.get(name, np.full(len(frame), np.nan))
-                for name in champion.input_columns
-            }
-        )
         try:
-            # The request was checked above (numbers, ranges, every input column present), so
-            # the model is called directly; with params, MLflow checks those against the
-            # signature first.
-            served = (
-                champion.model.predict(model_input, params=params)
-                if params
-                else champion.python_model.predict(None, model_input)
-            )
+            served = champion.score(columns, table.rows, params)
         except MlflowException as error:
             if error.error_code in CLIENT_ERROR_CODES:  # the caller's params, not the model
                 raise BadRequest(error.message) from error
@@ -761,9 +819,9 @@ class ServingState:
         except Exception:
             return self._predict_failed(champion, checked), None, names, features
         self.predict_failed = False
-        return served.reset_index(drop=True), champion, names, features
+        return served, champion, names, features
 
-    def _predict_failed(self, champion: Champion, checked: Rows) -> pd.DataFrame:
+    def _predict_failed(self, champion: Champion, checked: Rows) -> dict[str, np.ndarray]:
         """Serve every row its rule_confidence; /health says degraded until a predict works."""
         log.exception("version %s failed to predict; serving rule_confidence", champion.version)
         self.metrics.errors.labels("predict").inc()

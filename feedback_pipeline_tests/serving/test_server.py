@@ -306,6 +306,29 @@ def test_predict_serves_mlflow_formats_with_per_row_fallback(served):
     assert len(ours) >= 2 and (ours["fallbacks"] == 1).all() and (ours["latency_ms"] > 0).all()
 
 
+def test_params_go_through_mlflow_and_are_checked_against_the_signature(served):
+    """With params the server calls MLflow's ``predict``, which checks them: score_missing
+    scores the row missing ``rsi`` (the pipeline imputes it); a wrong type is the caller's
+    400, not a fallback."""
+    url = served.main_url
+    rows = json.loads(scoring_rows().to_json(orient="records"))
+    status, answer = post(
+        f"{url}/predict", {"dataframe_records": rows, "params": {"score_missing": True}}
+    )
+    assert status == 200, answer
+    scored = served_frame(answer)
+    assert not scored["fallback"].any()
+    version = scored.loc[4, "model_version"]
+    imputed = served.estimators[version].predict_proba(scoring_rows().loc[[4], FEATURES])[:, 1]
+    np.testing.assert_allclose(scored.loc[4, "probability"], imputed[0], rtol=1e-9)
+
+    status, answer = post(
+        f"{url}/predict", {"dataframe_records": rows, "params": {"score_missing": "sometimes"}}
+    )
+    assert status == 400 and "score_missing" in answer["message"], answer
+    assert get_json(f"{url}/health")["status"] == "ok"
+
+
 def test_a_bad_request_is_a_400_that_says_why_and_is_counted(served):
     url = served.main_url
     errors_before = metric(url, "feedback_serving_errors_total", kind="bad_request")
