@@ -80,7 +80,7 @@ RECORD_FIELDS = (
     "ml_enhanced",
     "variant",
 )
-# 0.5 ms .. 1 s: a single row scores in ~2 ms, a 1,000-row batch in tens of ms.
+# 0.5 ms .. 1 s: a single row is answered in ~1 ms, a 1,000-row batch in tens of ms.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 ERROR_KINDS = ("bad_request", "predict", "reload", "write", "internal")
 # MLflow error codes that mean the caller's params were wrong, not that the model failed.
