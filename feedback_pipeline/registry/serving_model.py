@@ -109,7 +109,7 @@ class ProbabilityModel(PythonModel):
 
     def _probability(self, matrix: np.ndarray) -> np.ndarray:
         X = matrix if self.takes_matrix else pd.DataFrame(matrix, columns=self.features)
-        return self.estimator.predict_proba(X)[:, 1]
+        return self.estimator.predict_proba(X)[:, 1].astype("float64")  # XGBoost's is float32
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         frame = pd.DataFrame(model_input)

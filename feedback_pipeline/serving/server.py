@@ -219,8 +219,8 @@ def _table(fmt: str, data: Any) -> Table:
     return Table(columns, rows)
 
 
-def _from_rows(fmt: str, names: Any, rows: list) -> Table:
-    """Named columns from rows of values, each row one value per name."""
+def _from_rows(fmt: str, names: Any, rows: Any) -> Table:
+    """Named columns from rows of values, each row a list of one value per name."""
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
         raise BadRequest(
             f"{fmt} must name its columns: rows must be objects (column name -> value), or "
@@ -229,34 +229,46 @@ def _from_rows(fmt: str, names: Any, rows: list) -> Table:
     if len(set(names)) != len(names):
         duplicated = sorted({name for name in names if names.count(name) > 1})
         raise BadRequest(f"{fmt} repeats the columns {duplicated}")
-    if not rows:
+    if not isinstance(rows, list) or not rows:
         raise BadRequest(f"{fmt} holds no rows to score")
-    values = np.empty((len(rows), len(names)), dtype=object)
-    try:
-        values[:] = rows
-    except (ValueError, TypeError) as error:
+    # Checked before numpy sees them: it would stretch a short row across every column.
+    width = len(names)
+    short = [i for i, row in enumerate(rows) if not isinstance(row, list) or len(row) != width]
+    if short:
         raise BadRequest(
-            f"each row of {fmt} must hold one value for each of its {len(names)} columns"
-        ) from error
+            f"each row of {fmt} must be a list of one value for each of its {width} columns; "
+            f"row {short[0]} is {json.dumps(rows[short[0]])[:200]}"
+        )
+    values = np.empty((len(rows), width), dtype=object)
+    values[:] = rows  # a list or an object as a value stays one object: its column says no
     return Table({name: values[:, i] for i, name in enumerate(names)}, len(rows))
 
 
 def numbers(table: Table, column: str) -> np.ndarray:
-    """A column as float64 (absent or null: NaN); a value that is not a number is a 400."""
+    """A column as float64 (absent or null: NaN); a value that is not a number (a string that
+    does not read as one, "NaN" included, an object, a list) is a 400."""
     if column not in table:
         return np.full(table.rows, np.nan)
     raw = table.columns[column]
     try:
-        return raw.astype("float64")  # None -> NaN; numbers and numeric strings as float()
-    except (TypeError, ValueError):
-        pass
+        parsed = raw.astype("float64")  # None -> NaN; numbers and numeric strings as float()
+    except (TypeError, ValueError, OverflowError):
+        parsed = None
+    if parsed is not None:
+        not_a_number = np.isnan(parsed)
+        if not not_a_number.any() or pd.isna(raw[not_a_number]).all():
+            return parsed
     for row, value in enumerate(raw):  # only on the way to a 400: find the row to name
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            continue  # null (or JSON's NaN literal): missing
         try:
-            float(value)
-        except (TypeError, ValueError):
+            valid = not np.isnan(float(value))
+        except (TypeError, ValueError, OverflowError):
+            valid = False
+        if not valid:
             raise BadRequest(
-                f"column {column!r} must hold numbers or null; row {row} holds {value!r}"
-            ) from None
+                f"column {column!r} must hold numbers or null; row {row} holds {value!r:.200}"
+            )
     raise BadRequest(f"column {column!r} must hold numbers or null")
 
 

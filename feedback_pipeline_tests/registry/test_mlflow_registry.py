@@ -117,3 +117,33 @@ def test_two_versions_in_one_process_each_run_their_own_policy_code(tmp_path, mo
     old, new = (registry.load(v).unwrap_python_model().served_policy for v in (first, second))
     assert getattr(new, "CODE_REVISION", None) == "second"
     assert not hasattr(old, "CODE_REVISION")
+
+
+def test_scoring_arrays_serves_what_predict_serves_in_float64(tmp_path):
+    """The server's array path (``ProbabilityModel.score``) and the pyfunc's ``predict`` give
+    the same served columns, in float64 whether or not a row falls back (XGBoost's own
+    probabilities are float32)."""
+    settings = Settings()
+    train = training_split()
+    estimator = fit(
+        "xgboost",
+        settings.models.hyperparameters.for_family("xgboost"),
+        train,
+        settings.models.seed,
+    )
+    registry = local_registry(tmp_path)
+    version = registry.log_challenger(
+        estimator, "xgboost", FEATURES, train.X, {}, {}, {}, "# card"
+    ).version
+    model = registry.load(version)
+    rows = train.X.head(30).assign(rule_confidence=np.linspace(0.0, 1.0, 30))
+    for frame in (rows.dropna(), rows):  # every row scorable; some rows missing rsi
+        columns = {name: frame[name].to_numpy(dtype=float) for name in frame.columns}
+        arrays = model.unwrap_python_model().score(columns, len(frame))
+        served = model.predict(frame)
+        for name in ("probability", "calibrated", "blended_confidence"):
+            assert arrays[name].dtype == np.float64, name
+            np.testing.assert_array_equal(arrays[name], served[name].to_numpy(), err_msg=name)
+        for name in ("decision", "fallback", "policy_version"):
+            assert arrays[name].tolist() == served[name].tolist(), name
+    assert arrays["fallback"].any() and not arrays["fallback"].all()

@@ -62,6 +62,11 @@ def test_every_format_gives_the_same_rows(fmt):
     ("payload", "says"),
     [
         ({"dataframe_split": {"columns": ["a"], "data": [[1.0, 2.0]]}}, "each of its 1 columns"),
+        # numpy would stretch these across the columns: a short row, a flat list, an object
+        ({"dataframe_split": {"columns": ["a", "b"], "data": [[0.5], [0.7]]}}, r"row 0 is \[0.5\]"),
+        ({"dataframe_split": {"columns": ["a", "b"], "data": [1.0, 2.0]}}, "row 0 is 1.0"),
+        ({"dataframe_split": {"columns": ["a", "b"], "data": [{"a": 1}]}}, "must be a list"),
+        ({"dataframe_split": {"columns": ["a", "b"], "data": [[1, 2], [3]]}}, "row 1 is"),
         ({"dataframe_split": {"columns": ["a", "a"], "data": [[1.0, 2.0]]}}, "repeats"),
         ({"dataframe_split": {"data": [[1.0]]}}, "must name its columns"),
         ({"dataframe_split": [[1.0]]}, "'columns' and 'data'"),
@@ -86,6 +91,14 @@ def test_bad_values_name_the_column_and_the_row():
     )
     with pytest.raises(BadRequest, match=r"'rsi' must hold numbers or null; row 1 holds 'high'"):
         numbers(table, "rsi")
+    for value in ("NaN", 10**400, [0.5], {"x": 1}):  # not numbers, though float() may read them
+        table, _ = parse_request(
+            json.dumps({"dataframe_records": [{"rsi": None}, {"rsi": value}]}).encode(), None
+        )
+        with pytest.raises(BadRequest, match=r"'rsi' must hold numbers or null; row 1 holds"):
+            numbers(table, "rsi")
+    table, _ = parse_request(b'{"dataframe_records": [{"rsi": NaN}, {"rsi": "0.5"}]}', None)
+    np.testing.assert_array_equal(numbers(table, "rsi"), [np.nan, 0.5])  # NaN literal: missing
     for row, says in [
         ({"rule_confidence": 1.5}, r"within \[0, 1\]; row 0 holds 1.5"),
         ({"environment": "staging"}, "environment must be one of"),
