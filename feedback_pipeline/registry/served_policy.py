@@ -61,14 +61,21 @@ def calibrate(probability: np.ndarray, calibration: dict | None) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(calibration["a"] * probability + calibration["b"]))
 
 
+def rule_inputs(rule_weights: dict | None) -> list[str]:
+    """The request columns a rule score reads: the caller's ``rule_confidence`` (also the
+    fallback) and the learned rule weights' features."""
+    names = (rule_weights or {"coefficients": {}})["coefficients"]
+    return ["rule_confidence", *(n for n in names if n != "rule_confidence")]
+
+
 def policy_inputs(policy: dict) -> list[str]:
-    """The request columns the policy reads besides the model's probability: the caller's
-    ``rule_confidence`` (the fallback) and the learned rule weights' features."""
-    weights = policy.get("rule_weights") or {"coefficients": {}}
-    return ["rule_confidence", *(n for n in weights["coefficients"] if n != "rule_confidence")]
+    """The request columns the policy reads besides the model's probability."""
+    return rule_inputs(policy.get("rule_weights"))
 
 
-def _learned_rule_score(columns: Mapping[str, np.ndarray], rule_weights: dict, rows: int):
+def _rule_score(columns: Mapping[str, np.ndarray], rule_weights: dict | None, rows: int):
+    if rule_weights is None:
+        return columns.get("rule_confidence", np.full(rows, np.nan))
     logit = np.full(rows, float(rule_weights["intercept"]))
     for name, weight in rule_weights["coefficients"].items():
         logit = logit + weight * columns.get(name, np.full(rows, np.nan))
@@ -78,11 +85,7 @@ def _learned_rule_score(columns: Mapping[str, np.ndarray], rule_weights: dict, r
 def rule_score(frame: pd.DataFrame, rule_weights: dict | None) -> np.ndarray:
     """The learned rule weights' logistic score; the caller's ``rule_confidence`` without them
     (NaN where neither is there)."""
-    if rule_weights is None:
-        return feature_matrix(frame, ["rule_confidence"])[:, 0]
-    names = list(rule_weights["coefficients"])
-    columns = dict(zip(names, feature_matrix(frame, names).T, strict=True))
-    return _learned_rule_score(columns, rule_weights, len(frame))
+    return _rule_score(frame_columns(frame, rule_inputs(rule_weights)), rule_weights, len(frame))
 
 
 def feature_matrix(frame: pd.DataFrame, features: list[str]) -> np.ndarray:
@@ -114,10 +117,7 @@ def serve_columns(
     caller_rule = columns.get("rule_confidence", np.full(rows, np.nan))
     calibration = policy["calibration"] if policy.get("model_run_id") == model_run_id else None
     calibrated = calibrate(probability, calibration)
-    rule_weights = policy["rule_weights"]
-    rules = (
-        caller_rule if rule_weights is None else _learned_rule_score(columns, rule_weights, rows)
-    )
+    rules = _rule_score(columns, policy["rule_weights"], rows)
     weight = policy["blend_weight"]
     blended = np.where(np.isfinite(rules), weight * calibrated + (1.0 - weight) * rules, calibrated)
     blended = np.where(scorable, blended, caller_rule)

@@ -97,10 +97,8 @@ class ProbabilityModel(PythonModel):
         missing = np.full(rows, np.nan)
         matrix = np.column_stack([columns.get(name, missing) for name in self.features])
         scorable = np.ones(rows, dtype=bool) if score_missing else np.isfinite(matrix).all(axis=1)
-        probability = np.full(rows, np.nan)
-        if scorable.all():
-            probability = self._probability(matrix)
-        elif scorable.any():
+        probability = np.full(rows, np.nan)  # float64, whatever the estimator returns
+        if scorable.any():
             probability[scorable] = self._probability(matrix[scorable])
         self.fallback_count += int(rows - scorable.sum())
         return self.served_policy.serve_columns(
@@ -109,7 +107,7 @@ class ProbabilityModel(PythonModel):
 
     def _probability(self, matrix: np.ndarray) -> np.ndarray:
         X = matrix if self.takes_matrix else pd.DataFrame(matrix, columns=self.features)
-        return self.estimator.predict_proba(X)[:, 1].astype("float64")  # XGBoost's is float32
+        return self.estimator.predict_proba(X)[:, 1]
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         frame = pd.DataFrame(model_input)
