@@ -6,6 +6,7 @@ import io
 import os
 import subprocess
 import sys
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -40,13 +41,17 @@ def training_split(rows: int = 300) -> Split:
     return Split(X, y, np.ones(rows), times, times)
 
 
-@pytest.mark.parametrize("family", ["xgboost", "logistic_regression", "random_forest"])
-def test_a_registered_version_loads_where_feedback_pipeline_is_not_installed(family, tmp_path):
+def fitted(family: str) -> tuple[Any, Split]:
+    """``family`` fitted with the default settings on ``training_split``, and that split."""
     settings = Settings()
     train = training_split()
-    estimator = fit(
-        family, settings.models.hyperparameters.for_family(family), train, settings.models.seed
-    )
+    params = settings.models.hyperparameters.for_family(family)
+    return fit(family, params, train, settings.models.seed), train
+
+
+@pytest.mark.parametrize("family", ["xgboost", "logistic_regression", "random_forest"])
+def test_a_registered_version_loads_where_feedback_pipeline_is_not_installed(family, tmp_path):
+    estimator, train = fitted(family)
     registry = local_registry(tmp_path)
     registered = registry.log_challenger(
         estimator, family, FEATURES, train.X, {"family": family}, {}, {}, "# card"
@@ -92,14 +97,7 @@ def test_two_versions_in_one_process_each_run_their_own_policy_code(tmp_path, mo
     run the policy code logged with it, not whichever was imported first."""
     from feedback_pipeline.registry import mlflow_registry
 
-    settings = Settings()
-    train = training_split()
-    estimator = fit(
-        "logistic_regression",
-        settings.models.hyperparameters.for_family("logistic_regression"),
-        train,
-        settings.models.seed,
-    )
+    estimator, train = fitted("logistic_regression")
     registry = local_registry(tmp_path)
 
     def log() -> str:
@@ -123,14 +121,7 @@ def test_scoring_arrays_serves_what_predict_serves_in_float64(tmp_path):
     """The server's array path (``ProbabilityModel.score``) and the pyfunc's ``predict`` give
     the same served columns, in float64 whether or not a row falls back (XGBoost's own
     probabilities are float32)."""
-    settings = Settings()
-    train = training_split()
-    estimator = fit(
-        "xgboost",
-        settings.models.hyperparameters.for_family("xgboost"),
-        train,
-        settings.models.seed,
-    )
+    estimator, train = fitted("xgboost")
     registry = local_registry(tmp_path)
     version = registry.log_challenger(
         estimator, "xgboost", FEATURES, train.X, {}, {}, {}, "# card"
