@@ -176,11 +176,18 @@ class ModelSettings(_Strict):
 class GateSettings(_Strict):
     """DESIGN section 8: the promotion policy as data."""
 
-    rule: Literal["superiority", "non_inferiority"] = Field(
-        default="non_inferiority",
-        description="superiority: the incumbent rule (a met, significant gain decides); "
-        "non_inferiority: promote the refit unless the challenger is significantly worse than "
-        "the champion (the accuracy delta's upper bound below -non_inferiority_margin)",
+    rule: Literal["superiority", "non_inferiority", "log_loss"] = Field(
+        default="log_loss",
+        description="how the challenger's procedure is judged against the champion's, like with "
+        "like on the holdout. log_loss: the challenger's wins when its holdout log loss is no "
+        "higher; non_inferiority: it wins unless significantly worse (the accuracy delta's upper "
+        "bound below -non_inferiority_margin); superiority: the incumbent rule (a met, "
+        "significant gain decides)",
+    )
+    refresh_champion: bool = Field(
+        default=True,
+        description="when the champion's procedure wins, its refit on the fresh data becomes "
+        "champion (the model keeps learning); false keeps the old champion model as it is",
     )
     non_inferiority_margin: float = Field(default=0.01, ge=0.0, le=1.0)
     min_accuracy_gain: float = Field(default=0.02, ge=0.0, le=1.0)

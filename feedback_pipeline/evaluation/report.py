@@ -61,7 +61,9 @@ class EvaluationReport:
     best: ScoredChallenger  # chosen on validation, never on the holdout
     champion_version: str | None
     champion_metrics: dict[str, float] | None  # the live champion, on rows newer than it
-    # the champion's procedure fit on this train split: what the gate compares against
+    # the champion's procedure (family, params) and its fit on this train split, scored on the
+    # holdout: what the gate compares against, and what a refresh refits
+    champion_procedure: dict[str, Any] | None
     champion_procedure_metrics: dict[str, float] | None
     deltas: dict[str, dict[str, float]] | None
     decision: Decision
@@ -87,6 +89,7 @@ class EvaluationReport:
             "best_version": self.best.challenger.version,
             "champion_version": self.champion_version,
             "champion_metrics": self.champion_metrics,
+            "champion_procedure": self.champion_procedure,
             "champion_procedure_metrics": self.champion_procedure_metrics,
             "deltas": self.deltas,
             "decision": self.decision.as_dict(),
@@ -114,7 +117,13 @@ class EvaluationReport:
                 },
             )
         deltas = [{"metric": m, **d} for m, d in (self.deltas or {}).items()]
-        verdict = "PROMOTE" if self.decision.promote else "KEEP CHAMPION"
+        verdict = (
+            "PROMOTE"
+            if self.decision.promote
+            else "REFRESH THE CHAMPION'S PROCEDURE"
+            if self.decision.refresh
+            else "KEEP CHAMPION"
+        )
         dry = " (dry run: nothing moves)" if self.mode == "dry_run" else ""
         return {
             "holdout_metrics": f"Holdout: {self.holdout_rows} matured outcome/explicit rows, "
@@ -201,13 +210,32 @@ def evaluate(
         # Like with like: the champion's procedure (family, parameters, half-life) fit on this
         # train split, so both procedures are judged on holdout rows neither has seen. The live
         # champion, a refit on fresher rows, is only reported on the rows newer than it.
-        train = load_split(con, "train", info.features)
-        fitted = fit(procedure["family"], procedure["params"], train, seed)
-        p_procedure = predict_probability(fitted, holdout.X)
-        probabilities[f"champion v{champion_version}'s procedure"] = p_procedure
+        same = next(
+            (
+                s
+                for s in scored
+                if {"family": s.challenger.family, "params": s.challenger.params} == procedure
+            ),
+            None,
+        )
+        if same is not None:  # a challenger is the champion's procedure on this split: reuse it
+            p_procedure = probabilities[same.label]
+        else:
+            train = load_split(con, "train", info.features)
+            fitted = fit(procedure["family"], procedure["params"], train, seed)
+            p_procedure = predict_probability(fitted, holdout.X)
+            probabilities[f"champion v{champion_version}'s procedure"] = p_procedure
         procedure_metrics = classification_metrics(holdout.y, p_procedure, gate.threshold)
         deltas = _deltas(holdout.y, probabilities[best.label], p_procedure, gate, seed)
-        decision = decide(gate, len(holdout), best.holdout, procedure_metrics, deltas, majority)
+        decision = decide(
+            gate,
+            len(holdout),
+            best.holdout,
+            procedure_metrics,
+            deltas,
+            majority,
+            procedure_compared=True,
+        )
     elif tags is not None and fair_rows >= gate.min_holdout_rows:
         # A champion registered before procedures were recorded: compare on the fair rows.
         p_best = probabilities[best.label][fair]
@@ -235,6 +263,7 @@ def evaluate(
         best=best,
         champion_version=champion_version,
         champion_metrics=champion_metrics,
+        champion_procedure=procedure,
         champion_procedure_metrics=procedure_metrics,
         deltas=deltas,
         decision=decision,

@@ -12,7 +12,7 @@ from feedback_pipeline.evaluation.report import EvaluationReport
 from feedback_pipeline.promotion import ledger
 from feedback_pipeline.registry.mlflow_registry import CHALLENGER, CHAMPION, Registry
 from feedback_pipeline.settings import Settings
-from feedback_pipeline.training.challengers import Progress, refit_candidate
+from feedback_pipeline.training.challengers import Challenger, Progress, refit_candidate
 
 
 @dataclass(frozen=True)
@@ -35,17 +35,25 @@ def apply_decision(
     """Move the aliases as decided and append the decision to the ledger, promoted or not.
 
     What becomes champion is the refit of the chosen candidate on every row whose label is final
-    (``training.refit``, on by default); ``challenger`` points at the evaluated candidate."""
+    (``training.refit``, on by default); ``challenger`` points at the evaluated candidate. When the
+    gate preferred the champion's procedure (``decision.refresh``), that procedure is refit."""
     decision = report.decision
     old = registry.alias_version(CHAMPION)
-    best = report.best.challenger.version
+    best_candidate = report.best.challenger
+    best = best_candidate.version
     now = datetime.now().isoformat(timespec="seconds")
     if report.mode != "dry_run":
         registry.set_alias(CHALLENGER, best)
     promoted, applied, reason = best, decision.applied, decision.reason
-    if applied and settings.training.refit:
+    if applied and decision.refresh and not settings.training.refit:
+        applied = False  # nothing to refresh with: the old champion stays
+        reason = f"{reason} (training.refit is off: the old champion stays)"
+    elif applied and settings.training.refit:
         tags = {"trigger": trigger, "dagster_run_id": dagster_run_id or ""}
-        refit = refit_candidate(con, registry, settings, report.best.challenger, tags, progress)
+        evaluated = champion_procedure(registry, report) if decision.refresh else best_candidate
+        refit = refit_candidate(
+            con, registry, settings, evaluated, tags, progress, refresh=decision.refresh
+        )
         promoted = refit.version
     if applied and promoted == old:  # same rows, same procedure: the same model
         applied = False
@@ -73,6 +81,20 @@ def apply_decision(
         dagster_run_id=dagster_run_id,
     )
     return ChampionChange(old, new, applied, reason)
+
+
+def champion_procedure(registry: Registry, report: EvaluationReport) -> Challenger:
+    """The champion's procedure as a candidate to refit: it won the gate's comparison."""
+    assert report.champion_version is not None and report.champion_procedure is not None
+    return Challenger(
+        version=report.champion_version,
+        run_id=registry.run_id(report.champion_version),
+        family=report.champion_procedure["family"],
+        params=report.champion_procedure["params"],
+        validation={},
+        training_set_hash=report.training_set_hash,
+        as_of=report.as_of,
+    )
 
 
 def rollback(

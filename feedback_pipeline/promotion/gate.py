@@ -9,11 +9,12 @@ from feedback_pipeline.settings import GateSettings
 
 @dataclass(frozen=True)
 class Decision:
-    promote: bool  # the gate passed
-    applied: bool  # the gate passed and mode is enforce: the alias moves
+    promote: bool  # the gate passed: the challenger's procedure wins
+    applied: bool  # mode is enforce and the alias moves (a promotion or a refresh)
     reason: str
     deciding_metric: str | None = None
     checks: dict[str, bool] = field(default_factory=dict)
+    refresh: bool = False  # the champion's procedure won: its refit on fresh data is champion
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -28,8 +29,13 @@ def decide(
     majority_accuracy: float,
     fair_rows: int | None = None,
     fair_note: str = "",
+    procedure_compared: bool = False,
 ) -> Decision:
     """Decide whether the challenger replaces the champion; every outcome has a reason.
+
+    ``procedure_compared``: ``champion`` holds the champion's procedure fit on the same train
+    split. When it wins and clears the floor, ``gate.refresh_champion`` makes its refit on the
+    fresh data the champion (``refresh``): the procedure is kept, the model still learns.
 
     ``fair_rows`` counts the holdout rows the champion never trained on (newer than its data
     watermark; ``fair_note`` says which champion and watermark). None of them: nothing new to
@@ -69,16 +75,45 @@ def decide(
         )
     else:
         decision = _decide(gate, holdout_rows, challenger, champion, deltas, majority_accuracy)
+        if procedure_compared and not decision.promote and gate.refresh_champion:
+            decision = _refresh(gate, decision, champion, majority_accuracy)
     if gate.mode == "dry_run":
-        verdict = "would promote" if decision.promote else "would not promote"
-        return Decision(
-            decision.promote,
-            False,
-            f"[dry run, nothing moved] {verdict}: {decision.reason}",
-            decision.deciding_metric,
-            decision.checks,
+        verdict = (
+            "would promote"
+            if decision.promote
+            else "would refresh the champion's procedure"
+            if decision.refresh
+            else "would not promote"
+        )
+        return replace(
+            decision, applied=False, reason=f"[dry run, nothing moved] {verdict}: {decision.reason}"
         )
     return decision
+
+
+def _refresh(gate, kept: Decision, champion, majority_accuracy) -> Decision:
+    """The challenger lost to the champion's procedure: refit that procedure on the fresh data,
+    unless it too is below the floor of any champion (then the old model stays)."""
+    if champion is None or kept.checks.get("holdout_size") is False:
+        return kept
+    floor = {
+        "champion_procedure_beats_majority_class": champion["accuracy"] > majority_accuracy,
+        "champion_procedure_min_auc": champion["roc_auc"] >= gate.cold_start_min_auc,
+    }
+    if not all(floor.values()):
+        reason = (
+            f"{kept.reason}; the champion's procedure is below the floor too (accuracy "
+            f"{champion['accuracy']:.3f} vs majority class {majority_accuracy:.3f}, AUC "
+            f"{champion['roc_auc']:.3f}): the old champion stays"
+        )
+        return replace(kept, reason=reason, checks={**kept.checks, **floor})
+    return replace(
+        kept,
+        applied=True,
+        refresh=True,
+        reason=f"{kept.reason}; the champion's procedure is kept and refit on the fresh data",
+        checks={**kept.checks, **floor},
+    )
 
 
 def _decide(gate, holdout_rows, challenger, champion, deltas, majority_accuracy) -> Decision:
@@ -117,6 +152,8 @@ def _decide(gate, holdout_rows, challenger, champion, deltas, majority_accuracy)
     assert deltas is not None
     if gate.rule == "non_inferiority":
         return _non_inferior(gate, challenger, champion, deltas)
+    if gate.rule == "log_loss":
+        return _lower_log_loss(gate, challenger, champion)
     accuracy_gain = challenger["accuracy"] - champion["accuracy"]
     f1_gain = challenger["f1_weighted"] - champion["f1_weighted"]
     auc_drop = champion["roc_auc"] - challenger["roc_auc"]
@@ -190,3 +227,29 @@ def _non_inferior(gate, challenger, champion, deltas) -> Decision:
     return Decision(
         True, True, f"challenger is not worse than the champion: {interval}", "accuracy", checks
     )
+
+
+def _lower_log_loss(gate, challenger, champion) -> Decision:
+    """The better procedure on the freshest unseen rows: the challenger's wins when its holdout
+    log loss (a proper score: calibration and ranking at once) is no higher than the
+    champion's. A point estimate on purpose: with ``refresh_champion`` the loser's price is small
+    (the champion's procedure still learns from the fresh data), and the backtest showed that
+    switching only on this evidence beats switching on validation alone."""
+    delta = challenger["log_loss"] - champion["log_loss"]
+    auc_drop = champion["roc_auc"] - challenger["roc_auc"]
+    checks = {"log_loss_not_higher": delta <= 0, "auc_guardrail": auc_drop <= gate.max_auc_drop}
+    scores = (
+        f"holdout log loss {challenger['log_loss']:.4f} vs the champion's procedure "
+        f"{champion['log_loss']:.4f} ({delta:+.4f})"
+    )
+    if delta > 0:
+        return Decision(False, False, f"challenger's procedure is worse: {scores}", None, checks)
+    if auc_drop > gate.max_auc_drop:
+        return Decision(
+            False,
+            False,
+            f"AUC drops by {auc_drop:.3f}, more than max_auc_drop={gate.max_auc_drop} ({scores})",
+            "roc_auc",
+            checks,
+        )
+    return Decision(True, True, f"challenger's procedure is not worse: {scores}", "log_loss", checks)

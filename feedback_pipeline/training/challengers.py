@@ -225,11 +225,15 @@ def refit_candidate(
     candidate: Challenger,
     tags: dict[str, str],
     progress: Progress = print,
+    refresh: bool = False,
 ) -> Challenger:
     """The model that gets promoted: the evaluated candidate's family and parameters refit on
     every row whose label is final as of ``as_of`` (train, validation, holdout and the recent
     rows with a final label), so the champion learns from its freshest data. The gate judged the
-    procedure on rows the candidate never saw; the refit is registered with a link to it."""
+    procedure on rows the candidate never saw; the refit is registered with a link to it.
+
+    ``refresh``: ``candidate`` is the current champion, whose procedure won the gate's
+    comparison; the refit is that procedure on the fresh data."""
     info = load_info(con)
     if candidate.training_set_hash != info.content_hash:
         raise ValueError(
@@ -257,14 +261,21 @@ def refit_candidate(
     else:
         progress(f"refitting {candidate.family} v{candidate.version} on {len(rows):,} final rows")
         estimator = fit(candidate.family, params, rows, settings.models.seed)
+        origin = (
+            f"Refresh of champion v{candidate.version}'s procedure (run `{candidate.run_id}`), "
+            "which the gate preferred to this round's challenger when both were fit on the same "
+            "train split and judged on holdout rows neither saw. It is refit"
+            if refresh
+            else f"Refit of the evaluated candidate v{candidate.version} (run "
+            f"`{candidate.run_id}`) with its parameters, which the gate judged on holdout rows "
+            "it never saw"
+        )
         card = "\n\n".join(
             [
                 f"# feedback_model champion refit: {candidate.family}",
-                f"Refit of the evaluated candidate v{candidate.version} (run "
-                f"`{candidate.run_id}`) with its parameters on every row whose label is final as "
-                f"of {info.as_of}: {len(rows):,} rows (train, validation, holdout and recent "
-                f"rows with a final label), trained through {watermark}. The gate judged the "
-                "candidate on holdout rows it never saw; this refit has seen them.",
+                f"{origin} on every row whose label is final as of {info.as_of}: {len(rows):,} "
+                "rows (train, validation, holdout and recent rows with a final label), trained "
+                f"through {watermark}. This refit has seen the holdout.",
                 f"Training-set hash `{info.content_hash}`, maturity {info.maturity_days:.3f} "
                 f"days, data clock {info.data_clock}.",
                 "## Parameters\n\n" + markdown([params]),
@@ -287,6 +298,7 @@ def refit_candidate(
                 "role": "refit",
                 "procedure": json.dumps({"family": candidate.family, "params": params}),
                 "refit_of": candidate.version,
+                "refit_kind": "refresh" if refresh else "promotion",
                 "evaluated_candidate_run_id": candidate.run_id,
             },
             card,

@@ -246,3 +246,77 @@ def test_non_inferiority_promotes_unless_significantly_worse(accuracy_high, auc,
     decision = decide(gate, 500, metrics(0.69, 0.69, auc), CHAMPION, delta, 0.6)
     assert reason in decision.reason
     assert decision.promote is promote
+
+
+def scored(accuracy: float, auc: float, log_loss: float) -> dict[str, float]:
+    return {"accuracy": accuracy, "f1_weighted": accuracy, "roc_auc": auc, "log_loss": log_loss}
+
+
+@pytest.mark.parametrize(
+    ("challenger", "promote", "refresh", "reason"),
+    [
+        (scored(0.70, 0.76, 0.520), True, False, "challenger's procedure is not worse"),
+        (scored(0.70, 0.76, 0.530), True, False, "(+0.0000)"),  # a tie: no higher, it wins
+        (scored(0.71, 0.76, 0.531), False, True, "+0.0010"),  # higher log loss loses
+        (scored(0.70, 0.70, 0.500), False, True, "AUC drops by 0.050"),
+        (scored(0.50, 0.50, 0.690), False, True, "below the floor of any champion"),
+    ],
+)
+def test_log_loss_rule_switches_procedure_only_on_holdout_evidence(
+    challenger, promote, refresh, reason
+):
+    """Like with like: the challenger's procedure replaces the champion's when its holdout log
+    loss is no higher; otherwise the champion's procedure is refit on the fresh data."""
+    champion_procedure = scored(0.70, 0.75, 0.530)
+    decision = decide(
+        GateSettings(rule="log_loss"),
+        500,
+        challenger,
+        champion_procedure,
+        deltas(),
+        0.6,
+        procedure_compared=True,
+    )
+    assert reason in decision.reason
+    assert (decision.promote, decision.refresh, decision.applied) == (
+        promote,
+        refresh,
+        promote or refresh,
+    )
+    if refresh:
+        assert "the champion's procedure is kept and refit on the fresh data" in decision.reason
+
+
+def test_no_refresh_when_the_champions_procedure_is_below_the_floor_too():
+    """A broken training set fits every procedure on noise: the old champion stays."""
+    noise = scored(0.52, 0.51, 0.69)
+    decision = decide(
+        GateSettings(rule="log_loss"), 500, noise, noise, deltas(), 0.55, procedure_compared=True
+    )
+    assert (decision.promote, decision.refresh, decision.applied) == (False, False, False)
+    assert "the old champion stays" in decision.reason
+
+
+def test_refresh_off_or_dry_run_moves_nothing():
+    loser, champion_procedure = scored(0.70, 0.76, 0.54), scored(0.70, 0.75, 0.53)
+    kept = decide(
+        GateSettings(rule="log_loss", refresh_champion=False),
+        500,
+        loser,
+        champion_procedure,
+        deltas(),
+        0.6,
+        procedure_compared=True,
+    )
+    assert (kept.refresh, kept.applied) == (False, False)
+    dry = decide(
+        GateSettings(rule="log_loss", mode="dry_run"),
+        500,
+        loser,
+        champion_procedure,
+        deltas(),
+        0.6,
+        procedure_compared=True,
+    )
+    assert (dry.refresh, dry.applied) == (True, False)
+    assert dry.reason.startswith("[dry run, nothing moved] would refresh the champion's procedure")

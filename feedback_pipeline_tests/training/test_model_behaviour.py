@@ -111,7 +111,7 @@ def test_retrain_on_unchanged_data_promotes_nothing_and_adds_no_version(sim_con,
     report = retrain(sim_con, registry)
 
     # the gate finds the same procedure not worse; its refit is the champion already
-    assert "not worse than the champion" in report.decision.reason
+    assert "challenger's procedure is not worse" in report.decision.reason
     promoted, reason = sim_con.execute(
         "SELECT promoted, reason FROM ops.retraining_events ORDER BY recorded_at DESC LIMIT 1"
     ).fetchall()[0]
@@ -188,3 +188,41 @@ def test_the_champion_is_judged_only_on_rows_newer_than_its_watermark(sim_con, s
     assert 0 < newer < holdout == report.holdout_rows
     assert report.fair_rows == newer
     assert f"({newer} rows)" in report.tables()["holdout_metrics"]  # the champion's row says so
+
+
+def test_a_worse_challenger_refreshes_the_champions_procedure_on_the_fresh_data(
+    sim_con, simulated_dir
+):
+    """The gate prefers the champion's procedure: its refit on this week's rows is promoted, a
+    new version that says it is a refresh, and the alias moves (the model keeps learning)."""
+    registry = local_registry(simulated_dir)
+    features = discover_features(sim_con, None)
+    earlier = SIMULATED_AS_OF - timedelta(days=7)
+    build_labeled_outcomes(sim_con, SETTINGS.labeling, earlier)
+    build_training_set(sim_con, SETTINGS.training, features, earlier)
+    retrain(sim_con, registry)
+    first = registry.alias_version(CHAMPION)
+    procedure = registry.version_tags(first)["procedure"]
+
+    stump = Settings.model_validate(
+        {"models": {"hyperparameters": {"xgboost": {"n_estimators": 1, "max_depth": 1}}}}
+    )  # one split: a worse procedure on any holdout
+    build_labeled_outcomes(sim_con, SETTINGS.labeling, SIMULATED_AS_OF)
+    build_training_set(sim_con, SETTINGS.training, features, SIMULATED_AS_OF)
+    report = retrain(sim_con, registry, settings=stump)
+
+    assert report.decision.refresh and not report.decision.promote, report.decision.reason
+    assert report.champion_procedure_metrics["log_loss"] < report.best.holdout["log_loss"]
+    refreshed = registry.alias_version(CHAMPION)
+    assert refreshed not in (first, report.best.challenger.version)
+    tags = registry.version_tags(refreshed)
+    assert (tags["role"], tags["refit_kind"], tags["refit_of"]) == ("refit", "refresh", first)
+    assert tags["procedure"] == procedure
+    assert tags["as_of"] == str(SIMULATED_AS_OF)
+    assert datetime.fromisoformat(tags["data_watermark"]) > datetime.fromisoformat(
+        registry.version_tags(first)["data_watermark"]
+    )
+    (promoted, new_version), = sim_con.execute(
+        "SELECT promoted, new_version FROM ops.retraining_events ORDER BY recorded_at DESC LIMIT 1"
+    ).fetchall()
+    assert (promoted, new_version) == (True, refreshed)
