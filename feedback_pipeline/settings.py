@@ -124,6 +124,13 @@ class TrainingSettings(_Strict):
         default=True,
         description="promote a refit of the chosen candidate on every row whose label is final",
     )
+    selection_rows: int | None = Field(
+        default=100_000,
+        ge=1000,
+        description="candidate procedures are fit on a seeded random sample of at most this many "
+        "train rows (null = all): the search's cost stops growing with the data, the refit "
+        "still uses every final row",
+    )
 
 
 class XGBoostParams(_Strict):

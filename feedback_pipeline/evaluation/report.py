@@ -27,6 +27,7 @@ from feedback_pipeline.training.dataset import (
     TrainingSetInfo,
     load_info,
     load_split,
+    selection_sample,
     split_counts,
 )
 from feedback_pipeline.training.families import fit, predict_probability
@@ -221,7 +222,9 @@ def evaluate(
         if same is not None:  # a challenger is the champion's procedure on this split: reuse it
             p_procedure = probabilities[same.label]
         else:
-            train = load_split(con, "train", info.features)
+            train = selection_sample(  # the rows the challengers were fit on
+                load_split(con, "train", info.features), round_.selection_rows, round_.seed
+            )
             fitted = fit(procedure["family"], procedure["params"], train, seed)
             p_procedure = predict_probability(fitted, holdout.X)
             probabilities[f"champion v{champion_version}'s procedure"] = p_procedure
@@ -316,6 +319,7 @@ def _log(
                 "## Holdout metrics (unweighted)\n\n"
                 + markdown([scored.holdout])
                 + f"\n\n## Decision\n\nThis version is {role}. {report.decision.reason}",
+                challenger.rows_fit,
             ),
             "model_card.md",
         )

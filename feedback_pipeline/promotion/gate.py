@@ -252,4 +252,6 @@ def _lower_log_loss(gate, challenger, champion) -> Decision:
             "roc_auc",
             checks,
         )
-    return Decision(True, True, f"challenger's procedure is not worse: {scores}", "log_loss", checks)
+    return Decision(
+        True, True, f"challenger's procedure is not worse: {scores}", "log_loss", checks
+    )

@@ -24,6 +24,7 @@ from feedback_pipeline.training.dataset import (
     TrainingSetInfo,
     load_info,
     load_split,
+    selection_sample,
     split_counts,
 )
 from feedback_pipeline.training.families import dask_client, fit, train_family
@@ -45,6 +46,7 @@ class Challenger:
     validation: dict[str, float]
     training_set_hash: str
     as_of: datetime
+    rows_fit: int | None = None  # train rows it was fit on (a sample above selection_rows)
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,9 @@ class ChallengerRound:
     training_set_hash: str
     as_of: datetime
     challengers: tuple[Challenger, ...] = field(default_factory=tuple)
+    # the train rows the challengers were fit on: a seeded sample of at most this many
+    selection_rows: int | None = None
+    seed: int = 42
 
     @property
     def best(self) -> Challenger:
@@ -68,13 +73,22 @@ def model_card(
     counts: pd.DataFrame,
     validation: dict[str, float],
     extra: str = "",
+    rows_fit: int | None = None,
 ) -> str:
+    train_rows = int(counts.loc[counts["split"] == "train", "rows"].sum())
+    sample = (
+        f"Fit on a seeded random sample of {rows_fit:,} of the {train_rows:,} train rows "
+        "(training.selection_rows); a promoted refit uses every final row."
+        if rows_fit is not None and rows_fit < train_rows
+        else ""
+    )
     return "\n\n".join(
         [
             f"# feedback_model challenger: {family}",
             f"Data window: {info.window_start} .. {info.as_of} (as_of), training-set hash "
             f"`{info.content_hash}`, data watermark {info.data_watermark}.",
             f"Features: {', '.join(info.features)}",
+            sample,
             "## Hyperparameters\n\n" + markdown([params]),
             "## Rows per split and source\n\n" + markdown(counts),
             "## Validation metrics (weighted)\n\n" + markdown([validation]),
@@ -108,7 +122,11 @@ def train_challengers(
     info = load_info(con)
     data = TrainingData(
         info,
-        load_split(con, "train", info.features),
+        selection_sample(
+            load_split(con, "train", info.features),
+            settings.training.selection_rows,
+            settings.models.seed,
+        ),
         load_split(con, "validation", info.features),
         split_counts(con),
     )
@@ -132,7 +150,13 @@ def train_challengers(
             _train_and_register(registry, settings, family, budget, tags, data, client, progress)
             for family in families
         )
-    return ChallengerRound(info.content_hash, info.as_of, challengers)
+    return ChallengerRound(
+        info.content_hash,
+        info.as_of,
+        challengers,
+        settings.training.selection_rows,
+        settings.models.seed,
+    )
 
 
 def _train_and_register(
@@ -167,6 +191,7 @@ def _train_and_register(
         "use_outcomes": info.settings["use_outcomes"],
         "seed": settings.models.seed,
         "candidates_tried": fitted.candidates_tried,
+        "selection_rows": settings.training.selection_rows,
         "engine": "dask" if client is not None and family == "xgboost" else "local",
     }
     # The same rows and the same parameters make the same model, whatever the run's as_of.
@@ -189,7 +214,9 @@ def _train_and_register(
             "role": "candidate",
             "procedure": json.dumps({"family": family, "params": fitted.params}),
         }
-        card = model_card(family, fitted.params, info, data.counts, fitted.validation_metrics)
+        card = model_card(
+            family, fitted.params, info, data.counts, fitted.validation_metrics, "", len(data.train)
+        )
         registered = registry.log_challenger(
             fitted.estimator,
             family,
@@ -212,6 +239,7 @@ def _train_and_register(
         validation=fitted.validation_metrics,
         training_set_hash=info.content_hash,
         as_of=info.as_of,
+        rows_fit=len(data.train),
     )
 
 

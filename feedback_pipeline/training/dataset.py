@@ -374,6 +374,17 @@ class Split:
         return len(self.y)
 
 
+def selection_sample(split: Split, max_rows: int | None, seed: int) -> Split:
+    """At most ``max_rows`` rows of ``split``, drawn at random (seeded) and kept in time order.
+    Candidate procedures are fit and compared on the same sample, so the search stops costing
+    more as the data grows; the promoted refit still learns from every final row."""
+    if max_rows is None or len(split) <= max_rows:
+        return split
+    keep = np.zeros(len(split), dtype=bool)
+    keep[np.random.default_rng(seed).choice(len(split), size=max_rows, replace=False)] = True
+    return split.subset(keep)
+
+
 def load_split(
     con: duckdb.DuckDBPyConnection, split: str | tuple[str, ...], features: list[str]
 ) -> Split:

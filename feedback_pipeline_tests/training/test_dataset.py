@@ -20,6 +20,7 @@ from feedback_pipeline.training.dataset import (
     discover_features,
     load_info,
     load_split,
+    selection_sample,
 )
 from feedback_pipeline.training.families import recency_weights, train_family
 from feedback_pipeline.warehouse import connection as warehouse
@@ -232,3 +233,22 @@ def test_the_half_life_is_chosen_on_validation_like_a_hyperparameter(sim_con):
     assert fitted.params["half_life_days"] in (None, 7.0, 60.0)
     alone = train_family("xgboost", params, train, validation, seed=42, half_lives=[7.0])
     assert fitted.validation_metrics["log_loss"] <= alone.validation_metrics["log_loss"]
+
+
+def test_candidates_are_compared_on_a_seeded_sample_of_train_rows(sim_con):
+    """The search's cost stops growing with the data: at most selection_rows train rows, the
+    same rows for the same seed, in time order; a smaller split is used whole."""
+    build(sim_con)
+    train = load_split(sim_con, "train", discover_features(sim_con, None))
+    sample = selection_sample(train, 1000, seed=42)
+    assert len(sample) == 1000 < len(train)
+    assert np.all(np.diff(sample.event_time) >= np.timedelta64(0))
+    assert sample.X.equals(selection_sample(train, 1000, seed=42).X)
+    assert not sample.X.equals(selection_sample(train, 1000, seed=7).X)
+    # every sampled row is a train row with its own label and weight
+    rows = train.X.assign(y=train.y, w=train.weight).merge(
+        sample.X.assign(y=sample.y, w=sample.weight), how="inner"
+    )
+    assert len(rows) >= 1000
+    assert selection_sample(train, None, seed=42) is train
+    assert selection_sample(train, len(train), seed=42) is train

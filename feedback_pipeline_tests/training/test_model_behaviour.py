@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -13,8 +15,13 @@ from feedback_pipeline.promotion.apply import apply_decision
 from feedback_pipeline.registry.mlflow_registry import CHALLENGER, CHAMPION, local_registry
 from feedback_pipeline.settings import Settings, TrainingSettings
 from feedback_pipeline.training.challengers import train_challengers
-from feedback_pipeline.training.dataset import build_training_set, discover_features, load_split
-from feedback_pipeline.training.families import predict_probability, train_family
+from feedback_pipeline.training.dataset import (
+    build_training_set,
+    discover_features,
+    load_split,
+    selection_sample,
+)
+from feedback_pipeline.training.families import fit, predict_probability, train_family
 from feedback_pipeline.warehouse import connection as warehouse
 from feedback_pipeline.warehouse.tables import TRAINING_SET
 from feedback_pipeline_tests.conftest import SIMULATED_AS_OF
@@ -222,7 +229,44 @@ def test_a_worse_challenger_refreshes_the_champions_procedure_on_the_fresh_data(
     assert datetime.fromisoformat(tags["data_watermark"]) > datetime.fromisoformat(
         registry.version_tags(first)["data_watermark"]
     )
-    (promoted, new_version), = sim_con.execute(
+    ((promoted, new_version),) = sim_con.execute(
         "SELECT promoted, new_version FROM ops.retraining_events ORDER BY recorded_at DESC LIMIT 1"
     ).fetchall()
     assert (promoted, new_version) == (True, refreshed)
+
+
+def test_procedures_are_compared_on_the_same_sample_of_train_rows(sim_con, simulated_dir):
+    """With training.selection_rows below the train split, the challenger and the champion's
+    procedure are both fit on the same seeded sample; the card says so; the refit uses all."""
+    registry = local_registry(simulated_dir)
+    capped = Settings.model_validate({"training": {"selection_rows": 1000}})
+    features = discover_features(sim_con, None)
+    build_training_set(sim_con, capped.training, features, SIMULATED_AS_OF)
+    retrain(sim_con, registry, settings=capped)
+    first = registry.alias_version(CHAMPION)
+    procedure = json.loads(registry.version_tags(first)["procedure"])
+
+    other = Settings.model_validate(
+        {
+            "training": {"selection_rows": 1000},
+            "models": {"hyperparameters": {"xgboost": {"max_depth": 2}}},
+        }
+    )
+    report = retrain(sim_con, registry, settings=other)
+    sample = selection_sample(load_split(sim_con, "train", features), 1000, 42)
+    holdout = load_split(sim_con, "holdout", features)
+    by_hand = fit(procedure["family"], procedure["params"], sample, 42)
+    expected = classification_metrics(holdout.y, predict_probability(by_hand, holdout.X))
+    assert report.champion_procedure_metrics == pytest.approx(expected)
+    run = registry.client.get_run(report.best.challenger.run_id)
+    assert run.data.metrics["rows_train"] == 1000
+    card = registry.client.download_artifacts(run.info.run_id, "model_card.md")
+    assert "sample of 1,000 of the" in Path(card).read_text()
+    refit = registry.version_tags(registry.alias_version(CHAMPION))
+    assert refit["role"] == "refit"
+    assert (
+        registry.client.get_run(registry.run_id(registry.alias_version(CHAMPION))).data.metrics[
+            "rows_refit"
+        ]
+        > 1000
+    )
