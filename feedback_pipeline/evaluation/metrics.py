@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
 from sklearn.metrics import brier_score_loss, f1_score, log_loss, roc_auc_score
 
 METRICS = (
@@ -61,29 +60,38 @@ def majority_accuracy(y: np.ndarray) -> float:
     return float(max(np.mean(y), 1 - np.mean(y))) if len(y) else float("nan")
 
 
-def _bootstrap_metric(metric: str, y: np.ndarray, p: np.ndarray, threshold: float) -> np.ndarray:
-    """``metric`` per bootstrap replicate; ``y`` and ``p`` are (replicates, n) matrices."""
+def _bootstrap_metric(
+    metric: str, counts: np.ndarray, y: np.ndarray, p: np.ndarray, threshold: float
+) -> np.ndarray:
+    """``metric`` per bootstrap replicate. A replicate is how many times it drew each row
+    (``counts``: replicates x n), so each metric is a weighted sum over the original rows: the
+    same value as on the resampled rows, with no gather and no sort per replicate."""
     predicted = (p >= threshold).astype(int)
+    total = counts.sum(axis=1)
     if metric == "accuracy":
-        return (predicted == y).mean(axis=1)
+        return counts @ (predicted == y).astype(float) / total
     if metric == "f1_weighted":
-        scores = np.zeros(len(y))
+        scores = np.zeros(len(counts))
         for cls in (0, 1):
-            tp = ((predicted == cls) & (y == cls)).sum(axis=1)
-            fp = ((predicted == cls) & (y != cls)).sum(axis=1)
-            fn = ((predicted != cls) & (y == cls)).sum(axis=1)
+            tp = counts @ ((predicted == cls) & (y == cls)).astype(float)
+            fp = counts @ ((predicted == cls) & (y != cls)).astype(float)
+            fn = counts @ ((predicted != cls) & (y == cls)).astype(float)
             f1 = np.divide(
-                2 * tp, 2 * tp + fp + fn, out=np.zeros(len(y)), where=(2 * tp + fp + fn) > 0
+                2 * tp, 2 * tp + fp + fn, out=np.zeros(len(counts)), where=tp + fp + fn > 0
             )
-            scores += f1 * (y == cls).sum(axis=1)
-        return scores / y.shape[1]
-    if metric == "roc_auc":  # Mann-Whitney U with average ranks for ties
-        ranks = rankdata(p, axis=1)
-        n_pos = y.sum(axis=1)
-        n_neg = y.shape[1] - n_pos
-        u = (ranks * y).sum(axis=1) - n_pos * (n_pos + 1) / 2
+            scores += f1 * (counts @ (y == cls).astype(float))
+        return scores / total
+    if metric == "roc_auc":  # Mann-Whitney U over tied-score groups: ties count one half
+        order = np.argsort(p, kind="stable")
+        ordered = p[order]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        drawn = counts[:, order]
+        positives = np.add.reduceat(drawn * y[order], starts, axis=1)
+        negatives = np.add.reduceat(drawn * (1 - y[order]), starts, axis=1)
+        below = np.cumsum(negatives, axis=1) - negatives
+        pairs = positives.sum(axis=1) * negatives.sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
-            return u / (n_pos * n_neg)
+            return (positives * (below + 0.5 * negatives)).sum(axis=1) / pairs
     raise ValueError(metric)
 
 
@@ -107,19 +115,23 @@ def bootstrap_deltas(
     chunk = max(1, cells_per_chunk // max(n, 1))
     deltas: dict[str, list[np.ndarray]] = {metric: [] for metric in DELTA_METRICS}
     for start in range(0, samples, chunk):
-        index = rng.integers(0, n, size=(min(chunk, samples - start), n))
-        y_b, ch_b, cp_b = y[index], p_challenger[index], p_champion[index]
+        replicates = min(chunk, samples - start)
+        index = rng.integers(0, n, size=(replicates, n))
+        offsets = (np.arange(replicates) * n)[:, None]
+        counts = np.bincount((index + offsets).ravel(), minlength=replicates * n)
+        counts = counts.reshape(replicates, n).astype(float)
         for metric in DELTA_METRICS:
             deltas[metric].append(
-                _bootstrap_metric(metric, y_b, ch_b, threshold)
-                - _bootstrap_metric(metric, y_b, cp_b, threshold)
+                _bootstrap_metric(metric, counts, y, p_challenger, threshold)
+                - _bootstrap_metric(metric, counts, y, p_champion, threshold)
             )
     result = {}
     alpha = (1 - level) / 2
+    every_row_once = np.ones((1, n))
     for metric in DELTA_METRICS:
         point = (
-            _bootstrap_metric(metric, y[None, :], p_challenger[None, :], threshold)
-            - _bootstrap_metric(metric, y[None, :], p_champion[None, :], threshold)
+            _bootstrap_metric(metric, every_row_once, y, p_challenger, threshold)
+            - _bootstrap_metric(metric, every_row_once, y, p_champion, threshold)
         )[0]
         values = np.concatenate(deltas[metric])
         values = values[np.isfinite(values)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 from feedback_pipeline.evaluation.metrics import (
     _bootstrap_metric,
@@ -20,8 +20,24 @@ NOISE = RNG.random(400)
 
 
 def test_vectorised_auc_matches_scikit_learn():
-    ours = _bootstrap_metric("roc_auc", Y[None, :], GOOD[None, :], 0.5)[0]
+    ours = _bootstrap_metric("roc_auc", np.ones((1, len(Y))), Y, GOOD, 0.5)[0]
     assert np.isclose(ours, roc_auc_score(Y, GOOD))
+
+
+def test_a_replicate_as_draw_counts_scores_like_the_resampled_rows():
+    """Each replicate's metric from its draw counts equals scikit-learn's on the rows drawn,
+    ties in the scores included."""
+    tied = np.round(GOOD, 1)  # many equal scores
+    index = np.random.default_rng(5).integers(0, len(Y), size=(4, len(Y)))
+    counts = np.stack([np.bincount(row, minlength=len(Y)) for row in index]).astype(float)
+    for p in (GOOD, tied):
+        expected = {
+            "accuracy": [accuracy_score(Y[i], p[i] >= 0.5) for i in index],
+            "f1_weighted": [f1_score(Y[i], p[i] >= 0.5, average="weighted") for i in index],
+            "roc_auc": [roc_auc_score(Y[i], p[i]) for i in index],
+        }
+        for metric, values in expected.items():
+            assert np.allclose(_bootstrap_metric(metric, counts, Y, p, 0.5), values), metric
 
 
 def test_identical_models_have_zero_deltas():
