@@ -1,0 +1,186 @@
+"""Offline replay of fixed training procedures and of the rules that choose between them.
+
+Per period (as in ``feedback-pipeline backtest``): the pipeline's own labels and training set as
+of the period's start; each procedure of a grid fit on ``train`` (scored on validation and
+holdout) and refit on every final row (scoring the period's predictions); and the plain
+refit-everything baseline. No MLflow: it answers "which procedure would have served best, and
+which choosing rule finds it" in minutes, before a full backtest confirms it.
+
+    python benchmarks/procedure_grid.py replay LANDING OUT.pkl START END EVERY_DAYS [default|wide]
+    python benchmarks/procedure_grid.py compare OUT.pkl
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+from feedback_pipeline.backtest.replay import (
+    BacktestPlan,
+    period_predictions,
+    prepare_warehouse,
+    refit_everything,
+)
+from feedback_pipeline.labels.outcomes import build_labeled_outcomes
+from feedback_pipeline.settings import Settings
+from feedback_pipeline.training.challengers import REFIT_SPLITS
+from feedback_pipeline.training.dataset import (
+    TrainingSetError,
+    build_training_set,
+    discover_features,
+    load_split,
+)
+from feedback_pipeline.training.families import fit, predict_probability
+from feedback_pipeline.warehouse.connection import connect
+from feedback_pipeline.warehouse.tables import LABELED_OUTCOMES
+
+XGB = Settings().models.hyperparameters.xgboost.model_dump()
+
+
+def grid(name: str) -> list[tuple[str, dict]]:
+    """``default``: the default half-life candidates; ``wide``: more depths, rates, families."""
+    procedures = [("xgboost", {**XGB, "half_life_days": h}) for h in (None, 90.0, 365.0)]
+    if name == "default":
+        return procedures
+    slow = {**XGB, "max_depth": 3, "learning_rate": 0.05, "n_estimators": 300}
+    procedures += [("xgboost", {**slow, "half_life_days": h}) for h in (None, 90.0, 365.0)]
+    procedures += [
+        ("xgboost", {**XGB, "max_depth": 2, "half_life_days": None}),
+        (
+            "xgboost",
+            {
+                **XGB,
+                "max_depth": 6,
+                "learning_rate": 0.05,
+                "min_child_weight": 5.0,
+                "half_life_days": None,
+            },
+        ),
+        ("xgboost", {**XGB, "min_child_weight": 10.0, "half_life_days": None}),
+        ("xgboost", {**XGB, "n_estimators": 100, "half_life_days": None}),
+        ("xgboost", {**XGB, "n_estimators": 400, "half_life_days": None}),
+        ("xgboost", {**XGB, "half_life_days": 3650.0}),
+        ("logistic_regression", {"C": 1.0, "half_life_days": None}),
+        ("logistic_regression", {"C": 1.0, "half_life_days": 365.0}),
+    ]
+    return procedures
+
+
+def replay(landing: Path, out: Path, plan: BacktestPlan, procedures: list) -> None:
+    settings = Settings()
+    with tempfile.TemporaryDirectory() as folder:
+        con = connect(Path(folder) / "warehouse.duckdb")
+        prepare_warehouse(con, None, landing, print)
+        periods = []
+        for start, end in plan.periods():
+            began = time.perf_counter()
+            build_labeled_outcomes(con, settings.labeling, start)
+            try:
+                features = discover_features(con, None)
+                build_training_set(con, settings.training, features, start)
+            except TrainingSetError as error:
+                print(f"{start:%Y-%m-%d}: skipped ({error})")
+                continue
+            train, validation, holdout = (
+                load_split(con, s, features) for s in ("train", "validation", "holdout")
+            )
+            final = load_split(con, REFIT_SPLITS, features)
+            if len(np.unique(train.y)) < 2:
+                continue
+            ids, X = period_predictions(con, start, end, features)
+            scored = []
+            for family, params in procedures:
+                candidate, refit = fit(family, params, train, 42), fit(family, params, final, 42)
+                scored.append(
+                    {
+                        "validation": predict_probability(candidate, validation.X),
+                        "holdout": predict_probability(candidate, holdout.X),
+                        "period": predict_probability(refit, X),
+                    }
+                )
+            baseline = refit_everything(con, settings, features, start)
+            periods.append(
+                {
+                    "start": start,
+                    "ids": ids,
+                    "validation": (validation.y, validation.weight),
+                    "holdout": holdout.y,
+                    "procedures": scored,
+                    "baseline": predict_probability(baseline, X) if baseline else None,
+                }
+            )
+            print(
+                f"{start:%Y-%m-%d}: {len(train):,} train rows, {time.perf_counter() - began:.1f} s"
+            )
+        build_labeled_outcomes(con, settings.labeling, datetime(9999, 1, 1))
+        labels = dict(
+            con.execute(f"SELECT prediction_id, label FROM {LABELED_OUTCOMES}").fetchall()
+        )
+        con.close()
+    out.write_bytes(pickle.dumps({"procedures": procedures, "periods": periods, "labels": labels}))
+
+
+def log_loss(y: np.ndarray, p: np.ndarray, w: np.ndarray | None = None) -> float:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return float(np.average(-(y * np.log(p) + (1 - y) * np.log(1 - p)), weights=w))
+
+
+def compare(path: Path) -> None:
+    """Prequential accuracy and log loss of each fixed procedure, of the baseline, and of two
+    choosing rules over the default candidates and over the whole grid: retrain-always (the
+    best on validation each period) and the default gate (switch to it only when its holdout
+    log loss is no higher than the current procedure's, else refresh the current one)."""
+    saved = pickle.loads(path.read_bytes())
+    periods, labels, procedures = saved["periods"], saved["labels"], saved["procedures"]
+    truth = [np.array([labels.get(i, -1) for i in period["ids"]]) for period in periods]
+
+    def score(chosen: list[np.ndarray]) -> str:
+        y = np.concatenate([t[t >= 0] for t in truth])
+        p = np.concatenate([np.asarray(c)[t >= 0] for t, c in zip(truth, chosen, strict=True)])
+        return f"{np.mean((p >= 0.5) == y):.4f} | {log_loss(y, p):.4f}"
+
+    def validation_loss(period, k):
+        y, w = period["validation"]
+        return log_loss(y, period["procedures"][k]["validation"], w)
+
+    def holdout_loss(period, k):
+        return log_loss(period["holdout"], period["procedures"][k]["holdout"])
+
+    print("| procedure or rule | accuracy | log loss |\n|---|---:|---:|")
+    for k, (family, params) in enumerate(procedures):
+        shown = ", ".join(
+            f"{key} {value}" for key, value in params.items() if XGB.get(key) != value
+        )
+        chosen = [period["procedures"][k]["period"] for period in periods]
+        print(f"| fixed: {family} {shown or '(defaults)'} | {score(chosen)} |")
+    print(f"| baseline: refit everything | {score([p['baseline'] for p in periods])} |")
+    for name, candidates in (("default candidates", [0, 1, 2]), ("whole grid", None)):
+        candidates = candidates or list(range(len(procedures)))
+        always, gated, current = [], [], None
+        for period in periods:
+            best = min(candidates, key=lambda k: validation_loss(period, k))
+            always.append(period["procedures"][best]["period"])
+            if current is None or holdout_loss(period, best) <= holdout_loss(period, current):
+                current = best
+            gated.append(period["procedures"][current]["period"])
+        print(f"| {name}: retrain always (best on validation) | {score(always)} |")
+        print(f"| {name}: log-loss gate with refresh (default) | {score(gated)} |")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["replay"]:
+        landing, out, start, end, every = sys.argv[2:7]
+        plan = BacktestPlan(
+            datetime.fromisoformat(start), datetime.fromisoformat(end), timedelta(days=int(every))
+        )
+        replay(Path(landing), Path(out), plan, grid(sys.argv[7] if len(sys.argv) > 7 else "wide"))
+    elif sys.argv[1:2] == ["compare"]:
+        compare(Path(sys.argv[2]))
+    else:
+        sys.exit(__doc__)
