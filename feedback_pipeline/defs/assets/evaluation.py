@@ -46,6 +46,7 @@ def evaluation_report(
             "holdout_metrics": dg.MetadataValue.md(tables["holdout_metrics"]),
             "deltas": dg.MetadataValue.md(tables["deltas"]),
             "promote": report.decision.promote,
+            "refresh_champion_procedure": report.decision.refresh,
             "mode": report.mode,
             "best_challenger_version": report.best.challenger.version,
             "champion_version": str(report.champion_version),
