@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 
 from feedback_pipeline.evaluation.metrics import (
-    bootstrap_deltas,
     classification_metrics,
     majority_accuracy,
+    paired_deltas,
 )
 from feedback_pipeline.evaluation.plots import close, holdout_figures
 from feedback_pipeline.promotion.gate import Decision, decide
@@ -132,8 +132,9 @@ class EvaluationReport:
             "(the champion and the deltas are scored on those only). Best challenger on "
             f"validation: v{self.best.challenger.version}. "
             f"Majority-class accuracy {self.majority_accuracy:.4f}.\n\n" + markdown(rows),
-            "deltas": "Challenger minus champion, with bootstrap "
-            f"{self.gate.confidence_level:.0%} intervals.\n\n" + markdown(deltas),
+            "deltas": f"Challenger minus champion, with {self.gate.confidence_level:.0%} "
+            "intervals (paired bootstrap for accuracy and weighted F1, DeLong for AUC).\n\n"
+            + markdown(deltas),
             "decision": f"**{verdict}**{dry}: {self.decision.reason}",
         }
 
@@ -279,7 +280,7 @@ def evaluate(
 def _deltas(
     y: np.ndarray, p_challenger: np.ndarray, p_champion: np.ndarray, gate: GateSettings, seed: int
 ) -> dict[str, dict[str, float]]:
-    return bootstrap_deltas(
+    return paired_deltas(
         y,
         p_challenger,
         p_champion,
