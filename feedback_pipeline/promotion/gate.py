@@ -170,13 +170,7 @@ def _decide(gate, holdout_rows, challenger, champion, deltas, majority_accuracy)
     if not met:
         return Decision(False, False, f"no gain large enough: {gains}", None, checks)
     if auc_drop > gate.max_auc_drop:
-        return Decision(
-            False,
-            False,
-            f"AUC drops by {auc_drop:.3f}, more than max_auc_drop={gate.max_auc_drop} ({gains})",
-            met[0],
-            checks,
-        )
+        return _auc_dropped(gate, auc_drop, gains, met[0], checks)
     # The incumbent rule is an OR of two claims of improvement. Each claim stands on its own
     # evidence: a met margin whose bootstrap lower bound is above 0 decides, whichever it is.
     # A met but noisy accuracy gain neither decides nor vetoes a met and significant F1 gain.
@@ -202,6 +196,17 @@ def _decide(gate, holdout_rows, challenger, champion, deltas, majority_accuracy)
     )
 
 
+def _auc_dropped(gate, auc_drop: float, context: str, deciding: str, checks) -> Decision:
+    """The guardrail every rule shares: AUC may not drop by more than ``max_auc_drop``."""
+    return Decision(
+        False,
+        False,
+        f"AUC drops by {auc_drop:.3f}, more than max_auc_drop={gate.max_auc_drop} ({context})",
+        deciding,
+        checks,
+    )
+
+
 def _non_inferior(gate, challenger, champion, deltas) -> Decision:
     """Promote unless the challenger is significantly worse than the champion: under refit the
     challenger stands for the procedure, and a refit on fresher data is what gets promoted."""
@@ -217,13 +222,7 @@ def _non_inferior(gate, challenger, champion, deltas) -> Decision:
         reason = f"challenger is significantly worse: {interval}"
         return Decision(False, False, reason, None, checks)
     if auc_drop > gate.max_auc_drop:
-        return Decision(
-            False,
-            False,
-            f"AUC drops by {auc_drop:.3f}, more than max_auc_drop={gate.max_auc_drop} ({interval})",
-            "roc_auc",
-            checks,
-        )
+        return _auc_dropped(gate, auc_drop, interval, "roc_auc", checks)
     return Decision(
         True, True, f"challenger is not worse than the champion: {interval}", "accuracy", checks
     )
@@ -245,13 +244,7 @@ def _lower_log_loss(gate, challenger, champion) -> Decision:
     if delta > 0:
         return Decision(False, False, f"challenger's procedure is worse: {scores}", None, checks)
     if auc_drop > gate.max_auc_drop:
-        return Decision(
-            False,
-            False,
-            f"AUC drops by {auc_drop:.3f}, more than max_auc_drop={gate.max_auc_drop} ({scores})",
-            "roc_auc",
-            checks,
-        )
+        return _auc_dropped(gate, auc_drop, scores, "roc_auc", checks)
     return Decision(
         True, True, f"challenger's procedure is not worse: {scores}", "log_loss", checks
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from feedback_pipeline.promotion.gate import decide
+from feedback_pipeline.promotion.gate import Decision, decide
 from feedback_pipeline.settings import GateSettings
 
 
@@ -298,25 +298,19 @@ def test_no_refresh_when_the_champions_procedure_is_below_the_floor_too():
 
 
 def test_refresh_off_or_dry_run_moves_nothing():
-    loser, champion_procedure = scored(0.70, 0.76, 0.54), scored(0.70, 0.75, 0.53)
-    kept = decide(
-        GateSettings(rule="log_loss", refresh_champion=False),
-        500,
-        loser,
-        champion_procedure,
-        deltas(),
-        0.6,
-        procedure_compared=True,
-    )
+    def a_losing_challenger(**gate) -> Decision:
+        return decide(
+            GateSettings(rule="log_loss", **gate),
+            500,
+            scored(0.70, 0.76, 0.54),
+            scored(0.70, 0.75, 0.53),
+            deltas(),
+            0.6,
+            procedure_compared=True,
+        )
+
+    kept = a_losing_challenger(refresh_champion=False)
     assert (kept.refresh, kept.applied) == (False, False)
-    dry = decide(
-        GateSettings(rule="log_loss", mode="dry_run"),
-        500,
-        loser,
-        champion_procedure,
-        deltas(),
-        0.6,
-        procedure_compared=True,
-    )
+    dry = a_losing_challenger(mode="dry_run")
     assert (dry.refresh, dry.applied) == (True, False)
     assert dry.reason.startswith("[dry run, nothing moved] would refresh the champion's procedure")
