@@ -68,6 +68,15 @@ def retrain(
     return report
 
 
+def retrain_as_of(
+    con, registry, features: list[str], as_of: datetime, settings: Settings = SETTINGS
+) -> EvaluationReport:
+    """Labels and training set as of ``as_of``, then the retrain graph."""
+    build_labeled_outcomes(con, settings.labeling, as_of)
+    build_training_set(con, settings.training, features, as_of)
+    return retrain(con, registry, settings=settings)
+
+
 def test_cold_start_promotes_then_shuffled_labels_are_refused(sim_con, simulated_dir):
     registry = local_registry(simulated_dir)
     features = discover_features(sim_con, None)
@@ -178,15 +187,11 @@ def test_the_champion_is_judged_only_on_rows_newer_than_its_watermark(sim_con, s
     registry = local_registry(simulated_dir)
     features = discover_features(sim_con, None)
     earlier = SIMULATED_AS_OF - timedelta(days=7)
-    build_labeled_outcomes(sim_con, SETTINGS.labeling, earlier)
-    build_training_set(sim_con, SETTINGS.training, features, earlier)
-    retrain(sim_con, registry)
+    retrain_as_of(sim_con, registry, features, earlier)
     champion = registry.alias_version(CHAMPION)
     watermark = datetime.fromisoformat(registry.version_tags(champion)["data_watermark"])
 
-    build_labeled_outcomes(sim_con, SETTINGS.labeling, SIMULATED_AS_OF)
-    build_training_set(sim_con, SETTINGS.training, features, SIMULATED_AS_OF)
-    report = retrain(sim_con, registry)
+    report = retrain_as_of(sim_con, registry, features, SIMULATED_AS_OF)
     newer, holdout = sim_con.execute(
         f"SELECT count(*) FILTER (WHERE labeled_at > ?), count(*) FROM {TRAINING_SET} "
         "WHERE split = 'holdout'",
@@ -205,18 +210,14 @@ def test_a_worse_challenger_refreshes_the_champions_procedure_on_the_fresh_data(
     registry = local_registry(simulated_dir)
     features = discover_features(sim_con, None)
     earlier = SIMULATED_AS_OF - timedelta(days=7)
-    build_labeled_outcomes(sim_con, SETTINGS.labeling, earlier)
-    build_training_set(sim_con, SETTINGS.training, features, earlier)
-    retrain(sim_con, registry)
+    retrain_as_of(sim_con, registry, features, earlier)
     first = registry.alias_version(CHAMPION)
     procedure = registry.version_tags(first)["procedure"]
 
     stump = Settings.model_validate(
         {"models": {"hyperparameters": {"xgboost": {"n_estimators": 1, "max_depth": 1}}}}
     )  # one split: a worse procedure on any holdout
-    build_labeled_outcomes(sim_con, SETTINGS.labeling, SIMULATED_AS_OF)
-    build_training_set(sim_con, SETTINGS.training, features, SIMULATED_AS_OF)
-    report = retrain(sim_con, registry, settings=stump)
+    report = retrain_as_of(sim_con, registry, features, SIMULATED_AS_OF, stump)
 
     assert report.decision.refresh and not report.decision.promote, report.decision.reason
     assert report.champion_procedure_metrics["log_loss"] < report.best.holdout["log_loss"]
