@@ -184,6 +184,8 @@ def _backtest(args: argparse.Namespace) -> int:
     else:
         print(f"\nBacktest {summary.backtest_id}: prequential metrics on the common periods\n")
         print(reporting.markdown(summary.overall))
+        print("\nThe policy against each baseline on the same predictions (McNemar's exact test)\n")
+        print(reporting.markdown(summary.paired))
         print(f"\nPlot: {summary.plot_path}; MLflow run {run_id} in experiment {EXPERIMENT}")
     return 0
 

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from feedback_pipeline.evaluation.metrics import mcnemar_exact
 from feedback_pipeline.evaluation.report import evaluate
 from feedback_pipeline.ingest.contract import KINDS
 from feedback_pipeline.ingest.landing_files import ingest_kind
@@ -102,6 +103,8 @@ class BacktestSummary:
     backtest_id: str
     overall: pd.DataFrame  # one row per policy: rows, accuracy, log loss, AUC, FP rate
     periods: pd.DataFrame  # one row per policy and period
+    # one row per baseline: the policy against it on the same predictions (McNemar)
+    paired: pd.DataFrame = field(default_factory=pd.DataFrame)
     plot_path: Path | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -109,6 +112,7 @@ class BacktestSummary:
         return {
             "backtest_id": self.backtest_id,
             "overall": self.overall.to_dict(orient="records"),
+            "policy_vs_baselines": self.paired.to_dict(orient="records"),
             "periods": len(self.periods),
             "plot": str(self.plot_path) if self.plot_path else None,
         }
@@ -422,7 +426,7 @@ def summarize(con: duckdb.DuckDBPyConnection, run_id: str, settings: Settings) -
     build_labeled_outcomes(con, settings.labeling, datetime(9999, 1, 1))
     scored = con.execute(
         f"""
-        SELECT p.policy, p.period_start, l.label, p.probability
+        SELECT p.policy, p.period_start, p.prediction_id, l.label, p.probability
         FROM {BACKTEST_PREDICTIONS} p JOIN {LABELED_OUTCOMES} l USING (prediction_id)
         WHERE p.backtest_id = ?
         """,
@@ -459,7 +463,32 @@ def summarize(con: duckdb.DuckDBPyConnection, run_id: str, settings: Settings) -
     overall = overall.sort_values("policy", key=lambda s: s.map(order)).reset_index(drop=True)
     periods = scored.groupby(["policy", "period_start"]).apply(metrics, include_groups=False)
     periods = periods.reset_index()
-    return BacktestSummary(run_id, overall, periods)
+    overall["rows"], periods["rows"] = overall["rows"].astype(int), periods["rows"].astype(int)
+    return BacktestSummary(run_id, overall, periods, policy_against_baselines(scored[common]))
+
+
+def policy_against_baselines(scored: pd.DataFrame) -> pd.DataFrame:
+    """The policy against each baseline on the same predictions: the accuracy difference, the
+    predictions only one of the two got right, and McNemar's exact p-value, so "ahead" can be
+    told apart from noise (two near-identical models differ on few rows)."""
+    right = scored.pivot(index="prediction_id", columns="policy", values="correct")
+    rows = []
+    for baseline in POLICIES[1:]:
+        if POLICY not in right or baseline not in right:
+            continue
+        both = right[[POLICY, baseline]].dropna().astype(bool)
+        only_policy, only_baseline, p_value = mcnemar_exact(both[POLICY], both[baseline])
+        rows.append(
+            {
+                "baseline": baseline,
+                "rows": len(both),
+                "accuracy_difference": (only_policy - only_baseline) / max(len(both), 1),
+                "only_policy_right": only_policy,
+                "only_baseline_right": only_baseline,
+                "mcnemar_p": p_value,
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def accuracy_plot(summary: BacktestSummary, path: Path) -> Path:
@@ -533,7 +562,10 @@ def log_summary(registry: Registry, summary: BacktestSummary, plan: BacktestPlan
                     if np.isfinite(getattr(row, k))
                 }
             )
+        for row in summary.paired.itertuples():
+            mlflow.log_metric(f"policy_vs_{row.baseline}_mcnemar_p", row.mcnemar_p)
         mlflow.log_text(summary.overall.to_markdown(index=False), "backtest/summary.md")
+        mlflow.log_text(summary.paired.to_markdown(index=False), "backtest/policy_vs_baselines.md")
         if summary.plot_path is not None:
             mlflow.log_artifact(str(summary.plot_path), "backtest")
         return run.info.run_id

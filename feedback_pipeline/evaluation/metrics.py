@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import norm, rankdata
 from sklearn.metrics import brier_score_loss, f1_score, log_loss, roc_auc_score
+from statsmodels.stats.contingency_tables import mcnemar
 
 METRICS = (
     "accuracy",
@@ -160,3 +161,14 @@ def paired_deltas(
         low, high = np.quantile(values, [alpha, 1 - alpha]) if len(values) else (float("nan"),) * 2
         result[metric] = {"delta": float(point), "low": float(low), "high": float(high)}
     return {metric: result[metric] for metric in DELTA_METRICS}
+
+
+def mcnemar_exact(a_right: np.ndarray, b_right: np.ndarray) -> tuple[int, int, float]:
+    """Two classifiers on the same rows: the rows only ``a`` got right, the rows only ``b`` got
+    right, and McNemar's exact p-value (how likely so lopsided a split of those rows would be if
+    neither were better). Rows both got right or both got wrong say nothing about which is."""
+    a_right, b_right = np.asarray(a_right, dtype=bool), np.asarray(b_right, dtype=bool)
+    only_a, only_b = int(np.sum(a_right & ~b_right)), int(np.sum(~a_right & b_right))
+    if only_a + only_b == 0:
+        return 0, 0, 1.0
+    return only_a, only_b, float(mcnemar([[0, only_a], [only_b, 0]], exact=True).pvalue)

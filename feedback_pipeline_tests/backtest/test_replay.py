@@ -122,6 +122,16 @@ def test_resuming_redoes_no_finished_period(backtested, capsys):
         "retrain_always",
         "refit_everything",
     }
+    # the policy against each baseline, on the same rows: McNemar's counts give the accuracy gap
+    accuracy = {row["policy"]: row["accuracy"] for row in summary["overall"]}
+    rows = {row["policy"]: row["rows"] for row in summary["overall"]}
+    paired = {row["baseline"]: row for row in summary["policy_vs_baselines"]}
+    assert set(paired) == {"no_retrain", "retrain_always", "refit_everything"}
+    for baseline, row in paired.items():
+        assert row["rows"] == rows["policy"] == rows[baseline]
+        gap = (row["only_policy_right"] - row["only_baseline_right"]) / row["rows"]
+        assert gap == pytest.approx(accuracy["policy"] - accuracy[baseline], abs=1e-12)
+        assert 0.0 <= row["mcnemar_p"] <= 1.0
     again = query(data_dir, "SELECT policy, period_start, recorded_at FROM backtest.periods")
     kept = {(p, s): r for p, s, r in done if s != last and p != "no_retrain"}
     assert {(p, s): r for p, s, r in again if (p, s) in kept} == kept  # not redone

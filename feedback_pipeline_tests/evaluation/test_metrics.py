@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 from feedback_pipeline.evaluation.metrics import (
@@ -11,6 +12,7 @@ from feedback_pipeline.evaluation.metrics import (
     classification_metrics,
     delong_auc_delta,
     majority_accuracy,
+    mcnemar_exact,
     paired_deltas,
 )
 
@@ -59,6 +61,19 @@ def test_a_much_better_model_has_a_positive_lower_bound():
     assert result["accuracy"]["low"] > 0
     assert result["roc_auc"]["low"] > 0
     assert result["accuracy"]["low"] <= result["accuracy"]["delta"] <= result["accuracy"]["high"]
+
+
+def test_mcnemar_counts_the_discordant_rows_and_matches_a_binomial_test():
+    good_right, noise_right = (GOOD >= 0.5) == Y, (NOISE >= 0.5) == Y
+    only_good, only_noise, p_value = mcnemar_exact(good_right, noise_right)
+    assert only_good - only_noise == np.sum(good_right) - np.sum(noise_right)
+    assert only_good > only_noise
+    assert p_value == binomtest(only_noise, only_good + only_noise, 0.5).pvalue
+    assert p_value < 0.001
+    # the same model twice: no discordant rows, no evidence either way
+    assert mcnemar_exact(good_right, good_right) == (0, 0, 1.0)
+    # a coin flip's worth of disagreement is not a difference
+    assert mcnemar_exact([True, False, True, False], [False, True, False, True])[2] == 1.0
 
 
 def test_metrics_and_baselines():

@@ -74,6 +74,7 @@ def backtest_report(
             "backtest_id": summary.backtest_id,
             "periods": len(summary.periods["period_start"].unique()),
             "summary": dg.MetadataValue.md(markdown(summary.overall)),
+            "policy_vs_baselines": dg.MetadataValue.md(markdown(summary.paired)),
             "accuracy_per_period": png_markdown(summary.plot_path.read_bytes(), "accuracy"),
             "mlflow_run_id": run_id,
         }
