@@ -88,7 +88,9 @@ def operating(tmp_path_factory):
                 "root": root,
             }
     finally:
-        server.stop()
+        # An idle `dagster dev` stops in about 3 s; one with a run in flight can take the whole
+        # default grace, and nothing here is kept after the module.
+        server.stop(grace=10)
 
 
 def finished_runs(instance: dg.DagsterInstance, job: str, trigger: str) -> list[dg.DagsterRun]:
