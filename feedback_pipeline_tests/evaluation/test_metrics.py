@@ -36,18 +36,50 @@ def test_delong_matches_scikit_learn_and_the_bootstrap():
     assert delong_auc_delta(Y, GOOD, GOOD) == {"delta": 0.0, "low": 0.0, "high": 0.0}
 
 
-def test_a_replicate_as_draw_counts_scores_like_the_resampled_rows():
-    """Each replicate's metric from its draw counts equals scikit-learn's on the rows drawn."""
+def test_a_replicate_as_cell_counts_scores_like_the_resampled_rows():
+    """A replicate's metric from how many rows of each (label, prediction) cell it drew equals
+    scikit-learn's on the rows drawn, so drawing cell counts is drawing rows."""
     tied = np.round(GOOD, 1)  # many equal scores
     index = np.random.default_rng(5).integers(0, len(Y), size=(4, len(Y)))
-    counts = np.stack([np.bincount(row, minlength=len(Y)) for row in index]).astype(float)
+    cell = np.arange(4)
     for p in (GOOD, tied):
+        predicted = (p >= 0.5).astype(int)
+        counts = np.stack([np.bincount(Y[i] * 2 + predicted[i], minlength=4) for i in index])
         expected = {
-            "accuracy": [accuracy_score(Y[i], p[i] >= 0.5) for i in index],
-            "f1_weighted": [f1_score(Y[i], p[i] >= 0.5, average="weighted") for i in index],
+            "accuracy": [accuracy_score(Y[i], predicted[i]) for i in index],
+            "f1_weighted": [f1_score(Y[i], predicted[i], average="weighted") for i in index],
         }
         for metric, values in expected.items():
-            assert np.allclose(_bootstrap_metric(metric, counts, Y, p, 0.5), values), metric
+            assert np.allclose(_bootstrap_metric(metric, counts, cell >> 1, cell & 1), values)
+
+
+def test_the_cell_bootstrap_matches_a_bootstrap_of_rows():
+    """The intervals agree with a plain row bootstrap of the same paired deltas (scikit-learn on
+    resampled rows), up to Monte Carlo error, and the point deltas are scikit-learn's. Against a
+    near copy of the model, pairing matters: the interval is narrow."""
+    near = np.clip(GOOD + np.random.default_rng(6).normal(0, 0.1, len(Y)), 0, 1)
+    index = np.random.default_rng(4).integers(0, len(Y), size=(2000, len(Y)))
+    good = GOOD >= 0.5
+    for other in (NOISE, near):
+        result = paired_deltas(Y, GOOD, other, samples=2000, seed=3)
+        right = other >= 0.5
+        rows = {
+            "accuracy": [
+                accuracy_score(Y[i], good[i]) - accuracy_score(Y[i], right[i]) for i in index
+            ],
+            "f1_weighted": [
+                f1_score(Y[i], good[i], average="weighted")
+                - f1_score(Y[i], right[i], average="weighted")
+                for i in index
+            ],
+        }
+        for metric, replicates in rows.items():
+            low, high = np.quantile(replicates, [0.025, 0.975])
+            assert np.isclose(result[metric]["low"], low, atol=0.006), metric
+            assert np.isclose(result[metric]["high"], high, atol=0.006), metric
+        assert result["accuracy"]["delta"] == accuracy_score(Y, good) - accuracy_score(Y, right)
+    # the near copy: paired, about 0.05 wide; resampling the two models apart would give 0.08
+    assert result["accuracy"]["high"] - result["accuracy"]["low"] < 0.06
 
 
 def test_identical_models_have_zero_deltas():
@@ -92,11 +124,3 @@ def test_metrics_and_baselines():
     assert majority_accuracy(np.array([1, 1, 1, 0])) == 0.75
     assert calibration_error(np.array([1, 0]), np.array([1.0, 0.0])) == 0.0
     assert np.isclose(calibration_error(np.array([0, 0]), np.array([0.9, 0.9])), 0.9)
-
-
-def test_chunked_bootstrap_matches_one_chunk():
-    whole = paired_deltas(Y, GOOD, NOISE, samples=120, seed=3)
-    chunked = paired_deltas(Y, GOOD, NOISE, samples=120, seed=3, cells_per_chunk=400 * 7)
-    for metric in ("accuracy", "f1_weighted", "roc_auc"):
-        assert whole[metric]["delta"] == chunked[metric]["delta"]
-        assert np.isclose(whole[metric]["low"], chunked[metric]["low"], atol=0.03)
