@@ -31,11 +31,20 @@ def calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
     return float(gaps.sum() / max(counts.sum(), 1))
 
 
+def _clipped(p: np.ndarray) -> np.ndarray:
+    return np.clip(np.asarray(p, dtype=float), 1e-7, 1 - 1e-7)
+
+
+def weighted_log_loss(y: np.ndarray, p: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """Log loss as ``classification_metrics`` reports it (probabilities clipped to 1e-7)."""
+    return float(log_loss(y, _clipped(p), sample_weight=weights, labels=[0, 1]))
+
+
 def classification_metrics(
     y: np.ndarray, p: np.ndarray, threshold: float = 0.5, weights: np.ndarray | None = None
 ) -> dict[str, float]:
     y = np.asarray(y)
-    p = np.clip(np.asarray(p, dtype=float), 1e-7, 1 - 1e-7)
+    p = _clipped(p)
     predicted = (p >= threshold).astype(int)
     w = np.ones_like(p) if weights is None else np.asarray(weights, dtype=float)
     positives = predicted == 1
@@ -47,7 +56,7 @@ def classification_metrics(
             f1_score(y, predicted, average="weighted", sample_weight=w, zero_division=0)
         ),
         "roc_auc": float(roc_auc_score(y, p, sample_weight=w)) if two_classes else float("nan"),
-        "log_loss": float(log_loss(y, p, sample_weight=w, labels=[0, 1])),
+        "log_loss": weighted_log_loss(y, p, w),
         "brier": float(brier_score_loss(y, p, sample_weight=w)),
         "calibration_error": calibration_error(y, p),
         "precision": float(w[positives & (y == 1)].sum() / w[positives].sum())

@@ -16,7 +16,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from xgboost import XGBClassifier
 
-from feedback_pipeline.evaluation.metrics import classification_metrics
+from feedback_pipeline.evaluation.metrics import classification_metrics, weighted_log_loss
 from feedback_pipeline.training.dataset import Split
 
 HALF_LIFE = "half_life_days"
@@ -169,24 +169,22 @@ def train_family(
 ) -> FittedChallenger:
     """Fit each candidate (parameters x recency half-life), keep the one with the best
     validation log loss, weighted by the label policy (not by recency, so half-lives compare
-    on the same rows and weights)."""
+    on the same rows and weights). The full validation metrics are the chosen one's."""
     if len(np.unique(train.y)) < 2:
         raise ValueError("training split has a single class: not enough labeled data to train")
-    best: FittedChallenger | None = None
     candidates = [
         {**params, HALF_LIFE: half_life}
         for params in search_candidates(family, base_params, budget, seed)
         for half_life in half_lives
     ]
+    best: tuple[float, dict[str, Any], Any, np.ndarray] | None = None
     for params in candidates:
         estimator = fit(family, params, train, seed, client)
-        metrics = classification_metrics(
-            validation.y,
-            predict_probability(estimator, validation.X),
-            threshold,
-            weights=validation.weight,
-        )
-        if best is None or metrics["log_loss"] < best.validation_metrics["log_loss"]:
-            best = FittedChallenger(family, params, estimator, metrics, len(candidates))
+        p = predict_probability(estimator, validation.X)
+        loss = weighted_log_loss(validation.y, p, validation.weight)
+        if best is None or loss < best[0]:
+            best = (loss, params, estimator, p)
     assert best is not None
-    return best
+    _, params, estimator, p = best
+    metrics = classification_metrics(validation.y, p, threshold, weights=validation.weight)
+    return FittedChallenger(family, params, estimator, metrics, len(candidates))
