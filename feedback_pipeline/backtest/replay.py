@@ -57,6 +57,11 @@ REFIT_EVERYTHING = "refit_everything"
 POLICIES = (POLICY, NO_RETRAIN, RETRAIN_ALWAYS, REFIT_EVERYTHING)
 EXPERIMENT = "feedback_pipeline_backtest"
 
+# what a period's row says when it is written (its metrics come later, with the labels)
+PERIOD_COLUMNS = (
+    "(backtest_id, policy, period_start, period_end, champion_version, promoted, reason, rows, "
+    "seconds, recorded_at)"
+)
 DDL = f"""
 CREATE TABLE IF NOT EXISTS {BACKTEST_PERIODS} (
     backtest_id VARCHAR NOT NULL,
@@ -70,6 +75,11 @@ CREATE TABLE IF NOT EXISTS {BACKTEST_PERIODS} (
     seconds DOUBLE,                    -- this policy's retrain and scoring of the period
     recorded_at TIMESTAMP NOT NULL
 );
+-- prequential metrics of the period, filled in by the summary from the labels that arrived
+ALTER TABLE {BACKTEST_PERIODS} ADD COLUMN IF NOT EXISTS accuracy DOUBLE;
+ALTER TABLE {BACKTEST_PERIODS} ADD COLUMN IF NOT EXISTS log_loss DOUBLE;
+ALTER TABLE {BACKTEST_PERIODS} ADD COLUMN IF NOT EXISTS auc DOUBLE;
+ALTER TABLE {BACKTEST_PERIODS} ADD COLUMN IF NOT EXISTS fp_rate DOUBLE;
 CREATE TABLE IF NOT EXISTS {BACKTEST_PREDICTIONS} (
     backtest_id VARCHAR NOT NULL,
     policy VARCHAR NOT NULL,
@@ -321,7 +331,8 @@ def run_backtest(
                 con.execute(f"INSERT INTO {BACKTEST_PREDICTIONS} SELECT * FROM scored_chunk")
                 con.unregister("scored_chunk")
             con.executemany(
-                f"INSERT INTO {BACKTEST_PERIODS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
+                f"INSERT INTO {BACKTEST_PERIODS} {PERIOD_COLUMNS} "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
                 [
                     [run_id, name, start, end, version, promoted, reason, n, spent]
                     for name, version, promoted, reason, n, spent in rows
@@ -385,7 +396,7 @@ def score_no_retrain(
             [run_id, since],
         )
         con.execute(
-            f"""INSERT INTO {BACKTEST_PERIODS}
+            f"""INSERT INTO {BACKTEST_PERIODS} {PERIOD_COLUMNS}
                 SELECT backtest_id, '{NO_RETRAIN}', period_start, period_end, NULL, false,
                        'no champion yet: the served confidence', rows, 0, now()
                 FROM {BACKTEST_PERIODS}
@@ -412,7 +423,7 @@ def score_no_retrain(
         )
         con.unregister("scored_chunk")
         con.execute(
-            f"""INSERT INTO {BACKTEST_PERIODS}
+            f"""INSERT INTO {BACKTEST_PERIODS} {PERIOD_COLUMNS}
                 SELECT backtest_id, '{NO_RETRAIN}', period_start, period_end, ?, false,
                        'the first champion, never retrained', rows, 0, now()
                 FROM {BACKTEST_PERIODS}
@@ -464,7 +475,28 @@ def summarize(con: duckdb.DuckDBPyConnection, run_id: str, settings: Settings) -
     periods = scored.groupby(["policy", "period_start"]).apply(metrics, include_groups=False)
     periods = periods.reset_index()
     overall["rows"], periods["rows"] = overall["rows"].astype(int), periods["rows"].astype(int)
+    record_period_metrics(con, run_id, periods)
     return BacktestSummary(run_id, overall, periods, policy_against_baselines(scored[common]))
+
+
+def record_period_metrics(
+    con: duckdb.DuckDBPyConnection, run_id: str, periods: pd.DataFrame
+) -> None:
+    """Each period's accuracy, log loss, AUC and FP rate into ``backtest.periods`` (DESIGN 12),
+    on the labels known now; a later summary, with more labels, overwrites them."""
+    metrics = periods[["policy", "period_start", "accuracy", "log_loss", "auc", "fp_rate"]]
+    with transaction(con):
+        con.register("period_metrics", metrics)
+        con.execute(
+            f"""UPDATE {BACKTEST_PERIODS} AS b
+                SET accuracy = m.accuracy, log_loss = m.log_loss, auc = m.auc,
+                    fp_rate = m.fp_rate
+                FROM period_metrics m
+                WHERE b.backtest_id = ? AND b.policy = m.policy
+                  AND b.period_start = m.period_start""",
+            [run_id],
+        )
+        con.unregister("period_metrics")
 
 
 def policy_against_baselines(scored: pd.DataFrame) -> pd.DataFrame:

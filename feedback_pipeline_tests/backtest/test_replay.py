@@ -58,6 +58,19 @@ def test_one_periods_row_per_period_and_policy(backtested):
     assert by_policy["retrain_always"] == PERIODS
     assert by_policy["refit_everything"] == PERIODS
     assert set(by_policy["no_retrain"]) <= set(PERIODS)
+    # each period's metrics, recorded by the summary, are its predictions' against the labels
+    checked = query(
+        data_dir,
+        """SELECT b.policy, b.period_start, any_value(b.accuracy),
+                  avg(((p.probability >= 0.5)::INT = l.label)::DOUBLE), count(*)
+           FROM backtest.periods b
+           JOIN backtest.predictions p USING (backtest_id, policy, period_start)
+           JOIN labeled.labeled_outcomes l USING (prediction_id)
+           GROUP BY ALL""",
+    )
+    assert {policy for policy, *_ in checked} == set(by_policy)
+    for policy, start, recorded, computed, labeled in checked:
+        assert labeled > 0 and recorded == pytest.approx(computed), (policy, start)
 
 
 def test_the_live_champion_is_untouched(backtested):
