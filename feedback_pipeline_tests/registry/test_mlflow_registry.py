@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from feedback_pipeline.registry.mlflow_registry import local_registry
 from feedback_pipeline.settings import Settings
@@ -26,10 +25,11 @@ sys.modules["feedback_pipeline"] = None  # any import of this package now fails
 import mlflow
 import pandas as pd
 mlflow.set_tracking_uri(sys.argv[1])
-model = mlflow.pyfunc.load_model(sys.argv[2])
-rows = pd.read_json(sys.argv[3], orient="split")
-print(model.predict(rows).to_json(orient="split"))
+rows = pd.read_json(sys.argv[2], orient="split")
+for uri in sys.argv[3:]:  # one line of output per model
+    print(mlflow.pyfunc.load_model(uri).predict(rows).to_json(orient="split"))
 """
+FAMILIES = ("xgboost", "logistic_regression", "random_forest")
 
 
 def training_split(rows: int = 300) -> Split:
@@ -49,13 +49,17 @@ def fitted(family: str) -> tuple[Any, Split]:
     return fit(family, params, train, settings.models.seed), train
 
 
-@pytest.mark.parametrize("family", ["xgboost", "logistic_regression", "random_forest"])
-def test_a_registered_version_loads_where_feedback_pipeline_is_not_installed(family, tmp_path):
-    estimator, train = fitted(family)
+def test_registered_versions_load_where_feedback_pipeline_is_not_installed(tmp_path):
+    """Each family's version, loaded in one fresh process that cannot import this package."""
     registry = local_registry(tmp_path)
-    registered = registry.log_challenger(
-        estimator, family, FEATURES, train.X, {"family": family}, {}, {}, "# card"
-    )
+    fits = {family: fitted(family) for family in FAMILIES}
+    versions = {
+        family: registry.log_challenger(
+            estimator, family, FEATURES, train.X, {"family": family}, {}, {}, "# card"
+        ).version
+        for family, (estimator, train) in fits.items()
+    }
+    train = training_split()
     # The consumer sends extra columns in another order; the model picks its features by name.
     rows = train.X.head(20).assign(unrelated=1.0)[["gap", "unrelated", "rsi", "momentum"]]
     rows_file = tmp_path / "rows.json"
@@ -67,8 +71,8 @@ def test_a_registered_version_loads_where_feedback_pipeline_is_not_installed(fam
             "-c",
             CONSUMER,
             registry.tracking_uri,
-            f"models:/feedback_model/{registered.version}",
             str(rows_file),
+            *(f"models:/feedback_model/{versions[family]}" for family in FAMILIES),
         ],
         env=env,
         cwd=tmp_path,
@@ -77,19 +81,25 @@ def test_a_registered_version_loads_where_feedback_pipeline_is_not_installed(fam
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    served = pd.read_json(io.StringIO(done.stdout.strip().splitlines()[-1]), orient="split")
-    expected = estimator.predict_proba(train.X.head(20))[:, 1]
+    outputs = done.stdout.strip().splitlines()[-len(FAMILIES) :]
     # A row missing a feature is not scored: it falls back (to rule_confidence, absent here).
     missing = train.X.head(20).isna().any(axis=1).to_numpy()
-    assert missing.any() and served["fallback"].to_numpy().tolist() == missing.tolist()
-    assert served.loc[missing, "probability"].isna().all()
-    np.testing.assert_allclose(
-        served.loc[~missing, "probability"], expected[~missing], rtol=1e-6, atol=1e-7
-    )
-    # No policy applied yet: version 0, calibrated = probability, decision at 0.5.
-    assert (served["policy_version"] == 0).all()
-    np.testing.assert_allclose(served.loc[~missing, "calibrated"], expected[~missing], rtol=1e-6)
-    assert served.loc[~missing, "decision"].tolist() == (expected[~missing] >= 0.5).tolist()
+    assert missing.any()
+    for family, output in zip(FAMILIES, outputs, strict=True):
+        served = pd.read_json(io.StringIO(output), orient="split")
+        expected = fits[family][0].predict_proba(train.X.head(20))[:, 1]
+        assert served["fallback"].to_numpy().tolist() == missing.tolist(), family
+        assert served.loc[missing, "probability"].isna().all(), family
+        np.testing.assert_allclose(
+            served.loc[~missing, "probability"], expected[~missing], rtol=1e-6, atol=1e-7
+        )
+        # No policy applied yet: version 0, calibrated = probability, decision at 0.5.
+        assert (served["policy_version"] == 0).all(), family
+        np.testing.assert_allclose(
+            served.loc[~missing, "calibrated"], expected[~missing], rtol=1e-6
+        )
+        decided = served.loc[~missing, "decision"].tolist()
+        assert decided == (expected[~missing] >= 0.5).tolist(), family
 
 
 def test_two_versions_in_one_process_each_run_their_own_policy_code(tmp_path, monkeypatch):
