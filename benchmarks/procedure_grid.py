@@ -33,7 +33,7 @@ from feedback_pipeline.backtest.replay import (
     prepare_warehouse,
     refit_everything,
 )
-from feedback_pipeline.evaluation.metrics import mcnemar_exact
+from feedback_pipeline.evaluation.metrics import mcnemar_exact, weighted_log_loss
 from feedback_pipeline.labels.outcomes import build_labeled_outcomes
 from feedback_pipeline.settings import Settings
 from feedback_pipeline.training.challengers import REFIT_SPLITS
@@ -171,10 +171,6 @@ def fit_stopped(params: dict, train: Split, validation: Split, final: Split):
     return candidate, fit("xgboost", {**params, HALF_LIFE: half_life}, final, 42)
 
 
-def log_loss(y: np.ndarray, p: np.ndarray, w: np.ndarray | None = None) -> float:
-    return float(np.average(row_losses(y, p), weights=w))
-
-
 def compare(path: Path) -> None:
     """Prequential accuracy and log loss of each fixed procedure, of the baseline, and of four
     choosing rules over the default candidates, the whole grid (and the early-stopped ones):
@@ -200,16 +196,16 @@ def compare(path: Path) -> None:
         right = (p >= 0.5) == y
         only_it, only_baseline, p_value = mcnemar_exact(right, baseline_right)
         return (
-            f"{np.mean(right):.4f} | {log_loss(y, p):.4f} | "
+            f"{np.mean(right):.4f} | {weighted_log_loss(y, p):.4f} | "
             f"{only_it} / {only_baseline} | {p_value:.2g}"
         )
 
     def validation_loss(period, k):
         y, w = period["validation"]
-        return log_loss(y, period["procedures"][k]["validation"], w)
+        return weighted_log_loss(y, period["procedures"][k]["validation"], w)
 
     def holdout_loss(period, k):
-        return log_loss(period["holdout"], period["procedures"][k]["holdout"])
+        return weighted_log_loss(period["holdout"], period["procedures"][k]["holdout"])
 
     print(
         "| procedure or rule | accuracy | log loss | only it right / only refit-everything right "
