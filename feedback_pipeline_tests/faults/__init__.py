@@ -1,0 +1,1 @@
+"""Faults that must never corrupt state: each test on real processes."""
