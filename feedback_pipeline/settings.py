@@ -349,6 +349,20 @@ class MonitoringSettings(_Strict):
         return self
 
 
+class MlflowSettings(_Strict):
+    """How long our commands wait for MLflow before saying it is down. MLflow's own defaults
+    (7 retries, 120 s timeout) hang for about 4 minutes on an unreachable server; these fail
+    in seconds. MLflow's own variables (``MLFLOW_HTTP_REQUEST_*``), when set, win."""
+
+    http_timeout_seconds: int = Field(
+        default=5, ge=1, le=600, description="one request's socket timeout"
+    )
+    http_max_retries: int = Field(default=2, ge=0, le=10, description="retries per request")
+    http_backoff_factor: int = Field(
+        default=1, ge=0, le=120, description="seconds, doubled per retry (plus up to 1 s jitter)"
+    )
+
+
 class Settings(_Strict):
     """Every tunable of the pipeline, with its default."""
 
@@ -364,6 +378,7 @@ class Settings(_Strict):
     analytics: AnalyticsSettings = Field(default_factory=AnalyticsSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
 
 
 def _format_validation_error(error: ValidationError, origin: str) -> str:

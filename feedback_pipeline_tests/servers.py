@@ -22,32 +22,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+PROJECT_DAGSTER_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
+
+
 def write_dagster_home(home: Path) -> None:
-    """An instance like the project's dagster.yaml, with every path inside ``home``."""
+    """The project's own dagster.yaml (run launcher, run monitoring, pools), with every path
+    moved inside ``home``: tests run the instance users run."""
     home.mkdir(parents=True, exist_ok=True)
+    text = PROJECT_DAGSTER_YAML.read_text()
+    assert text.count("base_dir: data/dagster/") == 3, "dagster.yaml paths moved: update this"
     (home / "dagster.yaml").write_text(
-        f"""storage:
-  sqlite:
-    base_dir: {home}/storage
-local_artifact_storage:
-  module: dagster._core.storage.root
-  class: LocalArtifactStorage
-  config:
-    base_dir: {home}/artifacts
-compute_logs:
-  module: dagster._core.storage.local_compute_log_manager
-  class: LocalComputeLogManager
-  config:
-    base_dir: {home}/compute_logs
-telemetry:
-  enabled: false
-nux:
-  enabled: false
-concurrency:
-  pools:
-    granularity: run
-    default_limit: 1
-"""
+        text.replace("base_dir: data/dagster/", f"base_dir: {home}/")
     )
 
 

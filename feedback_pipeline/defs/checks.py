@@ -13,7 +13,7 @@ from feedback_pipeline.defs.resources import LandingZoneResource, WarehouseResou
 from feedback_pipeline.defs.run_context import RunContextResource
 from feedback_pipeline.ingest.landing_files import landing_zone_problems
 from feedback_pipeline.labels.outcomes import label_problems
-from feedback_pipeline.training.dataset import training_set_problems
+from feedback_pipeline.training.dataset import TrainingSetInfo, training_set_problems
 from feedback_pipeline.warehouse import summaries
 
 
@@ -68,13 +68,13 @@ def labels_are_valid(warehouse: WarehouseResource) -> dg.AssetCheckResult:
 
 @dg.asset_check(asset=training_set, blocking=True)
 def training_set_is_usable(
-    warehouse: WarehouseResource, run_context: RunContextResource
+    training_set: TrainingSetInfo, warehouse: WarehouseResource, run_context: RunContextResource
 ) -> dg.AssetCheckResult:
     """Both classes in train, validation not empty; says whether the holdout is large enough
-    for the gate, or which rule will refuse promotion."""
+    for the gate, or which rule will refuse promotion. Checks the set this run built."""
     gate = run_context.settings().gate
     with warehouse.connect(read_only=True) as con:
-        verdict = training_set_problems(con, gate.min_holdout_rows)
+        verdict = training_set_problems(con, gate.min_holdout_rows, training_set.content_hash)
     return dg.AssetCheckResult(
         passed=not verdict.problems,
         description="; ".join(verdict.problems) or verdict.holdout_rule,

@@ -47,13 +47,17 @@ class RunContextResource(dg.ConfigurableResource):
     _run_created: datetime | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        """Pin "now" to the run's creation time, so every step (and a re-executed one) agrees."""
+        """Pin "now" to the run's creation time, so every step (and a re-executed one) agrees,
+        and validate the settings and ``as_of`` once, before any step of the run writes: a bad
+        settings file fails the run's first steps, not the fourth after three committed."""
         run = context.run
         if run is not None and context.instance is not None:
             record = context.instance.get_run_record_by_id(run.run_id)
             if record is not None and record.create_timestamp is not None:
                 created = record.create_timestamp
                 self._run_created = created.astimezone(UTC).replace(tzinfo=None)
+        self.settings()
+        self.as_of_datetime()
 
     def as_of_datetime(self) -> datetime:
         """The run's point in time as naive UTC; a bad value fails the step naming the field."""

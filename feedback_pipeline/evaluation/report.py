@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -19,11 +19,12 @@ from feedback_pipeline.evaluation.metrics import (
     paired_deltas,
 )
 from feedback_pipeline.evaluation.plots import close, holdout_figures
-from feedback_pipeline.promotion.gate import Decision, decide
+from feedback_pipeline.promotion.gate import Decision, decide, refuse_backdated
 from feedback_pipeline.registry.mlflow_registry import CHAMPION, Registry
 from feedback_pipeline.settings import GateSettings
 from feedback_pipeline.training.challengers import Challenger, ChallengerRound, model_card
 from feedback_pipeline.training.dataset import (
+    TrainingSetError,
     TrainingSetInfo,
     load_info,
     load_split,
@@ -162,16 +163,16 @@ def evaluate(
 ) -> EvaluationReport:
     """Score the challengers and the current champion on the same holdout and decide.
 
-    Refuses challengers trained on another training set than the current one: their holdout
-    would be rows they may have trained on."""
-    info = load_info(con)
-    if round_.training_set_hash != info.content_hash:
+    The holdout comes from the set the challengers were trained on (by its hash), never from
+    a set another run built since; fails when that set is gone."""
+    try:  # the set the challengers were trained on, never a newer one another run built
+        info = replace(load_info(con, round_.training_set_hash), as_of=round_.as_of)
+    except TrainingSetError as error:
         raise StaleChallengersError(
             f"challengers were trained on training set {round_.training_set_hash} (as of "
-            f"{round_.as_of}) but the current training set is {info.content_hash} (as of "
-            f"{info.as_of}): rematerialize challenger_models, then evaluation_report"
-        )
-    holdout = load_split(con, "holdout", info.features)
+            f"{round_.as_of}): {error}"
+        ) from None
+    holdout = load_split(con, "holdout", info.features, info.content_hash)
     champion_version = registry.alias_version(CHAMPION)  # raises if MLflow is unreachable
     scorable = len(holdout) > 0
     probabilities: dict[str, np.ndarray] = {}
@@ -224,7 +225,9 @@ def evaluate(
             p_procedure = probabilities[same.label]
         else:
             train = selection_sample(  # the rows the challengers were fit on
-                load_split(con, "train", info.features), round_.selection_rows, round_.seed
+                load_split(con, "train", info.features, info.content_hash),
+                round_.selection_rows,
+                round_.seed,
             )
             fitted = fit(procedure["family"], procedure["params"], train, seed)
             p_procedure = predict_probability(fitted, holdout.X)
@@ -255,6 +258,9 @@ def evaluate(
         )
     else:
         decision = decide(gate, len(holdout), best.holdout, None, None, majority)
+    backdated = _backdated(info, champion_version, tags)
+    if backdated is not None:
+        decision = refuse_backdated(gate, decision, backdated)
     progress(f"decision: {decision.reason}")
     report = EvaluationReport(
         as_of=info.as_of,
@@ -273,8 +279,23 @@ def evaluate(
         decision=decision,
         gate=gate,
     )
-    _log(registry, report, info, split_counts(con), holdout.y, probabilities)
+    _log(registry, report, info, split_counts(con, info.content_hash), holdout.y, probabilities)
     return report
+
+
+def _backdated(
+    info: TrainingSetInfo, champion_version: str | None, tags: dict[str, str] | None
+) -> str | None:
+    """Why this run's data is older than the champion's, or None when it is not."""
+    watermark = (tags or {}).get("data_watermark")
+    if not watermark or watermark == "None" or info.data_clock is None:
+        return None
+    if np.datetime64(info.data_clock, "us") >= np.datetime64(watermark, "us"):
+        return None
+    return (
+        f"this run's newest label ({info.data_clock}, as of {info.as_of}) is older than "
+        f"champion v{champion_version}'s data watermark ({watermark})"
+    )
 
 
 def _deltas(

@@ -10,6 +10,7 @@ import duckdb
 
 from feedback_pipeline.evaluation.report import EvaluationReport
 from feedback_pipeline.promotion import ledger
+from feedback_pipeline.promotion.lock import promotion_lock
 from feedback_pipeline.registry.mlflow_registry import CHALLENGER, CHAMPION, Registry
 from feedback_pipeline.settings import Settings
 from feedback_pipeline.training.challengers import Challenger, Progress, refit_candidate
@@ -36,14 +37,16 @@ def apply_decision(
 
     What becomes champion is the refit of the chosen candidate on every row whose label is final
     (``training.refit``, on by default); ``challenger`` points at the evaluated candidate. When the
-    gate preferred the champion's procedure (``decision.refresh``), that procedure is refit."""
+    gate preferred the champion's procedure (``decision.refresh``), that procedure is refit.
+
+    The refit runs first, outside the promotion lock; then, holding it, the alias is checked
+    against the champion the report judged (another run may have moved it since: then the
+    decision is stale and refused), versions are tagged, aliases move, and the ledger row is
+    written, in that order, so a kill at any point leaves a state the next run reuses (the
+    refit, by its fit key) or repairs (an alias move the ledger missed, see ``reconcile``)."""
     decision = report.decision
-    old = registry.alias_version(CHAMPION)
     best_candidate = report.best.challenger
     best = best_candidate.version
-    now = datetime.now().isoformat(timespec="seconds")
-    if report.mode != "dry_run":
-        registry.set_alias(CHALLENGER, best)
     promoted, applied, reason = best, decision.applied, decision.reason
     if applied and decision.refresh and not settings.training.refit:
         applied = False  # nothing to refresh with: the old champion stays
@@ -55,32 +58,84 @@ def apply_decision(
             con, registry, settings, evaluated, tags, progress, refresh=decision.refresh
         )
         promoted = refit.version
-    if applied and promoted == old:  # same rows, same procedure: the same model
-        applied = False
-        reason = f"the refit is the current champion v{old} (same data, same procedure): {reason}"
-    if applied:
-        registry.set_alias(CHAMPION, promoted)
-        registry.tag_version(promoted, "promoted_at", now)
-        if old is not None:
-            registry.tag_version(old, "retired_at", now)
-            registry.tag_version(old, "replaced_by", promoted)
-    new = promoted if applied else old
-    ledger.append_event(
-        con,
-        "retrain",
-        reason,
-        applied,
-        old,
-        new,
-        trigger=trigger,
-        as_of=report.as_of,
-        challenger_version=best,
-        mode=report.mode,
-        metrics={"challenger": report.best.holdout, "champion": report.champion_metrics},
-        deltas=report.deltas,
-        dagster_run_id=dagster_run_id,
-    )
+    with promotion_lock(con):
+        old = reconcile(con, registry, trigger, dagster_run_id)
+        stale = report.mode != "dry_run" and old != report.champion_version
+        if stale:
+            applied = False
+            reason = (
+                f"stale: this run judged its challenger against champion "
+                f"{_named(report.champion_version)}, but the champion is now {_named(old)} "
+                "(another run or an operator moved it meanwhile); nothing moved. The next retrain "
+                f"judges against {_named(old)}. The gate had said: {reason}"
+            )
+        if applied and promoted == old:  # same rows, same procedure: the same model
+            applied = False
+            reason = (
+                f"the refit is the current champion v{old} (same data, same procedure): {reason}"
+            )
+        now = datetime.now().isoformat(timespec="seconds")
+        if applied:
+            registry.tag_version(promoted, "promoted_at", now)
+            if old is not None:
+                registry.tag_version(old, "retired_at", now)
+                registry.tag_version(old, "replaced_by", promoted)
+        if report.mode != "dry_run" and not stale:
+            registry.set_alias(CHALLENGER, best)
+        if applied:
+            registry.set_alias(CHAMPION, promoted)
+        new = promoted if applied else old
+        ledger.append_event(
+            con,
+            "retrain",
+            reason,
+            applied,
+            old,
+            new,
+            trigger=trigger,
+            as_of=report.as_of,
+            challenger_version=best,
+            mode=report.mode,
+            metrics={"challenger": report.best.holdout, "champion": report.champion_metrics},
+            deltas=report.deltas,
+            dagster_run_id=dagster_run_id,
+            model_name=registry.model_name,
+        )
     return ChampionChange(old, new, applied, reason)
+
+
+def _named(version: str | None) -> str:
+    return f"v{version}" if version is not None else "none"
+
+
+def reconcile(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    trigger: str | None = None,
+    dagster_run_id: str | None = None,
+) -> str | None:
+    """The champion alias as MLflow has it, after recording any move the ledger missed.
+
+    Aliases move before the ledger row is written; a promoter killed between the two leaves
+    the alias ahead of the ledger. Called under the promotion lock, so no promoter is midway:
+    a difference is such an interrupted move, and it is written down as a ``repair`` row."""
+    current = registry.alias_version(CHAMPION)
+    recorded = ledger.last_champion(con, registry.model_name)
+    if current != recorded:
+        ledger.append_event(
+            con,
+            "repair",
+            f"the champion alias is {_named(current)} but the ledger's last champion was "
+            f"{_named(recorded)}: an alias move whose ledger row was never written (its "
+            "promoter was killed in between); recorded now",
+            current is not None,
+            recorded,
+            current,
+            trigger=trigger,
+            dagster_run_id=dagster_run_id,
+            model_name=registry.model_name,
+        )
+    return current
 
 
 def champion_procedure(registry: Registry, report: EvaluationReport) -> Challenger:
@@ -101,37 +156,47 @@ def rollback(
     con: duckdb.DuckDBPyConnection, registry: Registry, reason: str, to_version: str | None = None
 ) -> ChampionChange:
     """Point ``champion`` back at the previous champion (or ``to_version``); ledger it."""
-    current = registry.alias_version(CHAMPION)
-    if to_version is None:
-        to_version = ledger.previous_champion(con, current)
-        if to_version is None:
-            raise ValueError(
-                f"no previous champion recorded before version {current}; pass --to VERSION"
-            )
-    return _move_champion(con, registry, to_version, reason, "rollback", current)
+    return _move_champion(con, registry, to_version, reason, "rollback")
 
 
 def force_promote(
     con: duckdb.DuckDBPyConnection, registry: Registry, version: str, reason: str
 ) -> ChampionChange:
-    return _move_champion(
-        con, registry, version, reason, "forced_promotion", registry.alias_version(CHAMPION)
-    )
+    return _move_champion(con, registry, version, reason, "forced_promotion")
 
 
 def _move_champion(
     con: duckdb.DuckDBPyConnection,
     registry: Registry,
-    version: str,
+    version: str | None,
     reason: str,
     action: str,
-    current: str | None,
 ) -> ChampionChange:
+    """An operator's move (``version`` None: back to the previous champion), under the
+    promotion lock: tag, alias, ledger, like the gate's. The only way backwards."""
     if not reason or not reason.strip():
         raise ValueError("--reason is required")
-    if str(version) not in registry.versions():
-        raise ValueError(f"feedback_model has no version {version}")
-    registry.set_alias(CHAMPION, str(version))
-    registry.tag_version(str(version), "promoted_at", datetime.now().isoformat(timespec="seconds"))
-    ledger.append_event(con, action, reason, True, current, str(version), trigger="cli")
+    with promotion_lock(con):
+        current = reconcile(con, registry, "cli")
+        if version is None:
+            version = ledger.previous_champion(con, current)
+            if version is None:
+                raise ValueError(
+                    f"no previous champion recorded before version {current}; pass --to VERSION"
+                )
+        if str(version) not in registry.versions():
+            raise ValueError(f"{registry.model_name} has no version {version}")
+        now = datetime.now().isoformat(timespec="seconds")
+        registry.tag_version(str(version), "promoted_at", now)
+        registry.set_alias(CHAMPION, str(version))
+        ledger.append_event(
+            con,
+            action,
+            reason,
+            True,
+            current,
+            str(version),
+            trigger="cli",
+            model_name=registry.model_name,
+        )
     return ChampionChange(current, str(version), True, reason)

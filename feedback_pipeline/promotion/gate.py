@@ -91,6 +91,20 @@ def decide(
     return decision
 
 
+def refuse_backdated(gate: GateSettings, decided: Decision, backdated: str) -> Decision:
+    """A run whose data ends before the champion's data watermark (an ``as_of`` in the past)
+    never replaces it, whatever the metrics say: promoting it would move the served model
+    backwards in time. ``promote`` and ``rollback`` are the only ways back, with a reason."""
+    prefix = "[dry run, nothing moved] " if gate.mode == "dry_run" else ""
+    return Decision(
+        False,
+        False,
+        f"{prefix}backdated: {backdated}; the gate had said: {decided.reason}",
+        decided.deciding_metric,
+        {**decided.checks, "data_not_older_than_champion": False},
+    )
+
+
 def _refresh(gate, kept: Decision, champion, majority_accuracy) -> Decision:
     """The challenger lost to the champion's procedure: refit that procedure on the fresh data,
     unless it too is below the floor of any champion (then the old model stays)."""

@@ -9,7 +9,14 @@ from datetime import UTC, datetime
 import duckdb
 import pandas as pd
 
+from feedback_pipeline.registry.mlflow_registry import MODEL_NAME as LIVE_MODEL
 from feedback_pipeline.warehouse.tables import RETRAINING_EVENTS as LEDGER
+
+COLUMNS = (
+    "event_id, recorded_at, action, trigger, as_of, old_version, new_version, "
+    "challenger_version, promoted, mode, reason, metrics, deltas, dagster_run_id, model_name"
+)
+PLACEHOLDERS = ", ".join(["?"] * len(COLUMNS.split(",")))
 
 
 def append_event(
@@ -26,10 +33,12 @@ def append_event(
     metrics: dict | None = None,
     deltas: dict | None = None,
     dagster_run_id: str | None = None,
+    model_name: str | None = None,
 ) -> str:
+    """One ledger row; ``model_name`` None means the live registered model."""
     event_id = str(uuid.uuid4())
     con.execute(
-        f"INSERT INTO {LEDGER} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO {LEDGER} ({COLUMNS}) VALUES ({PLACEHOLDERS})",
         [
             event_id,
             datetime.now(UTC).replace(tzinfo=None),
@@ -45,9 +54,22 @@ def append_event(
             json.dumps(metrics, default=float) if metrics is not None else None,
             json.dumps(deltas, default=float) if deltas is not None else None,
             dagster_run_id,
+            model_name if model_name != LIVE_MODEL else None,
         ],
     )
     return event_id
+
+
+def last_champion(con: duckdb.DuckDBPyConnection, model_name: str = LIVE_MODEL) -> str | None:
+    """The champion the ledger last recorded for ``model_name`` (None: none recorded)."""
+    rows = con.execute(
+        f"""SELECT new_version FROM {LEDGER}
+            WHERE new_version IS NOT NULL AND action NOT LIKE 'policy%'
+              AND coalesce(model_name, $live) = $name
+            ORDER BY recorded_at DESC LIMIT 1""",
+        {"live": LIVE_MODEL, "name": model_name},
+    ).fetchall()
+    return rows[0][0] if rows else None
 
 
 def recent_events(con: duckdb.DuckDBPyConnection, limit: int = 10) -> pd.DataFrame:

@@ -35,6 +35,7 @@ from feedback_pipeline.registry.served_policy import (
     default_policy,
     serve,
 )
+from feedback_pipeline.settings import MlflowSettings, load_settings
 from feedback_pipeline.training.families import predict_probability
 
 MODEL_NAME = "feedback_model"
@@ -112,6 +113,26 @@ def _save_estimator(estimator: Any, folder: Path) -> tuple[Path, str]:
     return path, "pickle"
 
 
+# MLflow's HTTP client settings, read from the environment on every request.
+HTTP_ENV = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "http_timeout_seconds",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "http_max_retries",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "http_backoff_factor",
+}
+# The ones the user set before this process touched them: those win over our settings.
+_USER_HTTP_ENV = frozenset(name for name in HTTP_ENV if name in os.environ)
+
+
+def configure_mlflow_http(http: MlflowSettings | None = None) -> None:
+    """Give MLflow's HTTP client our timeout and retries (``mlflow`` settings; the deployment
+    file's by default), so an unreachable tracking server fails a command in seconds instead
+    of MLflow's ~4 minutes of retries. Variables the user exported are left as they are."""
+    http = http if http is not None else load_settings().mlflow
+    for name, field_name in HTTP_ENV.items():
+        if name not in _USER_HTTP_ENV:
+            os.environ[name] = str(getattr(http, field_name))
+
+
 class Registry:
     """The MLflow tracking store and model registry."""
 
@@ -121,9 +142,12 @@ class Registry:
         artifact_root: str,
         model_name: str = MODEL_NAME,
         experiment: str = EXPERIMENT,
+        http: MlflowSettings | None = None,
     ):
         """``model_name`` and ``experiment`` default to the live ones; the backtest uses its own,
-        so the live ``champion`` alias never moves."""
+        so the live ``champion`` alias never moves. ``http``: MLflow's timeout and retries
+        (default: the deployment settings' ``mlflow`` section)."""
+        configure_mlflow_http(http)
         self.tracking_uri = tracking_uri
         self.artifact_root = artifact_root
         self.model_name = model_name
@@ -203,13 +227,16 @@ class Registry:
                 },
                 signature=serving_signature(features, served),
                 input_example=example,
-                registered_model_name=self.model_name,
                 pip_requirements=_requirements(),
             )
-        version = str(info.registered_model_version)
-        for key, value in tags.items():
-            self.client.set_model_version_tag(self.model_name, version, key, value)
-        self.client.set_model_version_tag(self.model_name, version, "family", family)
+        # Registered with every tag in one call: a kill before it leaves an unregistered run
+        # (never served, never reused), a kill after it a complete version that the rerun
+        # finds by its fit_key. Tagging after registering left half-tagged orphans.
+        version = str(
+            mlflow.register_model(
+                info.model_uri, self.model_name, tags={**tags, "family": family}
+            ).version
+        )
         return RegisteredChallenger(version, run.info.run_id, family)
 
     def find_version(self, tag: str, value: str) -> RegisteredChallenger | None:

@@ -10,7 +10,7 @@ import contextlib
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -26,11 +26,11 @@ from feedback_pipeline.training.dataset import (
     load_split,
     selection_sample,
     split_counts,
+    training_set_table,
 )
 from feedback_pipeline.training.families import dask_client, fit, train_family
 from feedback_pipeline.vocabulary import BASELINE_SOURCE
 from feedback_pipeline.warehouse.summaries import markdown
-from feedback_pipeline.warehouse.tables import TRAINING_SET
 
 Progress = Callable[[str], None]
 
@@ -115,20 +115,24 @@ def train_challengers(
     search: bool,
     tags: dict[str, str],
     progress: Progress = print,
+    info: TrainingSetInfo | None = None,
 ) -> ChallengerRound:
     """Fit one challenger per family on `train`, pick hyperparameters on `validation`, log
     each as an MLflow run and register it as a new version of `feedback_model`. With
-    `models.engine: dask` XGBoost trains on a Dask cluster and registers like a local one."""
-    info = load_info(con)
+    `models.engine: dask` XGBoost trains on a Dask cluster and registers like a local one.
+
+    ``info``: the training set this run built (its rows are read by its hash, never whatever
+    another run built since); None: the newest set."""
+    info = info if info is not None else load_info(con)
     data = TrainingData(
         info,
         selection_sample(
-            load_split(con, "train", info.features),
+            load_split(con, "train", info.features, info.content_hash),
             settings.training.selection_rows,
             settings.models.seed,
         ),
-        load_split(con, "validation", info.features),
-        split_counts(con),
+        load_split(con, "validation", info.features, info.content_hash),
+        split_counts(con, info.content_hash),
     )
     if len(data.train) == 0 or len(data.validation) == 0:
         raise ValueError(
@@ -262,17 +266,12 @@ def refit_candidate(
 
     ``refresh``: ``candidate`` is the current champion, whose procedure won the gate's
     comparison; the refit is that procedure on the fresh data."""
-    info = load_info(con)
-    if candidate.training_set_hash != info.content_hash:
-        raise ValueError(
-            f"candidate v{candidate.version} was trained on training set "
-            f"{candidate.training_set_hash}, the current one is {info.content_hash}: "
-            "rematerialize challenger_models"
-        )
-    rows = load_split(con, REFIT_SPLITS, info.features)
+    # The set the candidate was judged on, by its hash, and the run's own as_of.
+    info = replace(load_info(con, candidate.training_set_hash), as_of=candidate.as_of)
+    rows = load_split(con, REFIT_SPLITS, info.features, info.content_hash)
     (watermark,) = con.execute(
-        f"SELECT max(labeled_at) FILTER (WHERE source <> '{BASELINE_SOURCE}') FROM {TRAINING_SET} "
-        f"WHERE list_contains(?, split)",
+        f"SELECT max(labeled_at) FILTER (WHERE source <> '{BASELINE_SOURCE}') "
+        f"FROM {training_set_table(info.content_hash)} WHERE list_contains(?, split)",
         [list(REFIT_SPLITS)],
     ).fetchall()[0]
     params = {**candidate.params}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,7 +23,7 @@ import pandas as pd
 from feedback_pipeline.labels.outcomes import labels_as_of
 from feedback_pipeline.settings import TrainingSettings
 from feedback_pipeline.vocabulary import BASELINE_SOURCE, HOLDOUT_SOURCES
-from feedback_pipeline.warehouse.connection import table_exists
+from feedback_pipeline.warehouse.connection import table_exists, transaction
 from feedback_pipeline.warehouse.tables import (
     LABELED_OUTCOMES,
     RAW_BASELINE_EXAMPLES,
@@ -39,6 +40,9 @@ META_COLUMNS = (
     "labeled_at",
     "split",
 )
+# Sets kept in the warehouse, newest first: a run reads the one it built, by hash, so a set
+# is dropped only after this many newer builds (runs queue in one pool: that is many runs).
+KEEP_TRAINING_SETS = 4
 FEATURE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\- ]{0,63}$")
 
 
@@ -138,7 +142,12 @@ def build_training_set(
     features: list[str],
     as_of: datetime,
 ) -> TrainingSetSummary:
-    """(Re)build ``training.training_set`` and its one-row info table as of ``as_of``.
+    """Build the training set as of ``as_of`` into its own table, keyed by its content hash.
+
+    Each set is immutable and readers name the one they want (``content_hash``), so two runs
+    at once never read each other's set; ``training.training_set`` is a view of the newest, for
+    people and the UI. The build, its info row and the pruning of all but the newest
+    ``KEEP_TRAINING_SETS`` commit in one transaction: a crash leaves the sets as they were.
 
     Refuses labels built for another ``as_of`` (the set would silently mix two points in time)
     and fails, naming ``as_of`` and the data's time range, when the window leaves nothing to
@@ -157,12 +166,30 @@ def build_training_set(
         )
     window_start = as_of - timedelta(days=training.lookback_days)
     maturity = label_maturity(con, training, as_of, window_start)
+    with transaction(con):
+        _ensure_info_table(con)
+        staging = f"training.training_set_building_{uuid.uuid4().hex[:12]}"
+        summary = _build(con, staging, training, features, as_of, window_start, maturity)
+        _keep(con, staging, summary.info)
+    return summary
+
+
+def _build(
+    con: duckdb.DuckDBPyConnection,
+    staging: str,
+    training: TrainingSettings,
+    features: list[str],
+    as_of: datetime,
+    window_start: datetime,
+    maturity: LabelMaturity,
+) -> TrainingSetSummary:
+    """The set's rows into ``staging``, its hash and counts; fails when it cannot train."""
     matured_before = maturity.data_clock - timedelta(days=maturity.horizon_days)
     structure = json.dumps({name: "DOUBLE" for name in features})
     feature_columns = ", ".join(f"f.{_quote(n)} AS {_quote(n)}" for n in features)
     con.execute(
         f"""
-        CREATE OR REPLACE TABLE {TRAINING_SET} AS
+        CREATE TABLE {staging} AS
         WITH feedback_rows AS (
             SELECT prediction_id AS row_id, label_source AS source, label,
                    $outcome_weight * strength AS weight, predicted_at AS event_time,
@@ -239,10 +266,10 @@ def build_training_set(
                format('{{:016x}}', coalesce(bit_xor(hash(t)), 0)),
                max(labeled_at) FILTER (
                    WHERE source <> '{BASELINE_SOURCE}' AND split IN ('train', 'validation'))
-        FROM {TRAINING_SET} t
+        FROM {staging} t
         """
     ).fetchall()[0]
-    counts = split_counts(con)
+    counts = _split_counts(con, staging)
     by_split = counts.groupby("split")["rows"].sum()
     if not by_split.get("train", 0) or not by_split.get("validation", 0):
         raise TrainingSetError(
@@ -263,35 +290,106 @@ def build_training_set(
         maturity.data_clock,
         maturity.horizon_days,
     )
-    con.execute(
-        f"""
-        CREATE OR REPLACE TABLE {TRAINING_SET_INFO} AS
-        SELECT ?::TIMESTAMP AS as_of, ?::TIMESTAMP AS window_start, ?::VARCHAR[] AS features,
-               ?::BIGINT AS rows, ?::VARCHAR AS content_hash, ?::TIMESTAMP AS data_watermark,
-               ?::JSON AS settings, ?::TIMESTAMP AS data_clock, ?::DOUBLE AS maturity_days
-        """,
-        [
-            as_of,
-            window_start,
-            features,
-            rows,
-            content_hash,
-            watermark,
-            training.model_dump_json(),
-            maturity.data_clock,
-            maturity.horizon_days,
-        ],
-    )
     return TrainingSetSummary(info, counts)
 
 
-def split_counts(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+INFO_COLUMNS = (
+    "as_of, window_start, features, rows, content_hash, data_watermark, settings, data_clock, "
+    "maturity_days"
+)
+
+
+def _ensure_info_table(con: duckdb.DuckDBPyConnection) -> None:
+    """One info row per kept set. A warehouse from before sets were keyed (one unkeyed table
+    and a one-row info table) is cleared: its set is rebuilt by the next run."""
+    if (
+        table_exists(con, TRAINING_SET_INFO)
+        and not con.execute(
+            "SELECT count(*) FROM information_schema.columns "
+            "WHERE table_schema = 'training' AND table_name = 'training_set_info' "
+            "AND column_name = 'built_at'"
+        ).fetchall()[0][0]
+    ):
+        con.execute(f"DROP TABLE {TRAINING_SET_INFO}")
+    _drop_current_relation(con)
+    con.execute(
+        f"""
+        CREATE TABLE IF NOT EXISTS {TRAINING_SET_INFO} (
+            as_of TIMESTAMP, window_start TIMESTAMP, features VARCHAR[], rows BIGINT,
+            content_hash VARCHAR, data_watermark TIMESTAMP, settings JSON, data_clock TIMESTAMP,
+            maturity_days DOUBLE, built_at TIMESTAMP
+        )
+        """
+    )
+
+
+def _drop_current_relation(con: duckdb.DuckDBPyConnection) -> None:
+    """``training.training_set`` as it is (an older warehouse's table, or the view)."""
+    kind = con.execute(
+        "SELECT table_type FROM information_schema.tables "
+        "WHERE table_schema = 'training' AND table_name = 'training_set'"
+    ).fetchall()
+    if kind:
+        con.execute(f"DROP {'VIEW' if kind[0][0] == 'VIEW' else 'TABLE'} {TRAINING_SET}")
+
+
+def _keep(con: duckdb.DuckDBPyConnection, staging: str, info: TrainingSetInfo) -> None:
+    """Store the staged set under its hash (an identical one may be there already), record
+    it, point the ``training.training_set`` view at it and drop the oldest sets."""
+    table = training_set_table(info.content_hash)
+    if table_exists(con, table):  # the same content: keep the stored copy
+        con.execute(f"DROP TABLE {staging}")
+    else:
+        con.execute(f"ALTER TABLE {staging} RENAME TO {table.split('.')[1]}")
+    con.execute(f"DELETE FROM {TRAINING_SET_INFO} WHERE content_hash = ?", [info.content_hash])
+    con.execute(
+        f"INSERT INTO {TRAINING_SET_INFO} ({INFO_COLUMNS}, built_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
+        [
+            info.as_of,
+            info.window_start,
+            info.features,
+            info.rows,
+            info.content_hash,
+            info.data_watermark,
+            json.dumps(info.settings, default=str),
+            info.data_clock,
+            info.maturity_days,
+        ],
+    )
+    con.execute(f"CREATE VIEW {TRAINING_SET} AS SELECT * FROM {table}")
+    stale = con.execute(
+        f"SELECT content_hash FROM {TRAINING_SET_INFO} ORDER BY built_at DESC OFFSET ?",
+        [KEEP_TRAINING_SETS],
+    ).fetchall()
+    for (old_hash,) in stale:
+        con.execute(f"DROP TABLE IF EXISTS {training_set_table(old_hash)}")
+    con.execute(
+        f"DELETE FROM {TRAINING_SET_INFO} WHERE list_contains(?, content_hash)",
+        [[h for (h,) in stale]],
+    )
+
+
+def training_set_table(content_hash: str | None) -> str:
+    """The table that holds the set with this hash; None: the view of the newest set."""
+    if content_hash is None:
+        return TRAINING_SET
+    if not re.fullmatch(r"[0-9a-f]{16}", content_hash):
+        raise TrainingSetError(f"training set hash {content_hash!r} is not 16 hex digits")
+    return f"training.training_set_{content_hash}"
+
+
+def split_counts(con: duckdb.DuckDBPyConnection, content_hash: str | None = None) -> pd.DataFrame:
     """Rows, positive rate and total weight per split and source."""
+    return _split_counts(con, training_set_table(content_hash))
+
+
+def _split_counts(con: duckdb.DuckDBPyConnection, table: str) -> pd.DataFrame:
     return con.execute(
         f"""
         SELECT split, source, count(*) AS rows, round(avg(label), 3) AS positive_rate,
                round(sum(weight), 1) AS total_weight
-        FROM {TRAINING_SET} GROUP BY split, source
+        FROM {table} GROUP BY split, source
         ORDER BY list_position(['train', 'validation', 'holdout', 'refit_only'], split), source
         """
     ).df()
@@ -317,7 +415,7 @@ class TrainingSetVerdict:
 
 
 def training_set_problems(
-    con: duckdb.DuckDBPyConnection, min_holdout_rows: int
+    con: duckdb.DuckDBPyConnection, min_holdout_rows: int, content_hash: str | None = None
 ) -> TrainingSetVerdict:
     """Both classes in train and validation not empty; the holdout's size against the gate."""
     train_rows, train_positive, validation_rows, holdout_rows = con.execute(
@@ -326,7 +424,7 @@ def training_set_problems(
                count(*) FILTER (WHERE split = 'train' AND label = 1),
                count(*) FILTER (WHERE split = 'validation'),
                count(*) FILTER (WHERE split = 'holdout')
-        FROM {TRAINING_SET}
+        FROM {training_set_table(content_hash)}
         """
     ).fetchall()[0]
     problems = []
@@ -386,15 +484,19 @@ def selection_sample(split: Split, max_rows: int | None, seed: int) -> Split:
 
 
 def load_split(
-    con: duckdb.DuckDBPyConnection, split: str | tuple[str, ...], features: list[str]
+    con: duckdb.DuckDBPyConnection,
+    split: str | tuple[str, ...],
+    features: list[str],
+    content_hash: str | None = None,
 ) -> Split:
-    """One split (or several) as float64 features (NULL -> NaN), labels, weights and times,
-    in time order."""
+    """One split (or several) of the set ``content_hash`` (None: the newest) as float64
+    features (NULL -> NaN), labels, weights and times, in time order."""
     splits = [split] if isinstance(split, str) else list(split)
     columns = ", ".join(_quote(n) for n in features)
     arrays = con.execute(
         f"SELECT label, weight, labeled_at, event_time, {columns} "
-        f"FROM {TRAINING_SET} WHERE list_contains(?, split) ORDER BY event_time, row_id",
+        f"FROM {training_set_table(content_hash)} WHERE list_contains(?, split) "
+        "ORDER BY event_time, row_id",
         [splits],
     ).fetchnumpy()  # straight to numpy: no intermediate DataFrame to copy
     return Split(
@@ -406,22 +508,32 @@ def load_split(
     )
 
 
-def load_info(con: duckdb.DuckDBPyConnection) -> TrainingSetInfo:
-    if not table_exists(con, TRAINING_SET_INFO):
-        raise TrainingSetError("no training set yet: materialize training_set first")
-    rows = con.execute(
-        f"SELECT as_of, window_start, features, rows, content_hash, data_watermark, settings, "
-        f"data_clock, maturity_days FROM {TRAINING_SET_INFO}"
-    ).fetchall()
+def load_info(con: duckdb.DuckDBPyConnection, content_hash: str | None = None) -> TrainingSetInfo:
+    """The set ``content_hash`` (what a run built and hands on), or the newest one."""
+    rows = (
+        con.execute(
+            f"SELECT {INFO_COLUMNS} FROM {TRAINING_SET_INFO} "
+            "WHERE $hash IS NULL OR content_hash = $hash ORDER BY built_at DESC LIMIT 1",
+            {"hash": content_hash},
+        ).fetchall()
+        if table_exists(con, TRAINING_SET_INFO)
+        else []
+    )
+    if not rows and content_hash is not None:
+        raise TrainingSetError(
+            f"training set {content_hash} is not in the warehouse: only the newest "
+            f"{KEEP_TRAINING_SETS} sets are kept, and newer runs have built that many since. "
+            "Rematerialize training_set (or rerun the job)"
+        )
     if not rows:
         raise TrainingSetError("no training set yet: materialize training_set first")
-    as_of, window_start, features, count, content_hash, watermark, settings, clock, days = rows[0]
+    as_of, window_start, features, count, digest, watermark, settings, clock, days = rows[0]
     return TrainingSetInfo(
         as_of,
         window_start,
         list(features),
         count,
-        content_hash,
+        digest,
         watermark,
         json.loads(settings),
         clock,

@@ -52,7 +52,7 @@ CREATE TABLE IF NOT EXISTS {REJECTED_RECORDS} (
 CREATE TABLE IF NOT EXISTS {RETRAINING_EVENTS} (
     event_id VARCHAR PRIMARY KEY,
     recorded_at TIMESTAMP NOT NULL,
-    action VARCHAR NOT NULL,          -- retrain | rollback | forced_promotion | failed_retrain
+    action VARCHAR NOT NULL,  -- retrain | rollback | forced_promotion | failed_retrain | repair
     trigger VARCHAR,
     as_of TIMESTAMP,
     old_version VARCHAR,              -- champion before
@@ -102,6 +102,8 @@ def connect(
             con.execute(raw_table_ddl(spec))
         # Added after the first release: lets reruns skip unchanged files without reading them.
         con.execute(f"ALTER TABLE {INGESTED_FILES} ADD COLUMN IF NOT EXISTS mtime_ns BIGINT")
+        # Added later: which registered model a ledger row is about (NULL: the live one).
+        con.execute(f"ALTER TABLE {RETRAINING_EVENTS} ADD COLUMN IF NOT EXISTS model_name VARCHAR")
         # Fields added to the contract later (variant, rating) reach older warehouses too.
         for spec in KINDS.values():
             for name, sql_type in raw_table_columns(spec):

@@ -21,6 +21,7 @@ from feedback_pipeline.training.dataset import (
     load_info,
     load_split,
     selection_sample,
+    training_set_table,
 )
 from feedback_pipeline.training.families import recency_weights, train_family
 from feedback_pipeline.warehouse import connection as warehouse
@@ -136,9 +137,10 @@ def test_outcome_weight_is_validated():
 def test_a_split_loads_in_time_order_with_missing_features_as_nan(sim_con):
     summary = build(sim_con)
     gap, rsi = "gap", "rsi"
+    table = training_set_table(summary.info.content_hash)  # the view is not updatable
     sim_con.execute(
-        f"""UPDATE {TRAINING_SET} SET {gap} = NULL WHERE split = 'train' AND hash(row_id) % 7 = 0;
-            UPDATE {TRAINING_SET} SET {rsi} = NULL WHERE split = 'train' AND hash(row_id) % 5 = 1"""
+        f"""UPDATE {table} SET {gap} = NULL WHERE split = 'train' AND hash(row_id) % 7 = 0;
+            UPDATE {table} SET {rsi} = NULL WHERE split = 'train' AND hash(row_id) % 5 = 1"""
     )
     split = load_split(sim_con, "train", summary.info.features)
     expected = sim_con.execute(

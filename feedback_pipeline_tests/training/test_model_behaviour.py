@@ -18,8 +18,10 @@ from feedback_pipeline.training.challengers import train_challengers
 from feedback_pipeline.training.dataset import (
     build_training_set,
     discover_features,
+    load_info,
     load_split,
     selection_sample,
+    training_set_table,
 )
 from feedback_pipeline.training.families import fit, predict_probability, train_family
 from feedback_pipeline.warehouse import connection as warehouse
@@ -101,10 +103,17 @@ def test_cold_start_promotes_then_shuffled_labels_are_refused(sim_con, simulated
                  b AS (SELECT label, row_number() OVER (ORDER BY draw) AS i FROM r)
             SELECT a.row_id, b.label FROM a JOIN b USING (i)"""
     )
+    # Stored as a set of its own (another hash), as a build of these labels would be.
+    table = training_set_table(load_info(sim_con).content_hash)
     sim_con.execute(
-        f"UPDATE {TRAINING_SET} t SET label = s.label FROM shuffled s WHERE t.row_id = s.row_id"
+        f"UPDATE {table} t SET label = s.label FROM shuffled s WHERE t.row_id = s.row_id"
     )
-    sim_con.execute("UPDATE training.training_set_info SET content_hash = 'shuffled'")
+    shuffled = "5b0ff1ed5b0ff1ed"
+    sim_con.execute(f"ALTER TABLE {table} RENAME TO training_set_{shuffled}")
+    sim_con.execute(
+        f"CREATE OR REPLACE VIEW {TRAINING_SET} AS SELECT * FROM {table[:-16]}{shuffled}"
+    )
+    sim_con.execute(f"UPDATE training.training_set_info SET content_hash = '{shuffled}'")
     second = retrain(sim_con, registry)
     assert not second.decision.applied, second.decision.reason
     assert second.best.challenger.version != champion

@@ -4,7 +4,7 @@ import dagster as dg
 import pandas as pd
 
 from feedback_pipeline.defs.resources import LandingZoneResource, WarehouseResource
-from feedback_pipeline.defs.run_context import WAREHOUSE_POOL
+from feedback_pipeline.defs.run_context import WAREHOUSE_POOL, RunContextResource
 from feedback_pipeline.ingest.contract import KINDS
 from feedback_pipeline.ingest.landing_files import ingest_kind
 from feedback_pipeline.warehouse import summaries
@@ -15,8 +15,11 @@ def ingest_and_describe(
     kind: str,
     warehouse: WarehouseResource,
     landing_zone: LandingZoneResource,
+    run_context: RunContextResource,
 ) -> dg.MaterializeResult:
-    """Ingest every new file of `kind` and describe the result for the Dagster UI."""
+    """Ingest every new file of `kind` and describe the result for the Dagster UI. The run
+    context is validated when it starts (settings file, overrides, as_of), so a bad setting
+    fails this first step before it writes anything."""
     spec = KINDS[kind]
     with warehouse.connect() as con:
         results = ingest_kind(con, landing_zone.root, kind, progress=context.log.info)
@@ -31,6 +34,7 @@ def ingest_and_describe(
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": dg.MetadataValue.int(int(total_rows)),
+            "as_of": run_context.as_of_datetime().isoformat(),
             "new_files": len(new_files),
             "records_read": int(this_run.get("records_read", 0)),
             "accepted": int(this_run.get("accepted", 0)),
@@ -50,9 +54,10 @@ def raw_predictions(
     context: dg.AssetExecutionContext,
     warehouse: WarehouseResource,
     landing_zone: LandingZoneResource,
+    run_context: RunContextResource,
 ) -> dg.MaterializeResult:
     """Scored items with their feature snapshot: `raw.predictions`."""
-    return ingest_and_describe(context, "predictions", warehouse, landing_zone)
+    return ingest_and_describe(context, "predictions", warehouse, landing_zone, run_context)
 
 
 @dg.asset(pool=WAREHOUSE_POOL, group_name="ingestion", kinds={"duckdb"})
@@ -60,9 +65,10 @@ def raw_feedback_events(
     context: dg.AssetExecutionContext,
     warehouse: WarehouseResource,
     landing_zone: LandingZoneResource,
+    run_context: RunContextResource,
 ) -> dg.MaterializeResult:
     """Accept/reject/undo/modify/export and trade outcomes: `raw.feedback_events`."""
-    return ingest_and_describe(context, "feedback", warehouse, landing_zone)
+    return ingest_and_describe(context, "feedback", warehouse, landing_zone, run_context)
 
 
 @dg.asset(pool=WAREHOUSE_POOL, group_name="ingestion", kinds={"duckdb"})
@@ -70,6 +76,7 @@ def baseline_examples(
     context: dg.AssetExecutionContext,
     warehouse: WarehouseResource,
     landing_zone: LandingZoneResource,
+    run_context: RunContextResource,
 ) -> dg.MaterializeResult:
     """Weak labels from an automatic labeler: `raw.baseline_examples`."""
-    return ingest_and_describe(context, "baseline", warehouse, landing_zone)
+    return ingest_and_describe(context, "baseline", warehouse, landing_zone, run_context)

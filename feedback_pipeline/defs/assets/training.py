@@ -4,9 +4,11 @@ import dagster as dg
 
 from feedback_pipeline.defs.resources import MlflowRegistryResource, WarehouseResource
 from feedback_pipeline.defs.run_context import WAREHOUSE_POOL, RunContextResource
+from feedback_pipeline.registry.mlflow_registry import CHAMPION, RegistryUnavailable
 from feedback_pipeline.training.challengers import ChallengerRound, train_challengers
 from feedback_pipeline.training.dataset import (
     TrainingSetError,
+    TrainingSetInfo,
     build_training_set,
     discover_features,
 )
@@ -23,8 +25,9 @@ def training_set(
     context: dg.AssetExecutionContext,
     warehouse: WarehouseResource,
     run_context: RunContextResource,
-) -> dg.MaterializeResult:
-    """Feedback rows weighted above weak baseline labels, time-split: `training.training_set`."""
+) -> dg.Output[TrainingSetInfo]:
+    """Feedback rows weighted above weak baseline labels, time-split, stored under its content
+    hash; what it hands on names that set, so a concurrent run never swaps it."""
     settings = run_context.settings()
     training = settings.training
     if run_context.full_retrain:
@@ -40,7 +43,8 @@ def training_set(
             raise dg.Failure(description=str(error)) from None
     info = summary.info
     context.log.info(f"training set as of {as_of}: {info.rows} rows, {len(features)} features")
-    return dg.MaterializeResult(
+    return dg.Output(
+        info,
         metadata={
             "dagster/row_count": dg.MetadataValue.int(info.rows),
             "as_of": as_of.isoformat(),
@@ -50,7 +54,7 @@ def training_set(
             "features": ", ".join(features),
             "outcome_weight": training.outcome_weight,
             "rows_by_split_and_source": dg.MetadataValue.md(markdown(summary.counts)),
-        }
+        },
     )
 
 
@@ -58,29 +62,32 @@ def training_set(
     pool=WAREHOUSE_POOL,
     group_name="training",
     kinds={"mlflow", "xgboost", "sklearn"},
-    deps=[training_set],
 )
 def challenger_models(
     context: dg.AssetExecutionContext,
+    training_set: TrainingSetInfo,
     warehouse: WarehouseResource,
     run_context: RunContextResource,
     mlflow_registry: MlflowRegistryResource,
 ) -> dg.Output[ChallengerRound]:
-    """One challenger per family: an MLflow run and a new version of `feedback_model`."""
+    """One challenger per family, fit on the set `training_set` built: an MLflow run and a new
+    version of `feedback_model` each."""
     settings = run_context.settings()
     full = run_context.full_retrain
     families = settings.full_retrain.families if full else settings.models.families
     tags = {"dagster_run_id": context.run.run_id, "trigger": run_context.trigger(context)}
+    registry = mlflow_registry.get_registry()
+    try:  # before minutes of training: an unreachable registry fails the step now
+        registry.alias_version(CHAMPION)
+    except RegistryUnavailable as error:
+        raise dg.Failure(description=str(error)) from None
     with warehouse.connect(read_only=True) as con:
-        round_ = train_challengers(
-            con,
-            mlflow_registry.get_registry(),
-            settings,
-            list(families),
-            full,
-            tags,
-            context.log.info,
-        )
+        try:
+            round_ = train_challengers(
+                con, registry, settings, list(families), full, tags, context.log.info, training_set
+            )
+        except TrainingSetError as error:  # the set was pruned by newer builds
+            raise dg.Failure(description=str(error)) from None
     table = [{"version": c.version, "family": c.family, **c.validation} for c in round_.challengers]
     return dg.Output(
         round_,
