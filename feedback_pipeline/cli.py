@@ -22,6 +22,7 @@ from feedback_pipeline.labels.outcomes import orphan_feedback_count
 from feedback_pipeline.monitoring.triggers import count_new_labels, data_watermark
 from feedback_pipeline.promotion import ledger
 from feedback_pipeline.promotion.apply import force_promote, rollback
+from feedback_pipeline.promotion.lock import PromotionLockTimeout
 from feedback_pipeline.registry.mlflow_registry import (
     CHAMPION,
     Registry,
@@ -516,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, SettingsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except RegistryUnavailable as error:
+    except (RegistryUnavailable, PromotionLockTimeout) as error:
         print(f"error: {error}", file=sys.stderr)
         return 3
     except duckdb.IOException as error:

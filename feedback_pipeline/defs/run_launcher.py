@@ -35,7 +35,7 @@ class LocalRunLauncher(DefaultRunLauncher):
         return True
 
     def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
-        worker = _run_worker(self._instance, run.run_id)
+        worker = run_worker(self._instance, run.run_id)
         if worker is None:  # not started far enough to say: the start timeout covers it
             return CheckRunHealthResult(WorkerStatus.UNKNOWN, "no run worker recorded yet")
         pid, since = worker
@@ -48,7 +48,7 @@ class LocalRunLauncher(DefaultRunLauncher):
         )
 
 
-def _run_worker(instance, run_id: str) -> tuple[int, float] | None:
+def run_worker(instance, run_id: str) -> tuple[int, float] | None:
     """The pid of the run's orchestrating process and when it said so (epoch seconds)."""
     for record in instance.all_logs(run_id, of_type=DagsterEventType.ENGINE_EVENT):
         event = record.dagster_event

@@ -148,9 +148,15 @@ def landing_files_request(
     return dg.RunRequest(run_key=f"landing:{signature}", tags={"trigger": "landing_files"})
 
 
+RETRAIN_JOBS = (retrain_job.name, full_retrain_job.name)
+
+
+# Every code location's runs, filtered by job name here: runs started outside the daemon
+# (`dagster job execute`, a killed one that run monitoring marked failed) carry no code
+# location, and a sensor that monitors only its own location never sees them.
 @dg.run_failure_sensor(
     name="retrain_failure_sensor",
-    monitored_jobs=[retrain_job, full_retrain_job],
+    monitor_all_code_locations=True,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Records failed retrains in the promotion ledger.",
 )
@@ -159,6 +165,8 @@ def retrain_failure_sensor(
     warehouse: WarehouseResource,
     mlflow_registry: MlflowRegistryResource,
 ):
+    if context.dagster_run.job_name not in RETRAIN_JOBS:
+        return dg.SkipReason(f"{context.dagster_run.job_name} is not a retrain")
     reason = f"run failed: {context.failure_event.message}"
     try:
         champion = mlflow_registry.get_registry().alias_version(CHAMPION)
