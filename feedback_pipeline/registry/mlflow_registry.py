@@ -275,7 +275,10 @@ class Registry:
         return dict(self.client.get_run(self.run_id(version)).data.metrics)
 
     def versions(self) -> list[str]:
-        found = self.client.search_model_versions(f"name = '{self.model_name}'")
+        try:
+            found = self.client.search_model_versions(f"name = '{self.model_name}'")
+        except MlflowException as error:
+            raise RegistryUnavailable(self.tracking_uri, error) from error
         return sorted((str(v.version) for v in found), key=int)
 
     def load(self, version: str) -> mlflow.pyfunc.PyFuncModel:

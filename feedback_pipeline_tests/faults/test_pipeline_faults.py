@@ -444,7 +444,15 @@ def test_a_killed_run_is_marked_failed_and_ledgered_and_the_queue_moves_on(works
 def test_an_unreachable_mlflow_fails_commands_in_seconds_and_a_retrain_before_training(workspace):
     data_dir, home = workspace
     down = {"MLFLOW_TRACKING_URI": UNREACHABLE_MLFLOW}
-    for command in (["status"], ["promote", "1", "--reason", "outage"]):
+    records = data_dir / "to_score.jsonl"
+    records.write_text('{"prediction_id": "p-1", "features": {"momentum": 0.1}}\n')
+    scored = ["--input", str(records), "--output", str(data_dir / "scored.jsonl")]
+    for command in (
+        ["status"],
+        ["promote", "1", "--reason", "outage"],
+        ["predict", *scored],
+        ["predict", *scored, "--version", "1"],
+    ):
         began = time.monotonic()
         result = cli(data_dir, *command, env=down)
         assert time.monotonic() - began < 15, command
