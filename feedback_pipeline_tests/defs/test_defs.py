@@ -123,6 +123,7 @@ def test_a_bad_settings_file_fails_the_runs_not_the_code_location(tmp_path, inst
         instance=instance, raise_on_error=False
     )
     assert not result.success
-    (failure,) = [e for e in result.all_events if e.is_step_failure]
-    assert failure.step_key == "labeled_outcomes"
-    assert "labeling.environmentz" in failure.step_failure_data.error.message
+    # Validated once, when the run context starts: no step ran, none wrote a thing.
+    assert not [e for e in result.all_events if e.is_step_start or e.is_step_success]
+    (failure,) = [e for e in result.all_events if e.is_resource_init_failure]
+    assert "labeling.environmentz" in str(failure.engine_event_data.error)

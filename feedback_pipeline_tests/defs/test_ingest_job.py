@@ -95,8 +95,8 @@ def test_bad_run_config_names_the_field(data_dir, instance):
         .execute_in_process(instance=instance, run_config=config, raise_on_error=False)
     )
     assert not result.success
-    failure = [e for e in result.all_events if e.is_step_failure][0]
-    assert "labeling.environmentz" in str(failure.step_failure_data.error.message)
+    (failure,) = [e for e in result.all_events if e.is_resource_init_failure]
+    assert "labeling.environmentz" in str(failure.engine_event_data.error)
 
 
 def test_dagster_cli_runs_ingest_job_with_data_dir_anywhere(tmp_path):

@@ -100,8 +100,17 @@ def test_an_empty_window_fails_at_training_set_naming_as_of_and_the_data_range(
     assert local_registry(simulated_dir).versions() == []
 
 
-def test_evaluation_refuses_challengers_of_a_rebuilt_training_set(simulated_dir, instance):
-    assert execute(simulated_dir, instance, as_of=AS_OF).success
+def metadata(result, asset: str, key: str):
+    (materialization,) = result.asset_materializations_for_node(asset)
+    return materialization.metadata[key].value
+
+
+def test_evaluation_reads_the_set_its_challengers_were_trained_on_until_it_is_pruned(
+    simulated_dir, instance
+):
+    first = execute(simulated_dir, instance, as_of=AS_OF)
+    assert first.success
+    trained_on = metadata(first, "challenger_models", "training_set_hash")
     before = aliases(simulated_dir)
     rebuilt = execute(
         simulated_dir,
@@ -110,11 +119,24 @@ def test_evaluation_refuses_challengers_of_a_rebuilt_training_set(simulated_dir,
         as_of="2026-02-12T00:00:00Z",
     )
     assert rebuilt.success, failure_messages(rebuilt)
-    stale = execute(simulated_dir, instance, assets=["evaluation_report"], as_of=AS_OF)
-    assert not stale.success
-    message = failure_messages(stale)
-    assert "challengers were trained on training set" in message
-    assert "rematerialize challenger_models" in message
+    assert metadata(rebuilt, "training_set", "content_hash") != trained_on
+    again = execute(simulated_dir, instance, assets=["evaluation_report"], as_of=AS_OF)
+    assert again.success, failure_messages(again)  # the challengers' own set, not the newest
+    assert metadata(again, "evaluation_report", "training_set_hash") == trained_on
+
+    for day in (11, 10, 9):  # KEEP_TRAINING_SETS newer sets than the challengers' one
+        newer = execute(
+            simulated_dir,
+            instance,
+            assets=["labeled_outcomes", "training_set"],
+            as_of=f"2026-02-{day:02d}T00:00:00Z",
+        )
+        assert newer.success, failure_messages(newer)
+    pruned = execute(simulated_dir, instance, assets=["evaluation_report"], as_of=AS_OF)
+    assert not pruned.success
+    message = failure_messages(pruned)
+    assert f"challengers were trained on training set {trained_on}" in message
+    assert "is not in the warehouse" in message and "Rematerialize training_set" in message
     assert aliases(simulated_dir) == before
 
 
