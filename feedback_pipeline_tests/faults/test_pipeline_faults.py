@@ -507,3 +507,60 @@ def test_a_bad_settings_file_fails_the_run_before_any_step_writes(workspace, tmp
             if record.dagster_event is not None
         )
         assert "gate.mode" in logs
+
+
+# -- 2 (ingest): a kill mid-ingestion ----------------------------------------------------------
+
+INGEST_IN_SMALL_BATCHES = """
+import sys
+from pathlib import Path
+from feedback_pipeline.ingest.contract import KINDS
+from feedback_pipeline.ingest.landing_files import ingest_files, landing_files
+from feedback_pipeline.warehouse import connection
+
+data_dir = Path(sys.argv[1])
+con = connection.connect(data_dir / "warehouse.duckdb")
+for kind in ("predictions", "feedback", "baseline"):
+    paths = landing_files(data_dir / "landing", kind)
+    ingest_files(con, data_dir / "landing", paths, KINDS[kind], lambda m: print(m, flush=True),
+                 batch_bytes=256 * 1024)
+"""
+
+ACCOUNTING = """
+    SELECT (SELECT count(*) FROM raw.predictions),
+           (SELECT count(*) FROM raw.feedback_events),
+           (SELECT count(*) FROM raw.baseline_examples),
+           (SELECT count(*) FROM raw.rejected_records),
+           (SELECT count(*) FROM raw.ingested_files),
+           (SELECT count(DISTINCT (kind, path)) FROM raw.ingested_files),
+           (SELECT count(*) FROM raw.ingested_files
+            WHERE records_read <> accepted + duplicates + rejected)
+"""
+
+
+def test_a_kill_mid_ingestion_loses_and_duplicates_no_record(tmp_path):
+    from feedback_pipeline.simulator.feedback_stream import SimulationConfig, simulate
+
+    config = SimulationConfig(days=12, predictions_per_day=600, baseline_per_day=200, seed=5)
+    killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
+    simulate(killed_dir / "landing", config)
+    shutil.copytree(killed_dir / "landing", clean_dir / "landing")
+
+    ingest = python(INGEST_IN_SMALL_BATCHES, killed_dir)
+    for _ in range(8):  # some batches have committed, more are on their way
+        assert ingest.stdout.readline(), ingest.communicate()[1][-3000:]
+    ingest.send_signal(signal.SIGKILL)
+    ingest.communicate(timeout=30)
+    rerun = python(INGEST_IN_SMALL_BATCHES, killed_dir)
+    assert rerun.wait(timeout=300) == 0, rerun.communicate()[1][-3000:]
+    clean = python(INGEST_IN_SMALL_BATCHES, clean_dir)
+    assert clean.wait(timeout=300) == 0, clean.communicate()[1][-3000:]
+
+    counts = {}
+    for folder in (killed_dir, clean_dir):
+        con = duckdb.connect(str(folder / "warehouse.duckdb"), read_only=True)
+        counts[folder] = con.execute(ACCOUNTING).fetchall()[0]
+        con.close()
+    predictions, _, _, _, files, distinct_files, unbalanced = counts[killed_dir]
+    assert predictions > 0 and files == distinct_files and unbalanced == 0
+    assert counts[killed_dir] == counts[clean_dir]  # every record once, as without the kill
