@@ -7,6 +7,13 @@ falls back to the caller's ``rule_confidence`` when the model cannot score (or c
 loaded), exports Prometheus metrics, and writes every served row back to the landing zone as a
 contract prediction record, so served predictions meet their feedback and the loop closes.
 
+Faults must not become memory blow-ups or training data: the body is refused (413) past
+``--max-body-bytes`` before it is read into memory, a request past ``--max-rows`` is refused, JSON
+nested past ``--max-depth`` is a 400 found by a vectorised byte scan (never a RecursionError),
+rows of requests marked ``X-Feedback-Test`` are not written back, the write-back buffer is capped
+(``--max-buffered-rows``) and the request logs are pruned by age and size. The champion loads in
+the background: the port binds at once even when MLflow does not answer.
+
 One uvicorn worker; scoring runs on the event loop's thread with native thread pools limited to
 one thread (OpenMP oversubscription on 2 cores took a single-row p99 from ~1.4 ms to ~900 ms).
 It never imports dagster or ``feedback_pipeline.defs`` (an import-linter contract).
@@ -20,12 +27,13 @@ import io
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +52,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from starlette.requests import ClientDisconnect
 from threadpoolctl import threadpool_limits
 
 from feedback_pipeline.registry.mlflow_registry import (
@@ -82,7 +91,19 @@ RECORD_FIELDS = (
 )
 # 0.5 ms .. 1 s: a single row is answered in ~1 ms, a 1,000-row batch in tens of ms.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
-ERROR_KINDS = ("bad_request", "predict", "reload", "write", "internal")
+ERROR_KINDS = ("bad_request", "too_large", "predict", "reload", "write", "internal")
+# A request with this header set to 1/true is a test: answered, logged and counted, not landed.
+TEST_HEADER = "x-feedback-test"
+TEST_VALUES = ("1", "true")
+# The shallowest nesting MLflow's formats need: {"dataframe_split": {"data": [[...]]}}.
+MIN_DEPTH = 4
+# Bytes per step of the nesting scan: its int32 temporaries stay a few MB for any body.
+SCAN_CHUNK = 1 << 18
+# How often the request logs are pruned (and once when the server starts).
+PRUNE_SECONDS = 60.0
+# How long shutdown waits for a registry call in flight (MLflow may retry for minutes).
+RELOAD_JOIN_SECONDS = 2.0
+MIB = 1 << 20
 # MLflow error codes that mean the caller's params were wrong, not that the model failed.
 CLIENT_ERROR_CODES = ("INVALID_PARAMETER_VALUE", "BAD_REQUEST")
 
@@ -101,6 +122,12 @@ class ServerConfig:
     flush_rows: int = 1000
     flush_seconds: float = 5.0
     environment: str = "prod"
+    max_body_bytes: int = 8 * MIB  # 10,000 rows of ten features take about 2 MB
+    max_rows: int = 10_000
+    max_depth: int = 32
+    max_buffered_rows: int = 100_000  # served rows held for the write-back (disk full: capped)
+    log_retention_days: int = 30
+    log_retention_bytes: int = 1024 * MIB
 
     def __post_init__(self) -> None:
         """Refuse settings the server would trip on later, with the reason, at startup."""
@@ -110,6 +137,20 @@ class ServerConfig:
             raise ValueError(f"flush_rows must be at least 1, not {self.flush_rows}")
         if not (self.flush_seconds > 0 and self.reload_interval_seconds > 0):
             raise ValueError("flush_seconds and reload_interval_seconds must be positive")
+        for name in ("max_body_bytes", "max_rows", "log_retention_days", "log_retention_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.max_depth < MIN_DEPTH:
+            raise ValueError(
+                f"max_depth must be at least {MIN_DEPTH} (MLflow's dataframe_split nests that "
+                f"deep), not {self.max_depth}"
+            )
+        if self.max_buffered_rows < max(self.flush_rows, self.max_rows):
+            raise ValueError(
+                f"max_buffered_rows ({self.max_buffered_rows}) must be at least flush_rows "
+                f"({self.flush_rows}) and max_rows ({self.max_rows}): a smaller cap would drop "
+                "rows while the disk is fine"
+            )
 
     @property
     def tracking_uri(self) -> str:
@@ -125,12 +166,35 @@ class ServerConfig:
 
 
 class BadRequest(Exception):
-    """The caller's request cannot be scored as sent: answered with ``status`` and the reason."""
+    """The caller's request cannot be scored as sent: answered with ``status`` and the reason,
+    counted as error ``kind``."""
+
+    code = "BAD_REQUEST"
+    kind = "bad_request"
 
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
         self.message = message
         self.status = status
+
+    def payload(self) -> dict:
+        return {"error_code": self.code, "message": self.message}
+
+
+class TooLarge(BadRequest):
+    """Over a size limit (413): the answer names the limit and the option that sets it, so a
+    client can split its batch and an operator can raise the limit."""
+
+    code = "REQUEST_TOO_LARGE"
+    kind = "too_large"
+
+    def __init__(self, message: str, limit: int, unit: str, option: str):
+        super().__init__(f"{message}; the limit is {limit:,} {unit} ({option})", status=413)
+        self.limit = limit
+        self.option = option
+
+    def payload(self) -> dict:
+        return {**super().payload(), "limit": self.limit, "option": self.option}
 
 
 def utc_iso(moment: datetime) -> str:
@@ -156,8 +220,81 @@ class Table:
         return name in self.columns
 
 
-def parse_request(body: bytes, content_type: str | None) -> tuple[Table, dict | None]:
-    """The rows and ``params`` of a scoring request; BadRequest says what is wrong."""
+def json_depth(body: bytes, stop_above: int | None = None) -> int:
+    """The deepest nesting of arrays and objects in JSON text, brackets inside strings not
+    counted (a quote after an odd run of backslashes is escaped). Vectorised over chunks of
+    ``SCAN_CHUNK`` bytes, carrying the depth, the in-string state and a trailing backslash run
+    across chunks; stops early once the depth passes ``stop_above``."""
+    data = np.frombuffer(body, dtype=np.uint8)
+    depth = deepest = in_string = slashes = 0
+    for start in range(0, data.size, SCAN_CHUNK):
+        chunk = data[start : start + SCAN_CHUNK]
+        index = np.arange(chunk.size, dtype=np.int32)
+        backslash = chunk == 0x5C
+        last_other = np.maximum.accumulate(np.where(backslash, np.int32(-1), index))
+        before = np.empty(chunk.size, dtype=np.int32)  # backslashes right before each byte
+        before[0] = slashes
+        before[1:] = index[:-1] - last_other[:-1] + np.where(last_other[:-1] < 0, slashes, 0)
+        quotes = np.cumsum((chunk == 0x22) & (before % 2 == 0), dtype=np.int32)
+        outside = (quotes + in_string) % 2 == 0
+        opens = (chunk == 0x5B) | (chunk == 0x7B)
+        closes = (chunk == 0x5D) | (chunk == 0x7D)
+        step = (opens & outside).astype(np.int32) - (closes & outside).astype(np.int32)
+        levels = np.cumsum(step, dtype=np.int32) + depth
+        deepest = max(deepest, int(levels.max()))
+        if stop_above is not None and deepest > stop_above:
+            return deepest
+        depth = int(levels[-1])
+        in_string = int((in_string + int(quotes[-1])) % 2)
+        run = chunk.size - 1 - int(last_other[-1])
+        slashes = run + (slashes if last_other[-1] < 0 else 0)
+    return deepest
+
+
+def check_depth(body: bytes, limit: int) -> None:
+    """A 400 for JSON nested deeper than ``limit``, before ``json.loads`` recurses into it. A
+    body with at most ``limit`` brackets cannot be deeper: a single row skips the scan."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return
+    depth = json_depth(body, stop_above=limit)
+    if depth > limit:
+        raise BadRequest(
+            f"the JSON nests deeper than the limit of {limit} levels (--max-depth); MLflow's "
+            f"scoring formats need {MIN_DEPTH}"
+        )
+
+
+def _row_count(fmt: str, data: Any) -> int:
+    """How many rows a format's payload holds, without looking at them (shape errors are
+    found later)."""
+    if fmt == DF_SPLIT:
+        rows = data.get("data") if isinstance(data, dict) else None
+        return len(rows) if isinstance(rows, list) else 0
+    if isinstance(data, list):
+        return len(data)
+    if isinstance(data, dict):
+        return max((len(v) if isinstance(v, list) else 1 for v in data.values()), default=0)
+    return 0
+
+
+def check_rows(rows: int, limit: int | None) -> None:
+    if limit is not None and rows > limit:
+        raise TooLarge(
+            f"the request holds {rows:,} rows; send them in several requests",
+            limit,
+            "rows per request",
+            "--max-rows",
+        )
+
+
+def parse_request(
+    body: bytes,
+    content_type: str | None,
+    max_rows: int | None = None,
+    max_depth: int | None = None,
+) -> tuple[Table, dict | None]:
+    """The rows and ``params`` of a scoring request; BadRequest says what is wrong, TooLarge
+    (413) that it holds more than ``max_rows`` rows."""
     media = (content_type or "").split(";")[0].strip().lower()
     if media == "text/csv":
         try:
@@ -166,11 +303,16 @@ def parse_request(body: bytes, content_type: str | None) -> tuple[Table, dict | 
             raise BadRequest(f"the body is not a readable CSV table: {error}") from error
         if len(frame) == 0:
             raise BadRequest("the CSV table holds no rows to score")
+        check_rows(len(frame), max_rows)
         columns = {str(name): frame[name].to_numpy(dtype=object) for name in frame.columns}
         return Table(columns, len(frame)), None
     # Anything else is read as JSON: `curl -d` sends JSON labelled as a form.
+    if max_depth is not None:
+        check_depth(body, max_depth)
     try:
         payload = json.loads(body)
+    except RecursionError as error:  # only without max_depth: never a 500
+        raise BadRequest("the JSON nests too deep to parse") from error
     except (ValueError, UnicodeDecodeError) as error:
         raise BadRequest(f"the body is not valid JSON: {error}") from error
     if not isinstance(payload, dict):
@@ -187,7 +329,35 @@ def parse_request(body: bytes, content_type: str | None) -> tuple[Table, dict | 
     params = payload.get("params")
     if params is not None and not isinstance(params, dict):
         raise BadRequest(f"params must be a JSON object, not {type(params).__name__}")
+    check_rows(_row_count(formats[0], payload[formats[0]]), max_rows)
     return _table(formats[0], payload[formats[0]]), params
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused (TooLarge) once it passes ``limit`` bytes, before it is in memory: at
+    once on a Content-Length over the limit, else (chunked) as soon as the bytes read so far
+    pass it. uvicorn discards what the client still sends, so the connection stays usable."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(
+            f"the body is {int(declared):,} bytes; send fewer rows per request",
+            limit,
+            "bytes",
+            "--max-body-bytes",
+        )
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise TooLarge(
+                f"the body is over {limit:,} bytes; send fewer rows per request",
+                limit,
+                "bytes",
+                "--max-body-bytes",
+            )
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _table(fmt: str, data: Any) -> Table:
@@ -506,23 +676,48 @@ class Metrics:
         )
         self.champion_version.set(float("nan"))
         self.policy_version.set(float("nan"))
+        self.dropped_rows = Counter(
+            "feedback_serving_writeback_dropped_rows",
+            "Served rows not written back: the write-back buffer was full (writes failing)",
+            registry=r,
+        )
+        self.dropped_log_lines = Counter(
+            "feedback_serving_request_log_dropped_lines",
+            "Request-log lines not written: the buffer was full (writes failing)",
+            registry=r,
+        )
 
 
 class WriteBack:
     """Served rows as contract prediction records, and one line per request, buffered and
     written every ``flush_rows`` rows or ``flush_seconds`` and at shutdown. Landing files are
     written under a dot-name (which landing discovery skips) and renamed, so ingestion never
-    reads half a file."""
+    reads half a file; their name carries the server's environment
+    (``served-<environment>-<time>-<pid>-<n>.jsonl``), which ingestion keeps as ``source_file``.
+
+    Bounded: at most ``max_buffered_rows`` served rows (and as many request-log lines) are held,
+    counting those being written; while writes fail (a full disk) and the buffer is full, new
+    ones are dropped, counted in ``feedback_serving_writeback_dropped_rows_total`` and logged
+    once per flush interval; the requests are still answered. A failed flush is retried after
+    ``flush_seconds``, not on every request.
+
+    Retention: the request logs are pruned by age and size (``prune_request_logs``). Landing
+    ``served-*.jsonl`` files are never deleted here: ingestion owns them, and deleting one not
+    yet ingested would lose its rows."""
 
     def __init__(self, config: ServerConfig, metrics: Metrics):
         self.config = config
         self.metrics = metrics
-        self._lock = threading.Lock()  # guards the buffers
+        self._lock = threading.Lock()  # guards the buffers and their counts
         self._flushing = threading.Lock()  # one flush at a time, in order
         self._served: list[Served] = []
         self._requests: list[dict] = []
-        self._rows = 0
+        self._buffered = 0  # rows in _served: the flush trigger
+        self._held_rows = 0  # rows in _served and being written: the cap
+        self._held_lines = 0  # lines in _requests and being written
+        self._dropped_rows = self._dropped_lines = 0  # since the last flush logged them
         self._seq = 0
+        self._pruned_at = float("-inf")
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="serving-writeback", daemon=True)
@@ -531,20 +726,33 @@ class WriteBack:
         self._thread.start()
 
     def add(self, served: Served | None, request: dict) -> None:
+        cap = self.config.max_buffered_rows
         with self._lock:
             if served is not None:
-                self._served.append(served)
-                self._rows += len(served)
-            self._requests.append(request)
-            full = self._rows >= self.config.flush_rows
+                if self._held_rows + len(served) <= cap:
+                    self._served.append(served)
+                    self._buffered += len(served)
+                    self._held_rows += len(served)
+                else:
+                    self._dropped_rows += len(served)
+                    self.metrics.dropped_rows.inc(len(served))
+            if self._held_lines < cap:
+                self._requests.append(request)
+                self._held_lines += 1
+            else:
+                self._dropped_lines += 1
+                self.metrics.dropped_log_lines.inc()
+            full = self._buffered >= self.config.flush_rows
         if full:
             self._wake.set()
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._prune()
             self._wake.wait(self.config.flush_seconds)
             self._wake.clear()
-            self.flush()
+            if not self.flush():
+                self._stop.wait(self.config.flush_seconds)  # back off: the disk is no better
 
     def close(self) -> None:
         """Stop the flusher and write what is left: nothing is lost on a clean shutdown."""
@@ -554,28 +762,68 @@ class WriteBack:
             self._thread.join()
         self.flush()
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
+        """Write what is buffered; False when a write failed (the rows are kept for the next
+        flush, within the cap)."""
         with self._flushing:
             with self._lock:
                 served, requests = self._served, self._requests
-                self._served, self._requests, self._rows = [], [], 0
+                self._served, self._requests, self._buffered = [], [], 0
+                dropped = self._dropped_rows, self._dropped_lines
+                self._dropped_rows = self._dropped_lines = 0
+            if any(dropped):
+                log.warning(
+                    "the write-back buffer was full (%d rows, --max-buffered-rows; are writes "
+                    "failing?): dropped %d served rows and %d request-log lines since the last "
+                    "flush (answered, not written)",
+                    self.config.max_buffered_rows,
+                    *dropped,
+                )
+            rows = sum(len(batch) for batch in served)
             try:
                 if served:
                     self._write_records(served)
-                    served = []
+                    self._release(rows, 0)
+                    served, rows = [], 0
                 if requests:
                     self._write_requests(requests)
+                    self._release(0, len(requests))
+                return True
             except OSError:  # a full or unwritable disk: keep the rows and try again
                 log.exception("could not write served rows; kept in memory for the next flush")
                 self.metrics.errors.labels("write").inc()
                 with self._lock:  # back to the front of the buffer, in order
                     self._served[:0] = served
                     self._requests[:0] = requests
-                    self._rows += sum(len(batch) for batch in served)
+                    self._buffered += rows
+                return False
             except Exception:  # a bug: retrying would fail the same way forever
-                rows = sum(len(batch) for batch in served)
                 log.exception("could not build the records of %d served rows; dropped", rows)
                 self.metrics.errors.labels("write").inc()
+                self._release(rows, len(requests))
+                return True
+
+    def _release(self, rows: int, lines: int) -> None:
+        """Written (or given up): no longer counted against the cap."""
+        with self._lock:
+            self._held_rows -= rows
+            self._held_lines -= lines
+
+    def _prune(self) -> None:
+        """Prune the request logs at start and every ``PRUNE_SECONDS``; never raises."""
+        now = time.monotonic()
+        if now - self._pruned_at < PRUNE_SECONDS:
+            return
+        self._pruned_at = now
+        try:
+            prune_request_logs(
+                self.config.requests_dir,
+                datetime.now(UTC),
+                self.config.log_retention_days,
+                self.config.log_retention_bytes,
+            )
+        except Exception:  # retention must never stop the write-back
+            log.exception("could not prune the request logs in %s", self.config.requests_dir)
 
     def _write_records(self, served: list[Served]) -> None:
         """One landing file per flush."""
@@ -589,7 +837,10 @@ class WriteBack:
         if not text:
             return
         self._seq += 1
-        name = f"served-{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{os.getpid()}-{self._seq}.jsonl"
+        name = (
+            f"served-{self.config.environment}-{datetime.now(UTC):%Y%m%dT%H%M%S%f}-"
+            f"{os.getpid()}-{self._seq}.jsonl"
+        )
         write_atomically(self.config.predictions_dir / name, text)
 
     def _write_requests(self, requests: list[dict]) -> None:
@@ -602,6 +853,48 @@ class WriteBack:
         for day, lines in by_day.items():
             with open(folder / f"requests-{day}.jsonl", "a", encoding="utf-8") as file:
                 file.write("\n".join(lines) + "\n")
+
+
+REQUEST_LOG = re.compile(r"requests-(\d{8})\.jsonl")
+
+
+def prune_request_logs(folder: Path, now: datetime, days: int, max_bytes: int) -> list[Path]:
+    """Delete the request logs (``requests-YYYYMMDD.jsonl``) dated more than ``days`` days
+    before ``now``'s UTC day, then more, oldest first, while together they hold over
+    ``max_bytes``; return the deleted paths. Today's file (and any dated later) is never
+    deleted: the server appends to it. Only the server's own request logs: the landing
+    ``served-*.jsonl`` files belong to ingestion, which may not have read them yet."""
+    if not folder.is_dir():
+        return []
+    today = now.astimezone(UTC).strftime("%Y%m%d")
+    oldest_kept = (now.astimezone(UTC) - timedelta(days=days)).strftime("%Y%m%d")
+    logs = sorted(
+        (match[1], path)
+        for path in folder.iterdir()
+        if (match := REQUEST_LOG.fullmatch(path.name)) and path.is_file()
+    )
+    sizes = {path: path.stat().st_size for _, path in logs}
+    total = sum(sizes.values())
+    deleted = []
+    for day, path in logs:  # oldest first
+        if day >= today or (day >= oldest_kept and total <= max_bytes):
+            break
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as error:
+            log.warning("could not delete the old request log %s: %s", path, error)
+            continue
+        total -= sizes[path]
+        deleted.append(path)
+    if deleted:
+        log.info(
+            "pruned %d request logs (older than %d days, or over %d bytes in all): %s",
+            len(deleted),
+            days,
+            max_bytes,
+            ", ".join(path.name for path in deleted),
+        )
+    return deleted
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -617,7 +910,11 @@ def write_atomically(path: Path, text: str) -> None:
 
 class Reloader:
     """Polls the registry for the alias's version and the active policy version; when either
-    moves, loads that version and swaps it in. A failed poll or load keeps the old champion."""
+    moves, loads that version and swaps it in. A failed poll or load keeps the old champion.
+
+    The first load runs on this thread too, not before the server binds: an MLflow that does
+    not answer (its client retries for minutes) must not keep the port closed. Until a champion
+    is loaded every row is served its ``rule_confidence`` and /health says why (``problem``)."""
 
     def __init__(self, config: ServerConfig, state: ServingState):
         self.config = config
@@ -625,6 +922,9 @@ class Reloader:
         self._registry: Registry | None = None
         self._seen: tuple[str, int] | None = None  # (version, policy) last loaded for
         self._failed: tuple[str, int] | str | None = None  # what last failed, logged once
+        self.problem: str | None = (
+            f"loading {self.config.model_name}@{self.config.alias} from the registry"
+        )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="serving-reload", daemon=True)
 
@@ -632,11 +932,16 @@ class Reloader:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop polling; a registry call in flight is not waited for beyond
+        ``RELOAD_JOIN_SECONDS`` (the daemon thread ends with the process)."""
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join()
+            self._thread.join(RELOAD_JOIN_SECONDS)
+            if self._thread.is_alive():
+                log.warning("a registry call is still running at shutdown; not waiting for it")
 
     def _run(self) -> None:
+        self.check()
         while not self._stop.wait(self.config.reload_interval_seconds):
             self.check()
 
@@ -660,10 +965,10 @@ class Reloader:
                 )
                 return
             wanted = (version, self._registry.active_policy_version())
-            if wanted == self._seen:
-                return
-            self.state.swap(self._load(version))
-            self._seen, self._failed = wanted, None
+            if wanted != self._seen:
+                self.state.swap(self._load(version))
+                self._seen, self._failed = wanted, None
+            self.problem = None
         except Exception as error:  # a failed reload must never stop serving
             self.state.metrics.errors.labels("reload").inc()
             first_line = (str(error).splitlines() or [""])[0][:300]
@@ -671,10 +976,12 @@ class Reloader:
                 logging.ERROR,
                 wanted or "poll",
                 f"reload of {self.config.model_name}@{self.config.alias} failed "
-                f"({type(error).__name__}: {first_line}); keeping the current champion",
+                f"({type(error).__name__}: {first_line}); "
+                + ("keeping the current champion" if self.state.champion else "serving fallback"),
             )
 
     def _note_failure(self, level: int, key: tuple[str, int] | str, message: str) -> None:
+        self.problem = message
         if key != self._failed:  # log once per cause, not every poll
             log.log(level, message)
             self._failed = key
@@ -752,42 +1059,83 @@ class ServingState:
         self.writeback.close()
 
     def health(self) -> dict:
+        """``degraded`` with the ``reason`` while no champion is loaded (the first load still
+        running, no alias, the registry unreachable) or the champion's last predict failed;
+        ``reload_problem``: why the last poll failed, even while an older champion serves."""
         champion = self.champion
+        problem = self.reloader.problem
+        if champion is None:
+            reason = problem or "no champion loaded"
+        elif self.predict_failed:
+            reason = f"version {champion.version} failed its last prediction"
+        else:
+            reason = None
         return {
-            "status": "ok" if champion is not None and not self.predict_failed else "degraded",
+            "status": "degraded" if reason else "ok",
+            "reason": reason,
             "model_name": self.config.model_name,
             "alias": self.config.alias,
+            "environment": self.config.environment,
             "champion_version": champion.version if champion else None,
             "policy_version": champion.policy_version if champion else None,
             "uptime_seconds": round(time.monotonic() - self.started, 3),
             "loaded_at": utc_iso(champion.loaded_at) if champion else None,
+            "reload_problem": problem,
         }
 
-    def answer(self, body: bytes, content_type: str | None, started: float) -> Answer:
-        """Parse, score, buffer the write-back and record the metrics."""
+    def answer(
+        self, body: bytes, content_type: str | None, started: float, test: bool = False
+    ) -> Answer:
+        """Parse, score, buffer the write-back (not for a ``test`` request) and record the
+        metrics."""
         at = datetime.now(UTC)
-        rows = fallbacks = 0
         served_by: Champion | None = None
         buffered: Served | None = None
         try:
-            table, params = parse_request(body, content_type)
+            table, params = parse_request(
+                body, content_type, self.config.max_rows, self.config.max_depth
+            )
             checked = checked_rows(table, self.config.environment)
             served, served_by, names, features = self._score(table, checked, params)
             rows, fallbacks = table.rows, int(np.sum(served["fallback"]))
             version = served_by.version if served_by else None
             status, payload = 200, predictions_json(checked.ids, version, served)
-            confidence = np.asarray(served["blended_confidence"], dtype="float64")
-            buffered = Served(utc_iso(at), version, checked, confidence, names, features)
+            if not test:
+                confidence = np.asarray(served["blended_confidence"], dtype="float64")
+                buffered = Served(utc_iso(at), version, checked, confidence, names, features)
         except BadRequest as error:
-            self.metrics.errors.labels("bad_request").inc()
-            status, rows, fallbacks = error.status, 0, 0
-            payload = json.dumps({"error_code": "BAD_REQUEST", "message": error.message}).encode()
+            return self.refuse(error, started, test, at)
         except Exception as error:  # a bug here must answer 500, not take the server down
             log.exception("could not answer a scoring request")
             self.metrics.errors.labels("internal").inc()
             status, rows, fallbacks, buffered = 500, 0, 0, None
             message = f"internal error: {type(error).__name__}: {error}"
             payload = json.dumps({"error_code": "INTERNAL_ERROR", "message": message}).encode()
+        self._record(at, started, status, rows, fallbacks, served_by, buffered, test)
+        return Answer(status, payload)
+
+    def refuse(
+        self, error: BadRequest, started: float, test: bool, at: datetime | None = None
+    ) -> Answer:
+        """A request answered with ``error`` (400, or 413 before its body was read): counted
+        under the error's kind and logged like any other."""
+        self.metrics.errors.labels(error.kind).inc()
+        at = at or datetime.now(UTC)
+        self._record(at, started, error.status, 0, 0, None, None, test)
+        return Answer(error.status, json.dumps(error.payload()).encode())
+
+    def _record(
+        self,
+        at: datetime,
+        started: float,
+        status: int,
+        rows: int,
+        fallbacks: int,
+        served_by: Champion | None,
+        buffered: Served | None,
+        test: bool,
+    ) -> None:
+        """The request's metrics and its request-log line; its rows to the write-back."""
         latency = time.perf_counter() - started
         self.metrics.requests.inc()
         self.metrics.latency.observe(latency)
@@ -803,9 +1151,10 @@ class ServingState:
                 "status": status,
                 "model_version": served_by.version if served_by else None,
                 "policy_version": served_by.policy_version if served_by else None,
+                "test": test,
+                "server_environment": self.config.environment,
             },
         )
-        return Answer(status, payload)
 
     def _score(
         self, table: Table, checked: Rows, params: dict | None
@@ -845,14 +1194,19 @@ class ServingState:
 # The app.
 
 
+def is_test(value: str | None) -> bool:
+    """Whether an ``X-Feedback-Test`` header value marks the request as a test."""
+    return value is not None and value.strip().lower() in TEST_VALUES
+
+
 def create_app(config: ServerConfig) -> FastAPI:
-    """The FastAPI app; its lifespan loads the champion, starts the reload and write-back
-    threads, and on shutdown (uvicorn's SIGTERM/SIGINT) flushes every buffered row."""
+    """The FastAPI app; its lifespan starts the reload thread (which loads the champion: the
+    port binds without waiting for the registry) and the write-back thread, and on shutdown
+    (uvicorn's SIGTERM/SIGINT) flushes every buffered row."""
     state = ServingState(config)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        await asyncio.to_thread(state.reloader.check)  # serve the champion from the start
         state.start()
         try:
             yield
@@ -864,11 +1218,18 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     async def predict(request: Request) -> Response:
         started = time.perf_counter()
-        body = await request.body()
-        # Scored on the event loop's own thread: one worker scores one request at a time
-        # anyway, and handing each request to another thread costs GIL switches (up to the
-        # 5 ms switch interval each) that showed as tail latency under load.
-        answer = state.answer(body, request.headers.get("content-type"), started)
+        test = is_test(request.headers.get(TEST_HEADER))
+        try:
+            body = await read_body(request, config.max_body_bytes)
+        except TooLarge as error:
+            answer = state.refuse(error, started, test)
+        except ClientDisconnect:  # nobody to answer; not the server's error
+            return Response(status_code=400)
+        else:
+            # Scored on the event loop's own thread: one worker scores one request at a time
+            # anyway, and handing each request to another thread costs GIL switches (up to the
+            # 5 ms switch interval each) that showed as tail latency under load.
+            answer = state.answer(body, request.headers.get("content-type"), started, test)
         return Response(answer.body, status_code=answer.status, media_type="application/json")
 
     app.post("/predict")(predict)
@@ -932,7 +1293,44 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         "--environment",
         choices=ENVIRONMENTS,
         default=defaults.environment,
-        help="written on served rows that do not say",
+        help="written on served rows that do not say, in the landing file names and the "
+        "request log",
+    )
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=defaults.max_body_bytes,
+        help="a larger request body is refused (413) before it is read",
+    )
+    parser.add_argument(
+        "--max-rows",
+        type=int,
+        default=defaults.max_rows,
+        help="a request with more rows is refused (413)",
+    )
+    parser.add_argument(
+        "--max-depth",
+        type=int,
+        default=defaults.max_depth,
+        help="JSON nested deeper is refused (400)",
+    )
+    parser.add_argument(
+        "--max-buffered-rows",
+        type=int,
+        default=defaults.max_buffered_rows,
+        help="served rows held for the write-back; while writes fail, more are dropped",
+    )
+    parser.add_argument(
+        "--log-retention-days",
+        type=int,
+        default=defaults.log_retention_days,
+        help="request logs (DATA/serving/requests-*.jsonl) older than this are deleted",
+    )
+    parser.add_argument(
+        "--log-retention-bytes",
+        type=int,
+        default=defaults.log_retention_bytes,
+        help="and the oldest, while all of them hold more (today's is always kept)",
     )
 
 
@@ -947,6 +1345,12 @@ def config_from_args(args: argparse.Namespace, data_dir: Path) -> ServerConfig:
         flush_rows=args.flush_rows,
         flush_seconds=args.flush_seconds,
         environment=args.environment,
+        max_body_bytes=args.max_body_bytes,
+        max_rows=args.max_rows,
+        max_depth=args.max_depth,
+        max_buffered_rows=args.max_buffered_rows,
+        log_retention_days=args.log_retention_days,
+        log_retention_bytes=args.log_retention_bytes,
     )
 
 
