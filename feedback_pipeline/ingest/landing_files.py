@@ -10,6 +10,11 @@ New files are read, validated and de-duplicated together, in batches of up to
 ``BATCH_BYTES``, so DuckDB works on large vectors on all cores. A batch is written with one
 statement per table, manifest included, in one transaction: a crash leaves whole files or
 nothing, and DuckDB writes the rows straight to the database file instead of the log.
+
+Only regular files inside the landing zone are read. A symlink out of the zone, a dangling
+symlink, a symlinked directory, a FIFO, a socket or a device is ``refused``: listed in the
+manifest with what it is and what to do, and never opened (a FIFO would block the read, a
+symlink could carry any file of the machine into the warehouse).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import csv
 import hashlib
 import io
 import os
+import stat
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -67,7 +73,9 @@ DOCS_SCHEMA = pa.schema(
 class FileResult:
     kind: str
     path: str
-    status: str  # ingested | unreadable | unsupported | skipped (already ingested)
+    # ingested | unreadable | unsupported | refused (not read: not a regular file inside the
+    # landing zone) | skipped (already in the manifest)
+    status: str
     records_read: int = 0
     accepted: int = 0
     duplicates: int = 0
@@ -91,11 +99,125 @@ def file_format(path: Path) -> str | None:
 
 
 def landing_files(landing_dir: Path, kind: str) -> list[Path]:
-    """Every regular file under ``landing/<kind>/``, sorted so ingestion order is stable."""
+    """Every entry under ``landing/<kind>/`` but directories and hidden names, sorted so
+    ingestion order is stable.
+
+    Symlinks (to directories too), FIFOs, sockets and devices are listed so that ingestion
+    refuses them with a reason instead of dropping them silently; symlinked directories are
+    never descended into, so discovery cannot wander out of the landing zone.
+    """
     folder = landing_dir / kind
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    found: list[Path] = []
+    folders = [folder]
+    while folders:
+        with os.scandir(folders.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(Path(entry.path))
+                elif not entry.name.startswith("."):
+                    found.append(Path(entry.path))
+    return sorted(found)
+
+
+FILE_TYPES = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+MOVE_IT_IN = "nothing of it was read: move the file itself into the landing zone"
+
+
+@dataclass(frozen=True)
+class Admission:
+    """May a landing file be read? ``stat`` is what a rerun compares (the target's for a
+    symlink that is let in, the entry's own ``lstat`` for a refused one)."""
+
+    stat: os.stat_result
+    refusal: str | None = None  # what the entry is and what to do; None: read it
+    refusal_hash: str | None = None  # stands in for the content hash, since nothing is read
+
+
+class LandingZone:
+    """The resolved landing root, and the test every file passes before it is opened: a regular
+    file whose real path lies inside the root. Costs one ``lstat`` per file, plus a ``realpath``
+    per directory (cached) and per symlink."""
+
+    def __init__(self, landing_dir: Path):
+        self.root = os.path.realpath(landing_dir)
+        self._prefix = self.root.rstrip(os.sep) + os.sep
+        self._folders: dict[str, str] = {}
+
+    def inside(self, real_path: str) -> bool:
+        return real_path == self.root or real_path.startswith(self._prefix)
+
+    def _real_folder(self, folder: str) -> str:
+        if folder not in self._folders:
+            self._folders[folder] = os.path.realpath(folder)
+        return self._folders[folder]
+
+    def admit(self, path: Path, rel_path: str) -> Admission:
+        entry = os.lstat(path)
+        if stat.S_ISLNK(entry.st_mode):
+            return self._admit_symlink(path, rel_path, entry)
+        if not stat.S_ISREG(entry.st_mode):
+            what = FILE_TYPES.get(stat.S_IFMT(entry.st_mode), "not a regular file")
+            return self._refuse(
+                entry,
+                f"{rel_path} is {what}, not a regular file; nothing of it was read: "
+                "put a regular file with the data in the landing zone instead",
+                what,
+            )
+        real_folder = self._real_folder(os.path.dirname(path))
+        if not self.inside(real_folder):  # a symlinked folder on the way leads out of the zone
+            return self._refuse(
+                entry,
+                f"{rel_path} lies in {real_folder}, outside the landing zone {self.root} "
+                f"(a symlinked folder leads there); {MOVE_IT_IN}",
+                os.path.join(real_folder, path.name),
+            )
+        return Admission(entry)
+
+    def _admit_symlink(self, path: Path, rel_path: str, entry: os.stat_result) -> Admission:
+        link = os.readlink(path)
+        real = os.path.realpath(path)
+        try:
+            target = os.stat(path)
+        except OSError as error:  # dangling, a loop, or a target we may not look at
+            return self._refuse(
+                entry,
+                f"{rel_path} is a dangling symlink to {link} ({error.strerror}); {MOVE_IT_IN}",
+                link,
+            )
+        if not self.inside(real):
+            return self._refuse(
+                entry,
+                f"{rel_path} is a symlink to {real}, outside the landing zone {self.root}; "
+                f"{MOVE_IT_IN}",
+                link,
+            )
+        if stat.S_ISDIR(target.st_mode):
+            return self._refuse(
+                entry,
+                f"{rel_path} is a symlink to the directory {real}, and symlinked directories are "
+                "not followed; nothing of it was read: move the files themselves into the "
+                "landing zone",
+                link,
+            )
+        if not stat.S_ISREG(target.st_mode):
+            what = FILE_TYPES.get(stat.S_IFMT(target.st_mode), "not a regular file")
+            return self._refuse(
+                entry, f"{rel_path} is a symlink to {what} {real}; {MOVE_IT_IN}", link
+            )
+        return Admission(target)
+
+    @staticmethod
+    def _refuse(entry: os.stat_result, reason: str, identity: str) -> Admission:
+        digest = hashlib.sha256(f"refused:{identity}".encode()).hexdigest()
+        return Admission(entry, reason, digest)
 
 
 def is_utf8(data: bytes) -> bool:
@@ -140,13 +262,48 @@ def split_lines(data: bytes, as_text: bool = False) -> pa.Table:
     return table.filter(pa.array(~blank)) if blank.any() else table
 
 
-def gunzip_tolerant(data: bytes) -> bytes:
-    """Decompress what can be decompressed; a truncated gzip keeps its complete lines."""
-    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        return decompressor.decompress(data) + decompressor.flush()
-    except zlib.error as error:
-        raise UnreadableFile(f"not a readable gzip file: {error}") from None
+GZIP_MAGIC = b"\x1f\x8b"
+GZIP_CHUNK = 16 * 1024 * 1024  # compressed bytes per call: bounds the copies zlib makes
+
+
+def gunzip(data: bytes) -> bytes:
+    """The whole content of a gzip file, or ``UnreadableFile``: a file lands whole or not at all.
+
+    Every member of a multi-member gzip is read (as ``gzip`` does); a stream that ends before
+    its trailer (a truncated file) and bytes after the last member that are neither another
+    member nor zero padding are refused, since part of the file would be missing or unknown.
+    """
+    view = memoryview(data)
+    parts: list[bytes] = []
+    position = 0
+    members = 0
+    while position < len(data):
+        if members and data[position : position + 2] != GZIP_MAGIC:
+            if data.count(0, position) == len(data) - position:
+                break  # zero padding after the last member, as gzip allows
+            raise UnreadableFile(
+                f"{len(data) - position} bytes after the end of the gzip stream (at byte "
+                f"{position}) are not gzip: the file is damaged or something was appended to "
+                "it; nothing of it was ingested; replace it with a clean file"
+            )
+        decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        while not decompressor.eof and position < len(data):
+            chunk = view[position : position + GZIP_CHUNK]
+            try:
+                parts.append(decompressor.decompress(chunk))
+            except zlib.error as error:
+                raise UnreadableFile(
+                    f"not a readable gzip file: {error} (member {members + 1}, near byte "
+                    f"{position}); nothing of it was ingested"
+                ) from None
+            position += len(chunk) - len(decompressor.unused_data)
+        if not decompressor.eof:
+            raise UnreadableFile(
+                f"gzip stream ended early: the file is truncated ({len(data)} bytes read); "
+                "nothing of it was ingested; replace it with the complete file"
+            )
+        members += 1
+    return b"".join(parts)
 
 
 @dataclass
@@ -160,6 +317,7 @@ class PendingFile:
     fmt: str | None
     mtime_ns: int | None = None
     result: FileResult | None = None  # set when the file cannot be parsed at all
+    size_bytes: int | None = None  # when ``data`` is not the file (a refused file is not read)
 
 
 def _with_file_index(table: pa.Table, file_index: int) -> pa.Table:
@@ -298,9 +456,11 @@ class Staged:
 def stage_batch(con: duckdb.DuckDBPyConnection, kind: str, batch: list[PendingFile]) -> Staged:
     staged = Staged([], [], [], [], pa.table({}))
     for index, pending in enumerate(batch):
+        if pending.result is not None:  # refused or unsupported: never opened, not even by path
+            continue
         try:
             if pending.fmt in ("jsonl", "jsonl.gz"):
-                data = pending.data if pending.fmt == "jsonl" else gunzip_tolerant(pending.data)
+                data = pending.data if pending.fmt == "jsonl" else gunzip(pending.data)
                 valid_utf8 = is_utf8(data)  # the common case skips per-line decoding in SQL
                 lines = _json_lines(data, index, as_text=valid_utf8)
                 (staged.text_lines if valid_utf8 else staged.byte_lines).append(lines)
@@ -540,7 +700,7 @@ def manifest_row(result: FileResult, pending: PendingFile) -> dict:
         **result.as_dict(),
         "content_hash": pending.content_hash,
         "file_format": pending.fmt,
-        "size_bytes": len(pending.data),
+        "size_bytes": len(pending.data) if pending.size_bytes is None else pending.size_bytes,
         "mtime_ns": pending.mtime_ns,
     }
 
@@ -564,6 +724,14 @@ class Manifest:
             {(path, size, mtime) for path, _, size, mtime in rows if mtime is not None},
         )
 
+    def unchanged(self, rel_path: str, admission: Admission) -> bool:
+        """Listed before with this size and mtime, or refused before for the same reason (a
+        refused file has no content hash to compare)."""
+        size, mtime = admission.stat.st_size, admission.stat.st_mtime_ns
+        return (rel_path, size, mtime) in self.stats or (
+            admission.refusal_hash is not None and (rel_path, admission.refusal_hash) in self.hashes
+        )
+
 
 def _unsupported(spec: KindSpec, path: Path, rel_path: str) -> FileResult:
     return FileResult(
@@ -573,6 +741,17 @@ def _unsupported(spec: KindSpec, path: Path, rel_path: str) -> FileResult:
         error=f"unsupported file extension {''.join(path.suffixes) or '(none)'!r}; "
         f"expected one of {', '.join(FORMATS)}",
     )
+
+
+def _refused(spec: KindSpec, path: Path, rel_path: str, admission: Admission) -> PendingFile:
+    """A refused file's place in the batch: its manifest row, from its ``lstat`` alone."""
+    entry = admission.stat
+    pending = PendingFile(
+        path, rel_path, b"", admission.refusal_hash or "", file_format(path), entry.st_mtime_ns
+    )
+    pending.result = FileResult(spec.kind, rel_path, "refused", error=admission.refusal)
+    pending.size_bytes = entry.st_size
+    return pending
 
 
 def ingest_batch(
@@ -644,26 +823,30 @@ def ingest_files(
                     f"[{position + 1}/{len(paths)}] {result.path}: {result.status}, read "
                     f"{result.records_read}, accepted {result.accepted}, duplicates "
                     f"{result.duplicates}, rejected {result.rejected}"
+                    + (f" ({result.error})" if result.error else "")
                 )
         batch, batch_size = [], 0
 
+    zone = LandingZone(landing_dir)
     changed: list[tuple[int, Path, str, os.stat_result]] = []
     for position, path in enumerate(paths):
         rel_path = path.relative_to(landing_dir).as_posix()
-        stat = path.stat()
-        if (rel_path, stat.st_size, stat.st_mtime_ns) in manifest.stats:
+        admission = zone.admit(path, rel_path)
+        if manifest.unchanged(rel_path, admission):
             results[position] = FileResult(spec.kind, rel_path, "skipped")
+        elif admission.refusal is not None:  # listed with its reason, never read
+            batch.append((position, _refused(spec, path, rel_path, admission)))
         else:
-            changed.append((position, path, rel_path, stat))
+            changed.append((position, path, rel_path, admission.stat))
 
-    for (position, path, rel_path, stat), (data, content_hash) in zip(
+    for (position, path, rel_path, file_stat), (data, content_hash) in zip(
         changed, read_and_hash([path for _, path, _, _ in changed]), strict=True
     ):
         if (rel_path, content_hash) in manifest.hashes:  # touched, but the same content
             results[position] = FileResult(spec.kind, rel_path, "skipped")
             continue
         fmt = file_format(path)
-        pending = PendingFile(path, rel_path, data, content_hash, fmt, stat.st_mtime_ns)
+        pending = PendingFile(path, rel_path, data, content_hash, fmt, file_stat.st_mtime_ns)
         if fmt is None:
             pending.result = _unsupported(spec, path, rel_path)
         batch.append((position, pending))
@@ -695,8 +878,9 @@ def landing_zone_problems(
     con: duckdb.DuckDBPyConnection, landing_dir: Path, kind: str
 ) -> list[str]:
     """What a person should look at before trusting this kind's raw table: a missing or empty
-    landing folder (a mistyped data dir), files that could not be read or have no known
-    format. Empty when all is well."""
+    landing folder (a mistyped data dir), files that could not be read, have no known format
+    or were refused. Only a path's latest manifest entry counts, so replacing a broken file
+    with a good one clears its warning. Empty when all is well."""
     folder = landing_dir / kind
     if not folder.is_dir():
         return [
@@ -708,8 +892,11 @@ def landing_zone_problems(
         problems.append(f"no landing files in {folder}")
     unread = con.execute(
         f"""
-        SELECT path, status, error FROM {INGESTED_FILES}
-        WHERE kind = ? AND status IN ('unreadable', 'unsupported')
+        SELECT path, status, error FROM (
+            SELECT path, status, error FROM {INGESTED_FILES} WHERE kind = ?
+            QUALIFY row_number() OVER (PARTITION BY path ORDER BY ingested_at DESC) = 1
+        )
+        WHERE status IN ('unreadable', 'unsupported', 'refused')
         ORDER BY path
         """,
         [kind],

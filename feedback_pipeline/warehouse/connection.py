@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS {INGESTED_FILES} (
     content_hash VARCHAR NOT NULL,
     file_format VARCHAR,
     size_bytes BIGINT NOT NULL,
-    status VARCHAR NOT NULL,          -- ingested | unreadable | unsupported
+    status VARCHAR NOT NULL,          -- ingested | unreadable | unsupported | refused
     error VARCHAR,
     records_read BIGINT NOT NULL,
     accepted BIGINT NOT NULL,

@@ -87,15 +87,17 @@ def test_unparseable_files_are_recorded_not_crashed_on(
     assert count(con, "SELECT count(*) FROM raw.ingested_files") == 1
 
 
-def test_truncated_gzip_keeps_its_complete_lines(con, landing, write_landing):
+def test_truncated_gzip_lands_nothing_and_says_so(con, landing, write_landing):
+    """A file lands whole or not at all: a cut gzip is unreadable, its complete lines too
+    (feedback_pipeline_tests/faults/test_landing_faults.py has the replacement landing once)."""
     lines = b"".join(json.dumps(prediction(f"p{i}")).encode() + b"\n" for i in range(200))
     compressed = gzip.compress(lines)
     path = write_landing("predictions", "cut.jsonl.gz", compressed[: len(compressed) * 3 // 4])
     result = ingest_file(con, landing, path, PREDICTIONS)
-    assert result.status == "ingested"
-    assert result.accepted > 0
-    assert result.records_read == result.accepted + result.rejected
-    assert result.rejected <= 1  # at most the line cut in half
+    assert (result.status, result.records_read, result.accepted) == ("unreadable", 0, 0)
+    assert "gzip stream ended early" in result.error
+    assert count(con, "SELECT count(*) FROM raw.predictions") == 0
+    assert count(con, "SELECT count(*) FROM raw.rejected_records") == 0
 
 
 def test_csv_and_parquet_land_with_the_same_rules(con, landing, write_landing):
