@@ -30,17 +30,32 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 class LocalRunLauncher(DefaultRunLauncher):
     """``DefaultRunLauncher`` that tells run monitoring when a run's process has died."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # run id -> (pid, the process's start in clock ticks since boot), from its first check:
+        # later checks compare ticks, which a wall-clock step does not move.
+        self._workers: dict[str, tuple[int, int]] = {}
+
     @property
     def supports_check_run_worker_health(self) -> bool:
         return True
 
     def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
         worker = run_worker(self._instance, run.run_id)
-        if worker is None:  # not started far enough to say: the start timeout covers it
-            return CheckRunHealthResult(WorkerStatus.UNKNOWN, "no run worker recorded yet")
+        if worker is None:  # RUN_START comes a moment before the executor names its pid
+            return CheckRunHealthResult(WorkerStatus.RUNNING, "no run worker pid recorded yet")
         pid, since = worker
-        if _alive(pid, since):
+        known = self._workers.get(run.run_id)
+        if known is not None and known[0] == pid:
+            alive = _start_ticks(pid) == known[1]
+        else:
+            alive = _alive(pid, since)
+            ticks = _start_ticks(pid) if alive else None
+            if ticks is not None:
+                self._workers[run.run_id] = (pid, ticks)
+        if alive:
             return CheckRunHealthResult(WorkerStatus.RUNNING)
+        self._workers.pop(run.run_id, None)
         return CheckRunHealthResult(
             WorkerStatus.FAILED,
             f"the run's process (pid {pid}) is gone: killed or crashed without reporting; "
@@ -59,6 +74,11 @@ def run_worker(instance, run_id: str) -> tuple[int, float] | None:
     return None
 
 
+# How much later than its pid event a process may seem to have started and still be the run's
+# worker: generous, since /proc's boot time moves with wall-clock steps (NTP, a VM resume).
+START_SLACK_SECONDS = 60.0
+
+
 def _alive(pid: int, since: float) -> bool:
     """Whether process ``pid`` exists and is the one that was running at ``since`` (a pid the
     kernel gave to a newer process after the worker died does not count)."""
@@ -68,23 +88,32 @@ def _alive(pid: int, since: float) -> bool:
         return False
     except PermissionError:  # exists, owned by someone else
         return True
-    started = _process_start_time(pid)
-    return started is None or started <= since + 1.0
+    ticks = _start_ticks(pid)
+    if ticks == ZOMBIE:
+        return False
+    boot = _boot_time()
+    if ticks is None or boot is None:
+        return True
+    return boot + ticks / CLOCK_TICKS <= since + START_SLACK_SECONDS
 
 
-def _process_start_time(pid: int) -> float | None:
-    """Epoch seconds the process started, from /proc (None where /proc is not there)."""
+ZOMBIE = -1  # an exited process its parent has not reaped yet: nothing runs there any more
+
+
+def _start_ticks(pid: int) -> int | None:
+    """When the process started, in clock ticks since boot (from /proc; None without it)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        boot = next(
-            float(line.split()[1])
-            for line in Path("/proc/stat").read_text().splitlines()
-            if line.startswith("btime ")
-        )
-    except (OSError, StopIteration):
+    except OSError:
         return None
     # Fields after the command name (which may hold spaces) start at the last ')'.
     fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] == "Z":  # a zombie has exited: nothing runs there any more
-        return float("inf")
-    return boot + int(fields[19]) / CLOCK_TICKS
+    return ZOMBIE if fields[0] == "Z" else int(fields[19])
+
+
+def _boot_time() -> float | None:
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return None
+    return next((float(line.split()[1]) for line in lines if line.startswith("btime ")), None)

@@ -17,7 +17,9 @@ from feedback_pipeline.defs.resources import (
 from feedback_pipeline.defs.run_context import RunContextResource, run_context_config
 from feedback_pipeline.monitoring import drift, triggers
 from feedback_pipeline.promotion import ledger
-from feedback_pipeline.registry.mlflow_registry import CHAMPION, RegistryUnavailable
+from feedback_pipeline.promotion.apply import reconcile
+from feedback_pipeline.promotion.lock import promotion_lock
+from feedback_pipeline.registry.mlflow_registry import RegistryUnavailable
 from feedback_pipeline.settings import TriggerSettings
 
 
@@ -168,13 +170,15 @@ def retrain_failure_sensor(
     if context.dagster_run.job_name not in RETRAIN_JOBS:
         return dg.SkipReason(f"{context.dagster_run.job_name} is not a retrain")
     reason = f"run failed: {context.failure_event.message}"
-    try:
-        champion = mlflow_registry.get_registry().alias_version(CHAMPION)
-    except RegistryUnavailable as error:  # recorded, with the champion unknown, not guessed
-        champion = None
-        reason += f" (champion unknown: {error})"
     tags = context.dagster_run.tags
-    with warehouse.connect() as con:
+    with warehouse.connect() as con, promotion_lock(con):
+        try:  # a run killed after its alias move is recorded first, as a repair
+            champion = reconcile(
+                con, mlflow_registry.get_registry(), "failure_sensor", context.dagster_run.run_id
+            )
+        except RegistryUnavailable as error:  # recorded, with the champion unknown, not guessed
+            champion = None
+            reason += f" (champion unknown: {error})"
         ledger.append_event(
             con,
             "failed_retrain",

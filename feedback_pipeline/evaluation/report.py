@@ -258,7 +258,10 @@ def evaluate(
         )
     else:
         decision = decide(gate, len(holdout), best.holdout, None, None, majority)
-    backdated = _backdated(info, champion_version, tags)
+    champion_tags = tags
+    if champion_tags is None and champion_version:  # an empty holdout: still never backdated
+        champion_tags = registry.version_tags(champion_version)
+    backdated = _backdated(info, champion_version, champion_tags)
     if backdated is not None:
         decision = refuse_backdated(gate, decision, backdated)
     progress(f"decision: {decision.reason}")

@@ -146,13 +146,19 @@ class LandingZone:
     file whose real path lies inside the root. Costs one ``lstat`` per file, plus a ``realpath``
     per directory (cached) and per symlink."""
 
-    def __init__(self, landing_dir: Path):
+    def __init__(self, landing_dir: Path, kind: str | None = None):
+        """``kind``: its folder ``landing/<kind>`` may itself be a link the operator set up
+        (to a mounted volume, say); what lies under its target counts as inside too."""
         self.root = os.path.realpath(landing_dir)
-        self._prefix = self.root.rstrip(os.sep) + os.sep
+        roots = {self.root}
+        if kind is not None:
+            roots.add(os.path.realpath(landing_dir / kind))
+        self._roots = tuple(roots)
+        self._prefixes = tuple(root.rstrip(os.sep) + os.sep for root in roots)
         self._folders: dict[str, str] = {}
 
     def inside(self, real_path: str) -> bool:
-        return real_path == self.root or real_path.startswith(self._prefix)
+        return real_path in self._roots or real_path.startswith(self._prefixes)
 
     def _real_folder(self, folder: str) -> str:
         if folder not in self._folders:
@@ -827,7 +833,7 @@ def ingest_files(
                 )
         batch, batch_size = [], 0
 
-    zone = LandingZone(landing_dir)
+    zone = LandingZone(landing_dir, spec.kind)
     changed: list[tuple[int, Path, str, os.stat_result]] = []
     for position, path in enumerate(paths):
         rel_path = path.relative_to(landing_dir).as_posix()

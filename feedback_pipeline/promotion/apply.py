@@ -60,7 +60,10 @@ def apply_decision(
         promoted = refit.version
     with promotion_lock(con):
         old = reconcile(con, registry, trigger, dagster_run_id)
-        stale = report.mode != "dry_run" and old != report.champion_version
+        # A rerun of a promotion that was killed after its alias move finds its own refit
+        # already champion: that is the same model, not another run's move.
+        same = applied and promoted == old
+        stale = report.mode != "dry_run" and old != report.champion_version and not same
         if stale:
             applied = False
             reason = (
@@ -69,7 +72,7 @@ def apply_decision(
                 "(another run or an operator moved it meanwhile); nothing moved. The next retrain "
                 f"judges against {_named(old)}. The gate had said: {reason}"
             )
-        if applied and promoted == old:  # same rows, same procedure: the same model
+        if same:  # same rows, same procedure: the same model
             applied = False
             reason = (
                 f"the refit is the current champion v{old} (same data, same procedure): {reason}"
@@ -126,8 +129,8 @@ def reconcile(
             con,
             "repair",
             f"the champion alias is {_named(current)} but the ledger's last champion was "
-            f"{_named(recorded)}: an alias move whose ledger row was never written (its "
-            "promoter was killed in between); recorded now",
+            f"{_named(recorded)}: an alias move the ledger never recorded (a promoter killed "
+            "between the two, or a move made outside feedback-pipeline); recorded now",
             current is not None,
             recorded,
             current,
@@ -179,7 +182,7 @@ def _move_champion(
     with promotion_lock(con):
         current = reconcile(con, registry, "cli")
         if version is None:
-            version = ledger.previous_champion(con, current)
+            version = ledger.previous_champion(con, current, registry.model_name)
             if version is None:
                 raise ValueError(
                     f"no previous champion recorded before version {current}; pass --to VERSION"

@@ -17,6 +17,9 @@ COLUMNS = (
     "challenger_version, promoted, mode, reason, metrics, deltas, dagster_run_id, model_name"
 )
 PLACEHOLDERS = ", ".join(["?"] * len(COLUMNS.split(",")))
+# The rows that record who the champion is after them (a retrain, kept or promoted, and every
+# move); a failed run's or a policy's row says nothing about the alias.
+CHAMPION_ACTIONS = ("retrain", "repair", "rollback", "forced_promotion")
 
 
 def append_event(
@@ -64,10 +67,10 @@ def last_champion(con: duckdb.DuckDBPyConnection, model_name: str = LIVE_MODEL) 
     """The champion the ledger last recorded for ``model_name`` (None: none recorded)."""
     rows = con.execute(
         f"""SELECT new_version FROM {LEDGER}
-            WHERE new_version IS NOT NULL AND action NOT LIKE 'policy%'
+            WHERE new_version IS NOT NULL AND list_contains($moves, action)
               AND coalesce(model_name, $live) = $name
             ORDER BY recorded_at DESC LIMIT 1""",
-        {"live": LIVE_MODEL, "name": model_name},
+        {"live": LIVE_MODEL, "name": model_name, "moves": list(CHAMPION_ACTIONS)},
     ).fetchall()
     return rows[0][0] if rows else None
 
@@ -83,12 +86,15 @@ def recent_events(con: duckdb.DuckDBPyConnection, limit: int = 10) -> pd.DataFra
     ).df()
 
 
-def previous_champion(con: duckdb.DuckDBPyConnection, current: str | None) -> str | None:
+def previous_champion(
+    con: duckdb.DuckDBPyConnection, current: str | None, model_name: str = LIVE_MODEL
+) -> str | None:
     """The champion before ``current``, from the newest ledger row that moved to it."""
     rows = con.execute(
         f"""SELECT old_version FROM {LEDGER}
-            WHERE new_version = ? AND old_version IS NOT NULL AND old_version <> new_version
+            WHERE new_version = $current AND old_version IS NOT NULL
+              AND old_version <> new_version AND coalesce(model_name, $live) = $name
             ORDER BY recorded_at DESC LIMIT 1""",
-        [current],
+        {"current": current, "live": LIVE_MODEL, "name": model_name},
     ).fetchall()
     return rows[0][0] if rows else None

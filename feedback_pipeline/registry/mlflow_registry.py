@@ -13,6 +13,7 @@ import os
 import pickle
 import tempfile
 import threading
+import warnings
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -35,7 +36,7 @@ from feedback_pipeline.registry.served_policy import (
     default_policy,
     serve,
 )
-from feedback_pipeline.settings import MlflowSettings, load_settings
+from feedback_pipeline.settings import MlflowSettings, SettingsError, load_settings
 from feedback_pipeline.training.families import predict_probability
 
 MODEL_NAME = "feedback_model"
@@ -119,18 +120,32 @@ HTTP_ENV = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "http_max_retries",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "http_backoff_factor",
 }
-# The ones the user set before this process touched them: those win over our settings.
-_USER_HTTP_ENV = frozenset(name for name in HTTP_ENV if name in os.environ)
+# Which of them we set (so a child process, which inherits them, still knows they are ours).
+OWNED_HTTP_ENV = "FEEDBACK_PIPELINE_MLFLOW_HTTP_ENV"
+# The ones the user set before any of our processes touched them: those win over our settings.
+_USER_HTTP_ENV = frozenset(
+    name
+    for name in HTTP_ENV
+    if name in os.environ and name not in os.environ.get(OWNED_HTTP_ENV, "").split(",")
+)
 
 
 def configure_mlflow_http(http: MlflowSettings | None = None) -> None:
     """Give MLflow's HTTP client our timeout and retries (``mlflow`` settings; the deployment
     file's by default), so an unreachable tracking server fails a command in seconds instead
-    of MLflow's ~4 minutes of retries. Variables the user exported are left as they are."""
-    http = http if http is not None else load_settings().mlflow
-    for name, field_name in HTTP_ENV.items():
-        if name not in _USER_HTTP_ENV:
-            os.environ[name] = str(getattr(http, field_name))
+    of MLflow's ~4 minutes of retries. Variables the user exported are left as they are. A bad
+    settings file is the run's to report (it fails there, naming the field): here it falls
+    back to the defaults, so a sensor or the server never breaks on it."""
+    if http is None:
+        try:
+            http = load_settings().mlflow
+        except SettingsError as error:
+            warnings.warn(f"MLflow HTTP settings: defaults used ({error})", stacklevel=2)
+            http = MlflowSettings()
+    owned = [name for name in HTTP_ENV if name not in _USER_HTTP_ENV]
+    for name in owned:
+        os.environ[name] = str(getattr(http, HTTP_ENV[name]))
+    os.environ[OWNED_HTTP_ENV] = ",".join(owned)
 
 
 class Registry:
