@@ -59,6 +59,14 @@ def _simulate(args: argparse.Namespace) -> int:
         seed=args.seed,
         bad_rate=args.bad_rate,
         file_format=args.format,
+        label_noise_day=args.label_noise_day,
+        label_noise=args.label_noise,
+        feature_outage_day=args.feature_outage_day,
+        feature_outage=args.feature_outage,
+        feature_outage_mode=args.feature_outage_mode,
+        class_burst_day=args.class_burst_day,
+        class_burst_label=args.class_burst_label,
+        episode_days=args.episode_days,
     )
     landing = args.out or (args.data_dir / "landing")
     summary = simulate(landing, config)
@@ -408,6 +416,25 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=SimulationConfig.seed)
     sim.add_argument("--bad-rate", type=float, default=SimulationConfig.bad_rate)
     sim.add_argument("--format", choices=["jsonl", "csv", "parquet"], default="jsonl")
+    stress = sim.add_argument_group(
+        "stress episodes", "weeks a gate must block (each off unless its day is given)"
+    )
+    stress.add_argument(
+        "--label-noise-day", type=int, default=None, help="feedback wrong from this day"
+    )
+    stress.add_argument("--label-noise", choices=["flipped", "random"], default="flipped")
+    stress.add_argument(
+        "--feature-outage-day", type=int, default=None, help="a feature feed breaks this day"
+    )
+    stress.add_argument("--feature-outage", default=SimulationConfig.feature_outage)
+    stress.add_argument("--feature-outage-mode", choices=["missing", "constant"], default="missing")
+    stress.add_argument(
+        "--class-burst-day", type=int, default=None, help="almost all of one class from here"
+    )
+    stress.add_argument("--class-burst-label", type=int, choices=[0, 1], default=0)
+    stress.add_argument(
+        "--episode-days", type=int, default=SimulationConfig.episode_days, help="each one's length"
+    )
     sim.set_defaults(handler=_simulate)
 
     status = commands.add_parser("status", help="champion, decisions, what is in the warehouse")

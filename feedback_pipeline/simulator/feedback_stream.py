@@ -43,7 +43,7 @@ W_END = 2.0 * np.array([-0.4, -0.8, 0.6, -0.4, 1.4, 0.2, 0.8, 0.5])
 LATE_DAYS = 3
 KIND_CODES = {"predictions": 1, "feedback": 2, "baseline": 3}
 # Draws added later come from their own generators, so the streams above stay as they were.
-EXTRA_CODES = {"variants": 4, "ratings": 5}
+EXTRA_CODES = {"variants": 4, "ratings": 5, "label_noise": 6}
 # Words people write in their rating notes: some go with good predictions, some with bad ones.
 GOOD_TERMS = ("clean entry", "good timing", "solid signal", "nice breakout")
 BAD_TERMS = ("late entry", "false breakout", "noisy signal", "wrong direction")
@@ -110,6 +110,23 @@ class SimulationConfig:
     drift_feature: str = FEATURES[0]
     drift_shift: float = 0.0
     drift_episode_days: int | None = None
+    # Stress episodes a gate must block, each ``episode_days`` long from its day (None: off):
+    # the feedback says the opposite of the truth (``flipped``) or a coin toss (``random``);
+    # an upstream feature feed breaks, so predictions and baseline rows carry it ``missing``
+    # (null) or ``constant`` (0) while the world still depends on its real value; a burst in
+    # which almost every prediction is of class ``class_burst_label``.
+    label_noise_day: int | None = None
+    label_noise: Literal["flipped", "random"] = "flipped"
+    feature_outage_day: int | None = None
+    feature_outage: str = FEATURES[0]
+    feature_outage_mode: Literal["missing", "constant"] = "missing"
+    class_burst_day: int | None = None
+    class_burst_label: int = 0
+    episode_days: int = 7
+
+    def in_episode(self, start_day: int | None, day: int) -> bool:
+        """Whether ``day`` falls in the stress episode that starts on ``start_day``."""
+        return start_day is not None and start_day <= day < start_day + self.episode_days
 
     def __post_init__(self) -> None:
         if self.days < 1:
@@ -129,10 +146,15 @@ class SimulationConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
-        if self.drift_feature not in FEATURES:
-            raise ValueError(
-                f"drift_feature must be one of {', '.join(FEATURES)}, got {self.drift_feature!r}"
-            )
+        for name in ("drift_feature", "feature_outage"):
+            if getattr(self, name) not in FEATURES:
+                raise ValueError(
+                    f"{name} must be one of {', '.join(FEATURES)}, got {getattr(self, name)!r}"
+                )
+        if self.episode_days < 1:
+            raise ValueError(f"episode_days must be >= 1, got {self.episode_days}")
+        if self.class_burst_label not in (0, 1):
+            raise ValueError(f"class_burst_label must be 0 or 1, got {self.class_burst_label}")
 
     def drift_shift_on(self, day: int) -> float:
         """The drift episode's shift of ``drift_feature`` on ``day`` (0 outside the episode)."""
@@ -153,6 +175,35 @@ class SimulationSummary:
     baseline_examples: int = 0
     bad_records: int = 0
     files: list[str] = field(default_factory=list)
+
+
+CLASS_BURST_SHIFT = 8.0  # added to (or taken from) the logit: over 90% of one class
+
+
+def _feature_outage(config: SimulationConfig, day: int, features: pd.DataFrame) -> pd.DataFrame:
+    """The features as reported while ``feature_outage`` is broken upstream (else as they are):
+    null (a nullable column, so it is written as JSON null) or a constant 0."""
+    if not config.in_episode(config.feature_outage_day, day):
+        return features
+    broken = (
+        pd.array([None] * len(features), dtype="Float64")
+        if config.feature_outage_mode == "missing"
+        else 0.0
+    )
+    return features.assign(**{config.feature_outage: broken})
+
+
+def _judged(config: SimulationConfig, day: int, good: np.ndarray) -> np.ndarray:
+    """What the feedback (people and outcomes) takes for the truth: the truth, except during
+    the label-noise episode (its opposite, or a seeded coin toss)."""
+    if not config.in_episode(config.label_noise_day, day):
+        return good
+    if config.label_noise == "flipped":
+        return ~good
+    return (
+        np.random.default_rng([config.seed, EXTRA_CODES["label_noise"], day]).random(len(good))
+        < 0.5
+    )
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -198,7 +249,10 @@ def predictions_for_day(config: SimulationConfig, day: int) -> tuple[pd.DataFram
     ]
     treated = variant != config.variants[0]
     logit = x @ true_weights(day, config.drift_days) + 0.2 + config.variant_effect * treated
+    if config.in_episode(config.class_burst_day, day):  # almost all of one class
+        logit = logit + (CLASS_BURST_SHIFT if config.class_burst_label else -CLASS_BURST_SHIFT)
     good = rng.random(n) < _sigmoid(logit)
+    features = _feature_outage(config, day, features)
     day_start = datetime.combine(config.start + timedelta(days=day), datetime.min.time())
     frame = features.assign(
         prediction_id=_ids(f"p{config.start + timedelta(days=day):%Y%m%d}-", n),
@@ -223,6 +277,7 @@ def feedback_for_day(
     """Human signals within hours and trade outcomes days later, for one day's predictions."""
     rng = _rng(config.seed, "feedback", day)
     n = len(predictions)
+    good = _judged(config, day, good)
     predicted_at = predictions["predicted_at"].to_numpy()
     env = np.where(rng.random(n) < 0.5, predictions["environment"].to_numpy(), None)
     human_right = rng.random(n) < config.human_accuracy
@@ -318,6 +373,7 @@ def baseline_for_day(config: SimulationConfig, day: int) -> pd.DataFrame:
     weights = true_weights(day, config.drift_days) * market
     good = rng.random(n) < _sigmoid(features.to_numpy() @ weights + 0.2)
     weak = np.where(rng.random(n) < config.weak_label_noise, ~good, good).astype(int)
+    features = _feature_outage(config, day, features)
     day_start = datetime.combine(config.start + timedelta(days=day), datetime.min.time())
     return features.assign(
         example_id=_ids(f"b{config.start + timedelta(days=day):%Y%m%d}-", n),
