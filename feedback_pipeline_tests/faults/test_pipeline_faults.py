@@ -447,6 +447,9 @@ def test_an_unreachable_mlflow_fails_commands_in_seconds_and_a_retrain_before_tr
     records = data_dir / "to_score.jsonl"
     records.write_text('{"prediction_id": "p-1", "features": {"momentum": 0.1}}\n')
     scored = ["--input", str(records), "--output", str(data_dir / "scored.jsonl")]
+    began = time.monotonic()
+    assert cli(data_dir, "--help").returncode == 0
+    startup = time.monotonic() - began  # the CLI's own imports, under this run's load
     for command in (
         ["status"],
         ["promote", "1", "--reason", "outage"],
@@ -455,7 +458,9 @@ def test_an_unreachable_mlflow_fails_commands_in_seconds_and_a_retrain_before_tr
     ):
         began = time.monotonic()
         result = cli(data_dir, *command, env=down)
-        assert time.monotonic() - began < 15, command
+        # Waiting on MLflow takes seconds (2.4 s measured), not MLflow's default ~4 minutes;
+        # the whole command took 11-12 s on a quiet VM, of which about 6 s are imports.
+        assert time.monotonic() - began - startup < 8, (command, startup)
         assert result.returncode == 3, result.stderr
         assert f"MLflow at {UNREACHABLE_MLFLOW} did not answer" in result.stderr
 
