@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -339,10 +342,11 @@ def run_backtest(
                 ],
             )
         policy_row = rows[0]
+        reason = (policy_row[3] or "").split(":")[0][:80]  # the rule that decided, not its numbers
         progress(
             f"[{index}/{len(periods)}] {start:%Y-%m-%d}: champion v{policy_row[1]} "
-            f"({'promoted' if policy_row[2] else 'kept'}), {policy_row[4]} predictions scored, "
-            f"{seconds:.1f} s"
+            f"({'promoted' if policy_row[2] else 'kept'}: {reason}), {policy_row[4]} predictions "
+            f"scored, {seconds:.1f} s"
         )
     score_no_retrain(con, run_id, registries[POLICY], plan)
     return summarize(con, run_id, settings)
@@ -603,6 +607,28 @@ def log_summary(registry: Registry, summary: BacktestSummary, plan: BacktestPlan
         return run.info.run_id
 
 
+PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+
+
+@contextmanager
+def quiet_mlflow() -> Iterator[None]:
+    """MLflow's chatter, off while a backtest logs hundreds of versions: its artifact download
+    progress bars (two per logged model) and its INFO lines ("Validating input example ...").
+    Its warnings and errors still show, and so does the backtest's own line per period."""
+    logger = logging.getLogger("mlflow")
+    level, bars = logger.level, os.environ.get(PROGRESS_BAR_ENV)
+    logger.setLevel(max(level, logging.WARNING))
+    os.environ[PROGRESS_BAR_ENV] = "false"
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        if bars is None:
+            os.environ.pop(PROGRESS_BAR_ENV, None)
+        else:
+            os.environ[PROGRESS_BAR_ENV] = bars
+
+
 def backtest_into(
     out: Path,
     source: Path,
@@ -619,7 +645,8 @@ def backtest_into(
     con = connect(out / "warehouse.duckdb", lock_timeout=5.0)
     try:
         prepare_warehouse(con, source, landing, progress)
-        summary = run_backtest(con, registry_factory, settings, plan, progress)
+        with quiet_mlflow():
+            summary = run_backtest(con, registry_factory, settings, plan, progress)
     finally:
         con.close()
     accuracy_plot(summary, out / f"backtest_{summary.backtest_id}.png")

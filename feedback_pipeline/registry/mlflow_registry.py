@@ -14,6 +14,8 @@ import pickle
 import tempfile
 import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -26,7 +28,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
-from mlflow.utils import requirements_utils
+from mlflow.utils import logging_utils, requirements_utils
 from xgboost import XGBClassifier
 
 from feedback_pipeline.registry.served_policy import (
@@ -247,11 +249,11 @@ class Registry:
         # Registered with every tag in one call: a kill before it leaves an unregistered run
         # (never served, never reused), a kill after it a complete version that the rerun
         # finds by its fit_key. Tagging after registering left half-tagged orphans.
-        version = str(
-            mlflow.register_model(
+        with _without_event_lines():  # "Created version N of model ...": we say it ourselves
+            registered = mlflow.register_model(
                 info.model_uri, self.model_name, tags={**tags, "family": family}
-            ).version
-        )
+            )
+        version = str(registered.version)
         return RegisteredChallenger(version, run.info.run_id, family)
 
     def find_version(self, tag: str, value: str) -> RegisteredChallenger | None:
@@ -356,6 +358,19 @@ class Registry:
         self.client.log_text(run_id, markdown, "evaluation/report.md")
         for name, figure in figures.items():
             self.client.log_figure(run_id, figure, f"evaluation/{name}.png")
+
+
+@contextmanager
+def _without_event_lines() -> Iterator[None]:
+    """MLflow's event lines (``eprint``: "Registered model ... already exists. Creating a new
+    version ...", "Created version ...") off for one call; a backtest registers hundreds."""
+    stream = logging_utils.MLFLOW_LOGGING_STREAM
+    enabled = stream.enabled
+    stream.enabled = False
+    try:
+        yield
+    finally:
+        stream.enabled = enabled
 
 
 def default_tracking_uri(data_dir: Path) -> str:

@@ -4,6 +4,8 @@ scores every period with models trained before it, and resumes without redoing a
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from datetime import datetime
 
 import duckdb
@@ -15,6 +17,7 @@ from feedback_pipeline.settings import Settings
 from feedback_pipeline.training.dataset import build_training_set, discover_features
 from feedback_pipeline.warehouse import connection as warehouse
 from feedback_pipeline_tests.conftest import SIMULATED_AS_OF
+from feedback_pipeline_tests.servers import BIN
 from feedback_pipeline_tests.training.test_model_behaviour import retrain
 
 ARGS = ["backtest", "--start", "2026-01-26", "--end", "2026-02-16", "--every", "7d"]
@@ -34,8 +37,27 @@ def backtested(tmp_path_factory, simulated_source):
     retrain(con, live)
     con.close()
     before = (live.alias_version(CHAMPION), live.alias_version(CHALLENGER), live.versions())
-    assert main(["--data-dir", str(data_dir), *ARGS, "--json"]) == 0
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    command = [str(BIN / "feedback-pipeline"), "--data-dir", str(data_dir), *ARGS, "--json"]
+    run = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (data_dir / "stdout.txt").write_text(run.stdout)
+    (data_dir / "stderr.txt").write_text(run.stderr)
     return data_dir, before
+
+
+def test_json_prints_json_alone_and_the_log_has_a_line_per_period(backtested):
+    data_dir, _ = backtested
+    summary = json.loads((data_dir / "stdout.txt").read_text())  # the whole of stdout
+    assert summary["backtest_id"] and len(summary["overall"]) == 4
+    log = (data_dir / "stderr.txt").read_text().splitlines()
+    periods = [line for line in log if line.startswith("[")]
+    assert [line.split(":")[0] for line in periods] == [
+        f"[{i}/{len(PERIODS)}] {p:%Y-%m-%d}" for i, p in enumerate(PERIODS, 1)
+    ]
+    # MLflow's per-model chatter is gone: no progress bars, no "Created version" lines
+    noise = ("Downloading artifacts", "Created version", "already exists", "Validating input")
+    assert not [line for line in log if any(n in line for n in noise)]
 
 
 def query(data_dir, sql: str, params=()) -> list[tuple]:
