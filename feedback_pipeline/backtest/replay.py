@@ -32,7 +32,7 @@ from feedback_pipeline.ingest.contract import KINDS
 from feedback_pipeline.ingest.landing_files import ingest_kind
 from feedback_pipeline.labels.outcomes import build_labeled_outcomes
 from feedback_pipeline.promotion.apply import apply_decision
-from feedback_pipeline.registry.mlflow_registry import CHAMPION, MODEL_NAME, Registry
+from feedback_pipeline.registry.mlflow_registry import CHALLENGER, CHAMPION, MODEL_NAME, Registry
 from feedback_pipeline.settings import Settings, with_overrides
 from feedback_pipeline.training.challengers import train_challengers
 from feedback_pipeline.training.dataset import (
@@ -253,6 +253,8 @@ def run_backtest(
         name: registry_factory(f"{MODEL_NAME}_backtest_{run_id}_{name}")
         for name in policy_settings(settings)
     }
+    for registry in registries.values():
+        registry.lean = True  # hundreds of versions: log what the replay reads back, no more
     finished = {
         start
         for (start,) in con.execute(
@@ -261,6 +263,13 @@ def run_backtest(
             [run_id, POLICY],
         ).fetchall()
     }
+    if not finished:
+        # A fresh replay starts with no champion, even where the same backtest ran before
+        # into another warehouse with this MLflow store: its last champion was trained on
+        # every period, so starting from it would score the past with the future.
+        for registry in registries.values():
+            for alias in (CHAMPION, CHALLENGER):
+                registry.clear_alias(alias)
     periods = plan.periods()
     progress(
         f"backtest {run_id}: {len(periods)} periods of {plan.every} from {plan.start} to "

@@ -324,7 +324,9 @@ def _log(
     probabilities: dict[str, np.ndarray],
 ) -> None:
     """Model cards that now tell the holdout and the decision; the report and plots on the best
-    challenger's run."""
+    challenger's run. A lean registry (a backtest's) skips them: nobody reads them there."""
+    if registry.lean:
+        return
     best = report.best.challenger
     for scored in report.challengers:
         challenger = scored.challenger

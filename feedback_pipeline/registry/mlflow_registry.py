@@ -173,6 +173,11 @@ class Registry:
         mlflow.set_registry_uri(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self._package_scan: threading.Thread | None = None
+        # A replay's registry logs what the backtest reads back (the model, its signature,
+        # params, metrics and tags) and skips what only people read: the input example (and
+        # MLflow's load-and-predict check of it), model cards, reports and plots. The fitted
+        # models are the same; see the backtest's test.
+        self.lean = False
 
     def start_package_scan(self) -> None:
         """Start, on a background thread, the scan of installed packages that MLflow makes once
@@ -223,29 +228,36 @@ class Registry:
             mlflow.log_params({k: _param(v) for k, v in params.items()})
             mlflow.log_metrics({k: v for k, v in metrics.items() if _finite(v)})
             mlflow.set_tags(tags)
-            mlflow.log_text(model_card, "model_card.md")
+            if not self.lean:
+                mlflow.log_text(model_card, "model_card.md")
             estimator_file, estimator_format = _save_estimator(estimator, Path(folder))
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(SERVING_MODEL_CODE),
-                # The policy code travels as an artifact of this version and is imported under a
-                # name of its own: a process that loads several versions (a server across alias
-                # moves, the backtest) never runs one version's model with another's policy code.
-                artifacts={
-                    "estimator": str(estimator_file),
-                    "served_policy": str(SERVED_POLICY_CODE),
-                },
-                model_config={
-                    "features": list(features),
-                    "estimator_format": estimator_format,
-                    "run_id": run.info.run_id,  # a policy's calibration is for one model
-                    "registered_model_name": self.model_name,  # where the policy is read
-                    "default_policy": default_policy(),
-                },
-                signature=serving_signature(features, served),
-                input_example=example,
-                pip_requirements=_requirements(),
-            )
+            with warnings.catch_warnings():
+                if self.lean:  # leaving the example out is the point; MLflow's advice, read
+                    warnings.filterwarnings(
+                        "ignore", ".*An input example was not provided", UserWarning
+                    )
+                info = mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=str(SERVING_MODEL_CODE),
+                    # The policy code travels as an artifact of this version and is imported
+                    # under a name of its own: a process that loads several versions (a server
+                    # across alias moves, the backtest) never runs one version's model with
+                    # another's policy code.
+                    artifacts={
+                        "estimator": str(estimator_file),
+                        "served_policy": str(SERVED_POLICY_CODE),
+                    },
+                    model_config={
+                        "features": list(features),
+                        "estimator_format": estimator_format,
+                        "run_id": run.info.run_id,  # a policy's calibration is for one model
+                        "registered_model_name": self.model_name,  # where the policy is read
+                        "default_policy": default_policy(),
+                    },
+                    signature=serving_signature(features, served),
+                    input_example=None if self.lean else example,
+                    pip_requirements=_requirements(),
+                )
         # Registered with every tag in one call: a kill before it leaves an unregistered run
         # (never served, never reused), a kill after it a complete version that the rerun
         # finds by its fit_key. Tagging after registering left half-tagged orphans.
@@ -338,6 +350,14 @@ class Registry:
                 return 0
             raise RegistryUnavailable(self.tracking_uri, error) from error
         return int(tags.get(POLICY_VERSION_TAG, 0))
+
+    def clear_alias(self, alias: str) -> None:
+        """Remove ``alias`` (nothing to do when it, or the model, does not exist)."""
+        try:
+            self.client.delete_registered_model_alias(self.model_name, alias)
+        except MlflowException as error:
+            if not _not_found(error):
+                raise RegistryUnavailable(self.tracking_uri, error) from error
 
     def set_alias(self, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(self.model_name, alias, version)

@@ -171,3 +171,15 @@ def test_resuming_redoes_no_finished_period(backtested, capsys):
     kept = {(p, s): r for p, s, r in done if s != last and p != "no_retrain"}
     assert {(p, s): r for p, s, r in again if (p, s) in kept} == kept  # not redone
     assert {s for p, s, _ in again if p == "policy"} == set(PERIODS)  # the stopped one is done
+
+
+def test_a_fresh_replay_into_a_new_folder_starts_without_a_champion(backtested, capsys):
+    """The same backtest again into an empty folder, with the same MLflow store: its model
+    names already have a champion, trained on every period; the replay must not start from it."""
+    data_dir, _ = backtested
+    first = json.loads((data_dir / "stdout.txt").read_text())
+    out = data_dir / "second_backtest"
+    assert main(["--data-dir", str(data_dir), *ARGS, "--out", str(out), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["backtest_id"] == first["backtest_id"]
+    assert again["overall"] == first["overall"]
