@@ -263,13 +263,20 @@ def run_backtest(
             [run_id, POLICY],
         ).fetchall()
     }
-    if not finished:
-        # A fresh replay starts with no champion, even where the same backtest ran before
-        # into another warehouse with this MLflow store: its last champion was trained on
-        # every period, so starting from it would score the past with the future.
-        for registry in registries.values():
-            for alias in (CHAMPION, CHALLENGER):
-                registry.clear_alias(alias)
+    # Each policy starts from the champion its last finished period left (none on a fresh
+    # start), whatever the aliases say: the same backtest may have run further into another
+    # warehouse with this MLflow store, and its later champion was trained on the future.
+    for name, registry in registries.items():
+        last = con.execute(
+            f"SELECT champion_version FROM {BACKTEST_PERIODS} WHERE backtest_id = ? "
+            "AND policy = ? ORDER BY period_start DESC LIMIT 1",
+            [run_id, name],
+        ).fetchall()
+        if last and last[0][0] is not None:
+            registry.set_alias(CHAMPION, last[0][0])
+        else:
+            registry.clear_alias(CHAMPION)
+        registry.clear_alias(CHALLENGER)  # nothing reads it in a replay
     periods = plan.periods()
     progress(
         f"backtest {run_id}: {len(periods)} periods of {plan.every} from {plan.start} to "

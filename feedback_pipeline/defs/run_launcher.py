@@ -46,8 +46,9 @@ class LocalRunLauncher(DefaultRunLauncher):
             return CheckRunHealthResult(WorkerStatus.RUNNING, "no run worker pid recorded yet")
         pid, since = worker
         known = self._workers.get(run.run_id)
-        if known is not None and known[0] == pid:
-            alive = _start_ticks(pid) == known[1]
+        ticks = _start_ticks(pid) if known is not None and known[0] == pid else None
+        if ticks is not None:  # compared in ticks, which a wall-clock step does not move
+            alive = ticks == known[1]
         else:
             alive = _alive(pid, since)
             ticks = _start_ticks(pid) if alive else None

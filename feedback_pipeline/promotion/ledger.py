@@ -64,10 +64,10 @@ def append_event(
 
 
 def last_champion(con: duckdb.DuckDBPyConnection, model_name: str = LIVE_MODEL) -> str | None:
-    """The champion the ledger last recorded for ``model_name`` (None: none recorded)."""
+    """The champion the ledger last recorded for ``model_name`` (None: none, or no champion)."""
     rows = con.execute(
         f"""SELECT new_version FROM {LEDGER}
-            WHERE new_version IS NOT NULL AND list_contains($moves, action)
+            WHERE list_contains($moves, action)
               AND coalesce(model_name, $live) = $name
             ORDER BY recorded_at DESC LIMIT 1""",
         {"live": LIVE_MODEL, "name": model_name, "moves": list(CHAMPION_ACTIONS)},

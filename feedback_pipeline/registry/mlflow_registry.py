@@ -8,6 +8,7 @@ model's requirements, not this package and not MLflow's pickling of a Python obj
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -261,7 +262,8 @@ class Registry:
         # Registered with every tag in one call: a kill before it leaves an unregistered run
         # (never served, never reused), a kill after it a complete version that the rerun
         # finds by its fit_key. Tagging after registering left half-tagged orphans.
-        with _without_event_lines():  # "Created version N of model ...": we say it ourselves
+        quiet = _without_event_lines() if self.lean else contextlib.nullcontext()
+        with quiet:  # a replay's hundreds of "Created version N of model ..." lines
             registered = mlflow.register_model(
                 info.model_uri, self.model_name, tags={**tags, "family": family}
             )
@@ -383,7 +385,9 @@ class Registry:
 @contextmanager
 def _without_event_lines() -> Iterator[None]:
     """MLflow's event lines (``eprint``: "Registered model ... already exists. Creating a new
-    version ...", "Created version ...") off for one call; a backtest registers hundreds."""
+    version ...", "Created version ...") off for one call of a lean (backtest) registry, which
+    registers hundreds; MLflow's log handler shares the stream, so its warnings in that call go
+    too (the call raises on failure). Single-threaded use only, as in a replay."""
     stream = logging_utils.MLFLOW_LOGGING_STREAM
     enabled = stream.enabled
     stream.enabled = False

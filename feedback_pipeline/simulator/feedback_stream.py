@@ -151,6 +151,10 @@ class SimulationConfig:
                 raise ValueError(
                     f"{name} must be one of {', '.join(FEATURES)}, got {getattr(self, name)!r}"
                 )
+        for name in ("label_noise_day", "feature_outage_day", "class_burst_day"):
+            day = getattr(self, name)
+            if day is not None and not 0 <= day < self.days:
+                raise ValueError(f"{name} must be a day of the stream, 0..{self.days - 1}: {day}")
         if self.episode_days < 1:
             raise ValueError(f"episode_days must be >= 1, got {self.episode_days}")
         if self.class_burst_label not in (0, 1):

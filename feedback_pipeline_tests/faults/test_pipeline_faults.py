@@ -68,6 +68,12 @@ def workspace(championed: Path, tmp_path: Path) -> tuple[Path, Path]:
     shutil.copytree(championed, data_dir)
     home = tmp_path / "home"
     write_dagster_home(home)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        # Create the sqlite storages now: two CLI processes that both create them at once
+        # collide in Dagster's migrations ("table alembic_version already exists").
+        instance.get_runs()
+        instance.get_latest_materialization_event(dg.AssetKey("training_set"))
+        instance.all_instigator_state()
     return data_dir, home
 
 
