@@ -36,8 +36,13 @@ def write_dagster_home(home: Path) -> None:
     )
 
 
+def without_mlflow_env() -> dict[str, str]:
+    """This process's environment less MLflow's variables: a child picks its own store."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+
+
 def project_env(home: Path, data_dir: Path, settings_file: Path | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env = without_mlflow_env()
     env.update(
         DAGSTER_HOME=str(home),
         FEEDBACK_PIPELINE_DATA_DIR=str(data_dir),

@@ -4,7 +4,6 @@ scores every period with models trained before it, and resumes without redoing a
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from datetime import datetime
 
@@ -17,7 +16,7 @@ from feedback_pipeline.settings import Settings
 from feedback_pipeline.training.dataset import build_training_set, discover_features
 from feedback_pipeline.warehouse import connection as warehouse
 from feedback_pipeline_tests.conftest import SIMULATED_AS_OF
-from feedback_pipeline_tests.servers import BIN
+from feedback_pipeline_tests.servers import BIN, without_mlflow_env
 from feedback_pipeline_tests.training.test_model_behaviour import retrain
 
 ARGS = ["backtest", "--start", "2026-01-26", "--end", "2026-02-16", "--every", "7d"]
@@ -37,7 +36,7 @@ def backtested(tmp_path_factory, simulated_source):
     retrain(con, live)
     con.close()
     before = (live.alias_version(CHAMPION), live.alias_version(CHALLENGER), live.versions())
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    environment = without_mlflow_env()
     command = [str(BIN / "feedback-pipeline"), "--data-dir", str(data_dir), *ARGS, "--json"]
     run = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -32,6 +32,7 @@ from feedback_pipeline_tests.servers import (
     Server,
     project_env,
     wait_until,
+    without_mlflow_env,
     write_dagster_home,
 )
 
@@ -101,7 +102,7 @@ def finish(process: Server, timeout: float = 420) -> int:
 
 def cli(data_dir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120):
     """``feedback-pipeline`` in a process of its own."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    environment = without_mlflow_env()
     return subprocess.run(
         [str(BIN / "feedback-pipeline"), "--data-dir", str(data_dir), *args],
         env={**environment, **(env or {})},
@@ -249,7 +250,7 @@ with promotion_lock(con):
 
 
 def python(script: str, *args: object) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env = without_mlflow_env()
     return subprocess.Popen(
         [sys.executable, "-c", script, *map(str, args)],
         env=env,
@@ -293,7 +294,7 @@ def test_a_promoter_waits_for_the_lock_and_a_killed_holder_releases_it(workspace
     try:
         wait_until(lambda: (tmp_path / "held").exists() or holder.poll() is not None, 60, "lock")
         assert holder.poll() is None, holder.communicate()[1][-3000:]
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        environment = without_mlflow_env()
         promote = subprocess.Popen(
             [str(BIN / "feedback-pipeline"), "--data-dir", str(data_dir), "promote", other,
              "--reason", "waits for the lock"],

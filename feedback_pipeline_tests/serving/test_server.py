@@ -30,7 +30,14 @@ from feedback_pipeline.training.dataset import Split
 from feedback_pipeline.training.families import fit
 from feedback_pipeline.warehouse import connection as warehouse
 from feedback_pipeline.warehouse.tables import LABELED_OUTCOMES
-from feedback_pipeline_tests.servers import BIN, Server, free_port, http_ok, wait_until
+from feedback_pipeline_tests.servers import (
+    BIN,
+    Server,
+    free_port,
+    http_ok,
+    wait_until,
+    without_mlflow_env,
+)
 
 FEATURES = ["momentum", "rsi", "gap"]
 POLICY_COLUMNS = ["probability", "calibrated", "blended_confidence", "decision"]
@@ -58,7 +65,7 @@ def register(registry: Registry, estimator: Any) -> str:
 
 def subprocess_env(**extra: str) -> dict[str, str]:
     """The test's environment without its MLflow URIs, one native thread, unbuffered."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env = without_mlflow_env()
     env.update(
         PYTHONUNBUFFERED="1",
         OMP_NUM_THREADS="1",
