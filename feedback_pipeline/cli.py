@@ -41,7 +41,11 @@ from feedback_pipeline.settings import (
     parse_as_of,
 )
 from feedback_pipeline.simulator import SimulationConfig, simulate
-from feedback_pipeline.simulator.weather import write_weather_landing
+from feedback_pipeline.simulator.public_streams import (
+    STREAMS,
+    StreamSourceError,
+    write_stream_landing,
+)
 from feedback_pipeline.warehouse import connection as warehouse
 from feedback_pipeline.warehouse import summaries as reporting
 from feedback_pipeline.warehouse.connection import table_exists
@@ -150,12 +154,19 @@ def _move(args: argparse.Namespace) -> int:
     return 0
 
 
-def _weather(args: argparse.Namespace) -> int:
+def _stream(args: argparse.Namespace) -> int:
     landing = args.out or (args.data_dir / "landing")
-    summary = write_weather_landing(landing, limit_days=args.limit_days)
+    stream = STREAMS[args.name]
+    try:
+        summary = write_stream_landing(args.name, landing, args.cache, args.limit_rows)
+    except StreamSourceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(
-        f"wrote {summary.files} files to {landing}: {summary.predictions:,} daily predictions "
-        f"{summary.first_day} .. {summary.last_day}, each with its outcome the next day"
+        f"wrote {summary.files} files to {landing}: {summary.predictions:,} predictions of "
+        f"{args.name} {summary.first_prediction:%Y-%m-%d %H:%M} .. "
+        f"{summary.last_prediction:%Y-%m-%d %H:%M}, {stream.rows_per_day:,} a day, each with "
+        f"its outcome {stream.label_delay.days} day(s) later"
     )
     return 0
 
@@ -445,14 +456,26 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--to", default=None, help="a specific version instead")
     rollback.set_defaults(handler=_move)
 
-    weather = commands.add_parser(
-        "weather", help="write the NOAA weather stream (18,159 days) as landing files"
+    streams = commands.add_parser(
+        "stream", help="write a public drifting-stream benchmark as landing files"
     )
-    weather.add_argument(
+    streams.add_argument(
+        "name",
+        choices=list(STREAMS),
+        help="; ".join(f"{s.name}: {s.description}" for s in STREAMS.values()),
+    )
+    streams.add_argument(
         "--out", type=Path, default=None, help="landing dir (default: DATA/landing)"
     )
-    weather.add_argument("--limit-days", type=int, default=None, help="only the first N days")
-    weather.set_defaults(handler=_weather)
+    streams.add_argument("--limit-rows", type=int, default=None, help="only the first N rows")
+    streams.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="where downloaded sources are kept (default: $FEEDBACK_PIPELINE_STREAM_CACHE or "
+        "~/.cache/feedback_pipeline)",
+    )
+    streams.set_defaults(handler=_stream)
 
     backtest = commands.add_parser(
         "backtest", help="replay the retraining policy over history, with its baselines"

@@ -1,0 +1,263 @@
+"""Public drifting-stream benchmarks as landing files, so the backtest judges the retraining
+policy on data nobody here designed.
+
+Each stream is a table of features and a 0/1 label in its published order. It becomes one
+prediction per row, ``rows_per_day`` of them a day from ``first_day``, and each row's outcome
+``label_delay`` later (``win`` for label 1, ``loss`` for 0). Every source is checked against a
+sha256 before a row of it is used: a changed file would silently change every backtest.
+
+* ``weather``: the NOAA weather stream (Elwell and Polikar 2011), committed in ``data/``.
+* ``covtype``: forest cover type (Blackard 1998), binarized as LIBSVM's ``covtype.binary``
+  (class 2, lodgepole pine, against the rest), read out of the scikit-multiflow 0.4.1 sdist,
+  which is downloaded from PyPI once into a cache folder.
+* ``sea``: the SEA concepts generator (Street and Kim 2001) with its published drift: four
+  concepts ``f1 + f2 <= theta`` for theta 8, 9, 7, 9.5, 10% class noise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+DATA = Path(__file__).with_name("data")
+WEATHER_CSV = DATA / "weather.csv"
+WEATHER_SHA256 = "3c38f05bdc5c4cb115f122414c66976e3662c875d96d7199d9e47fc46aff150e"
+
+SDIST_URL = (
+    "https://files.pythonhosted.org/packages/57/53/1c90bc05e4fbf2cb768ed140d7a9bce301d671cce7bdc"
+    "15b82522ede1b3e/scikit-multiflow-0.4.1.tar.gz"
+)
+SDIST_SHA256 = "ed4f791107cb7f789f0bb0620c50e743a4d397905146a4d06c62eb98607aa101"
+SDIST_DATASETS = "scikit-multiflow-0.4.1/src/skmultiflow/data/datasets/"
+COVTYPE_SHA256 = "ea35ca6820fcbe0bdc6707e9ed31e11a9de84f07d88da73b511c737383c271a6"
+CACHE_ENV = "FEEDBACK_PIPELINE_STREAM_CACHE"
+
+SEA_THRESHOLDS = (8.0, 9.0, 7.0, 9.5)
+SEA_ROWS_PER_CONCEPT = 15_000
+SEA_NOISE = 0.10
+SEA_SEED = 2001
+SEA_SHA256 = "250296f6ac45cea728787c1c381f1604f0f8377fecd78439d0d7d57213915514"
+
+
+class StreamSourceError(ValueError):
+    """A stream's source is missing, unreachable or not the file the backtests were measured on."""
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def checked(data: bytes, expected: str, where: str, fix: str) -> bytes:
+    digest = sha256_of(data)
+    if digest != expected:
+        raise StreamSourceError(f"{where}: sha256 {digest} is not the expected {expected}; {fix}")
+    return data
+
+
+def load_weather(path: Path = WEATHER_CSV) -> pd.DataFrame:
+    """The weather stream as shipped (8 measurements and ``target``, 1 = it rained)."""
+    data = checked(
+        path.read_bytes(),
+        WEATHER_SHA256,
+        str(path),
+        "restore the file from git (or from scikit-multiflow 0.4.1's sdist, see data/README.md)",
+    )
+    return pd.read_csv(io.BytesIO(data))
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "feedback_pipeline"))
+
+
+def sdist_member(
+    name: str, expected: str, cache: Path, url: str = SDIST_URL, sdist_sha256: str = SDIST_SHA256
+) -> bytes:
+    """One data file of the scikit-multiflow sdist: from ``cache`` when it is there and checks
+    out, else from the sdist (downloaded once into ``cache``, checked, then only ``name`` is
+    read out of it; no other member is extracted)."""
+    target = cache / name
+    if target.exists() and sha256_of(target.read_bytes()) == expected:
+        return target.read_bytes()
+    cache.mkdir(parents=True, exist_ok=True)
+    archive = cache / Path(url).name
+    if not archive.exists() or sha256_of(archive.read_bytes()) != sdist_sha256:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response:
+                payload = response.read()
+        except OSError as error:
+            raise StreamSourceError(
+                f"could not download {url} ({error}); download it by hand into {cache} "
+                f"(or set {CACHE_ENV} to a folder that has it)"
+            ) from error
+        checked(payload, sdist_sha256, url, "the download is damaged or not the 0.4.1 sdist")
+        partial = archive.with_suffix(".partial")
+        partial.write_bytes(payload)
+        partial.replace(archive)
+    with tarfile.open(archive, "r:gz") as sdist:
+        try:
+            member = sdist.extractfile(SDIST_DATASETS + name)
+        except KeyError:
+            member = None
+        if member is None:
+            raise StreamSourceError(f"{archive} has no {SDIST_DATASETS}{name}")
+        data = checked(member.read(), expected, f"{archive}:{name}", "delete it and rerun")
+    partial = target.with_suffix(".partial")
+    partial.write_bytes(data)
+    partial.replace(target)
+    return data
+
+
+def load_covtype(cache: Path) -> pd.DataFrame:
+    """Forest cover type in its published order, 54 features, label 1 = lodgepole pine."""
+    return binarize_covtype(
+        pd.read_csv(io.BytesIO(sdist_member("covtype.csv", COVTYPE_SHA256, cache)))
+    )
+
+
+def binarize_covtype(frame: pd.DataFrame) -> pd.DataFrame:
+    """Cover type 2 (lodgepole pine, 49% of cells) against the other six, as LIBSVM's
+    ``covtype.binary``: the label a binary pipeline can learn, the features untouched."""
+    label = (frame["Cover_Type"] == 2).astype("int64")
+    return frame.drop(columns="Cover_Type").assign(label=label)
+
+
+def sea_concepts(
+    rows_per_concept: int = SEA_ROWS_PER_CONCEPT,
+    thresholds: tuple[float, ...] = SEA_THRESHOLDS,
+    noise: float = SEA_NOISE,
+    seed: int = SEA_SEED,
+) -> pd.DataFrame:
+    """SEA: three features uniform on [0, 10], label ``f1 + f2 <= theta`` (f3 is irrelevant),
+    theta changing abruptly between blocks, a share ``noise`` of labels flipped."""
+    rng = np.random.default_rng(seed)
+    n = rows_per_concept * len(thresholds)
+    x = rng.uniform(0.0, 10.0, size=(n, 3)).round(6)
+    theta = np.repeat(np.asarray(thresholds), rows_per_concept)
+    label = (x[:, 0] + x[:, 1] <= theta) ^ (rng.random(n) < noise)
+    return pd.DataFrame(
+        {"f1": x[:, 0], "f2": x[:, 1], "f3": x[:, 2], "label": label.astype("int64")}
+    )
+
+
+def load_sea(cache: Path | None = None) -> pd.DataFrame:
+    frame = sea_concepts()
+    checked(
+        frame.to_csv(index=False).encode(),
+        SEA_SHA256,
+        "the SEA generator's output",
+        "numpy's generator changed its stream; regenerate with this module's seed and update "
+        "SEA_SHA256 only after rerunning the backtests",
+    )
+    return frame
+
+
+@dataclass(frozen=True)
+class PublicStream:
+    name: str
+    description: str
+    load: Callable[[Path], pd.DataFrame]  # cache folder -> features and ``label``
+    rows_per_day: int
+    label_delay: timedelta
+    first_day: date
+    file_days: int  # days of predictions per landing file
+
+
+STREAMS = {
+    stream.name: stream
+    for stream in (
+        PublicStream(
+            "weather",
+            "NOAA weather, Offutt AFB 1949-1999: 18,159 days, 8 features, rain",
+            lambda cache: load_weather().rename(columns={"target": "label"}),
+            1,
+            timedelta(days=1),
+            date(1949, 1, 1),
+            365,
+        ),
+        PublicStream(
+            "covtype",
+            "forest cover type: 581,012 cells, 54 features, lodgepole pine or not",
+            load_covtype,
+            4_000,
+            timedelta(days=1),
+            date(2020, 1, 6),
+            7,
+        ),
+        PublicStream(
+            "sea",
+            "SEA concepts: 60,000 rows, 3 features, 4 abrupt concepts, 10% noise",
+            load_sea,
+            500,
+            timedelta(days=1),
+            date(2020, 1, 6),
+            7,
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class StreamSummary:
+    predictions: int
+    outcomes: int
+    first_prediction: datetime
+    last_prediction: datetime
+    files: int
+
+
+def write_stream_landing(
+    name: str, landing_dir: Path, cache: Path | None = None, limit_rows: int | None = None
+) -> StreamSummary:
+    """Write the stream's predictions and delayed outcomes as JSON lines, one file per
+    ``file_days`` and kind; an outcome is written with its prediction's file."""
+    if name not in STREAMS:
+        raise ValueError(f"unknown stream {name!r}: choose one of {', '.join(STREAMS)}")
+    stream = STREAMS[name]
+    frame = stream.load(cache or default_cache())
+    if limit_rows is not None:
+        frame = frame.head(limit_rows)
+    n = len(frame)
+    label = frame.pop("label").to_numpy()
+    spacing = pd.Timedelta(days=1) / stream.rows_per_day
+    at = pd.Timestamp(stream.first_day) + spacing * np.arange(n)
+    at = pd.DatetimeIndex(at).floor("s")
+    ids = pd.Series(np.arange(n)).map(f"{name[0]}{{:06d}}".format)
+    predictions = pd.DataFrame(
+        {
+            "prediction_id": ids,
+            "predicted_at": at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "confidence": 0.5,
+            "features": frame.astype("float64").to_dict(orient="records"),
+            "entity_id": name,
+            "environment": "prod",
+        }
+    )
+    outcomes = pd.DataFrame(
+        {
+            "event_id": ids + "-o",
+            "prediction_id": ids,
+            "event_type": "outcome",
+            "occurred_at": (at + stream.label_delay).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "outcome": np.where(label == 1, "win", "loss"),
+        }
+    )
+    chunk = (np.arange(n) // (stream.rows_per_day * stream.file_days)).astype(int)
+    files = 0
+    for kind, table in (("predictions", predictions), ("feedback", outcomes)):
+        folder = landing_dir / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        for _, rows in table.groupby(chunk):
+            first = at[rows.index[0]]
+            rows.to_json(folder / f"{name}_{first:%Y%m%d}.jsonl", orient="records", lines=True)
+            files += 1
+    return StreamSummary(n, n, at[0].to_pydatetime(), at[-1].to_pydatetime(), files)
