@@ -120,6 +120,13 @@ class TrainingSettings(_Strict):
         description="recency: candidate half-lives in days of an exponential decay of sample "
         "weights with age (null = no decay), chosen on validation like a hyperparameter",
     )
+    half_life_search: Literal["every_retrain", "full_retrain"] = Field(
+        default="full_retrain",
+        description="when the half-lives are searched: every_retrain; full_retrain (the monthly "
+        "full retrain and a cold start search them, a weekly retrain with a champion fits the "
+        "champion's half-life only: one fit instead of one per half-life, and no switching "
+        "on a week of validation noise)",
+    )
     refit: bool = Field(
         default=True,
         description="promote a refit of the chosen candidate on every row whose label is final",

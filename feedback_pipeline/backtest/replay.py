@@ -286,6 +286,11 @@ def run_backtest(
     for index, (start, end) in enumerate(periods, 1):
         if start in finished:
             continue
+        # the monthly full retrain's half-life search, in the first period of each month
+        monthly = index == 1 or (start.year, start.month) != (
+            periods[index - 2][0].year,
+            periods[index - 2][0].month,
+        )
         began = time.perf_counter()
         rows: list[tuple] = []
         scored: list[pd.DataFrame] = []
@@ -312,6 +317,7 @@ def run_backtest(
                         False,
                         {"trigger": "backtest", "backtest_id": run_id},
                         quiet,
+                        half_life_search=monthly,
                     )
                     report = evaluate(con, registry, round_, policy.gate, policy.models.seed, quiet)
                     change = apply_decision(con, registry, report, "backtest", None, policy, quiet)

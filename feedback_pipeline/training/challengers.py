@@ -17,7 +17,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from feedback_pipeline.registry.mlflow_registry import Registry
+from feedback_pipeline.registry.mlflow_registry import CHAMPION, Registry
 from feedback_pipeline.settings import Settings
 from feedback_pipeline.training.dataset import (
     Split,
@@ -28,7 +28,7 @@ from feedback_pipeline.training.dataset import (
     split_counts,
     training_set_table,
 )
-from feedback_pipeline.training.families import dask_client, fit, train_family
+from feedback_pipeline.training.families import HALF_LIFE, dask_client, fit, train_family
 from feedback_pipeline.vocabulary import BASELINE_SOURCE
 from feedback_pipeline.warehouse.summaries import markdown
 
@@ -116,13 +116,15 @@ def train_challengers(
     tags: dict[str, str],
     progress: Progress = print,
     info: TrainingSetInfo | None = None,
+    half_life_search: bool | None = None,
 ) -> ChallengerRound:
     """Fit one challenger per family on `train`, pick hyperparameters on `validation`, log
     each as an MLflow run and register it as a new version of `feedback_model`. With
     `models.engine: dask` XGBoost trains on a Dask cluster and registers like a local one.
 
     ``info``: the training set this run built (its rows are read by its hash, never whatever
-    another run built since); None: the newest set."""
+    another run built since); None: the newest set. ``half_life_search``: whether this round
+    searches the half-lives (None: when it searches hyperparameters, a full retrain)."""
     info = info if info is not None else load_info(con)
     data = TrainingData(
         info,
@@ -142,6 +144,8 @@ def train_challengers(
         )
     registry.start_package_scan()  # MLflow's one-time set-up runs while the models fit
     budget = settings.models.search_budget if search else 1
+    searching = search if half_life_search is None else half_life_search
+    half_lives = candidate_half_lives(settings, searching, champion_half_life(registry))
     engine = (
         dask_client(settings.models.dask_scheduler)
         if settings.models.engine == "dask"
@@ -151,7 +155,9 @@ def train_challengers(
         if client is not None:
             progress(f"training XGBoost on Dask, scheduler {client.scheduler.address}")
         challengers = tuple(
-            _train_and_register(registry, settings, family, budget, tags, data, client, progress)
+            _train_and_register(
+                registry, settings, family, budget, half_lives, tags, data, client, progress
+            )
             for family in families
         )
     return ChallengerRound(
@@ -163,11 +169,43 @@ def train_challengers(
     )
 
 
+NO_CHAMPION = object()  # no champion, or one whose half-life was not recorded
+
+
+def champion_half_life(registry: Registry) -> float | None | object:
+    """The half-life of the champion's procedure, or ``NO_CHAMPION``."""
+    version = registry.alias_version(CHAMPION)
+    if version is None:
+        return NO_CHAMPION
+    procedure = registry.version_tags(version).get("procedure")
+    params = json.loads(procedure).get("params", {}) if procedure else {}
+    return params.get(HALF_LIFE, NO_CHAMPION)
+
+
+def candidate_half_lives(
+    settings: Settings, search: bool, incumbent: float | None | object
+) -> list[float | None]:
+    """The half-lives this round fits: all of ``training.half_life_days`` in a full retrain, at
+    a cold start or with ``half_life_search: every_retrain``; else only the champion's, so a
+    weekly retrain refreshes the incumbent procedure instead of switching on one week of
+    validation noise. A champion's half-life that is no longer configured (the settings
+    changed) is searched again."""
+    configured = list(settings.training.half_life_days)
+    if (
+        search
+        or incumbent not in configured
+        or settings.training.half_life_search == "every_retrain"
+    ):
+        return configured
+    return [incumbent]  # type: ignore[list-item]
+
+
 def _train_and_register(
     registry: Registry,
     settings: Settings,
     family: str,
     budget: int,
+    half_lives: list[float | None],
     tags: dict[str, str],
     data: TrainingData,
     client: Any,
@@ -185,7 +223,7 @@ def _train_and_register(
         budget,
         settings.gate.threshold,
         client,
-        settings.training.half_life_days,
+        half_lives,
     )
     fit_params = {
         "family": family,
