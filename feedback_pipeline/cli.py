@@ -25,6 +25,7 @@ from feedback_pipeline.promotion.apply import force_promote, rollback
 from feedback_pipeline.promotion.lock import PromotionLockTimeout
 from feedback_pipeline.registry.mlflow_registry import (
     CHAMPION,
+    MODEL_NAME,
     Registry,
     RegistryUnavailable,
     local_registry,
@@ -46,9 +47,10 @@ from feedback_pipeline.simulator.public_streams import (
     StreamSourceError,
     write_stream_landing,
 )
+from feedback_pipeline.training.quarantine import quarantine_table, release_quarantine
 from feedback_pipeline.warehouse import connection as warehouse
 from feedback_pipeline.warehouse import summaries as reporting
-from feedback_pipeline.warehouse.connection import table_exists
+from feedback_pipeline.warehouse.connection import table_exists, transaction
 
 # A person is waiting: wait this long for another process's DuckDB lock, then say what to do.
 LOCK_TIMEOUT_SECONDS = 5.0
@@ -168,6 +170,30 @@ def _stream(args: argparse.Namespace) -> int:
         f"{summary.last_prediction:%Y-%m-%d %H:%M}, {stream.rows_per_day:,} a day, each with "
         f"its outcome {stream.label_delay.days} day(s) later"
     )
+    return 0
+
+
+def _quarantine(args: argparse.Namespace) -> int:
+    """The weeks of labels the gate left out of training, and releasing one (ledgered)."""
+    con = _open_warehouse(args.data_dir, read_only=args.action == "list")
+    try:
+        if args.action == "list":
+            print(reporting.markdown(quarantine_table(con, MODEL_NAME)))
+            return 0
+        week = datetime.combine(date.fromisoformat(args.week), datetime.min.time())
+        if week.weekday() != 0:
+            print(f"error: {args.week} is not a Monday (weeks start on Mondays)", file=sys.stderr)
+            return 2
+        with transaction(con):
+            if not release_quarantine(con, MODEL_NAME, week):
+                print(f"error: the week of {args.week} is not quarantined", file=sys.stderr)
+                return 2
+            ledger.append_event(
+                con, "release_quarantine", f"week of {args.week}: {args.reason}", False, None, None
+            )
+    finally:
+        con.close()
+    print(f"released the week of {args.week}: the next retrain trains on its labels again")
     return 0
 
 
@@ -455,6 +481,18 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--reason", required=True, help="why (recorded in the ledger)")
     rollback.add_argument("--to", default=None, help="a specific version instead")
     rollback.set_defaults(handler=_move)
+
+    quarantine = commands.add_parser(
+        "quarantine", help="weeks of labels the gate found contradicting the champion"
+    )
+    quarantine_actions = quarantine.add_subparsers(dest="action", required=True)
+    quarantine_actions.add_parser("list", help="every quarantined week")
+    release = quarantine_actions.add_parser(
+        "release", help="train on a quarantined week's labels again"
+    )
+    release.add_argument("week", help="the week's Monday, YYYY-MM-DD")
+    release.add_argument("--reason", required=True, help="why (recorded in the ledger)")
+    quarantine.set_defaults(handler=_quarantine)
 
     streams = commands.add_parser(
         "stream", help="write a public drifting-stream benchmark as landing files"

@@ -203,6 +203,22 @@ class GateSettings(_Strict):
         description="when the champion's procedure wins, its refit on the fresh data becomes "
         "champion (the model keeps learning); false keeps the old champion model as it is",
     )
+    quarantine_labels: bool = Field(
+        default=True,
+        description="audit the labels the champion never trained on, week by week: a week it "
+        "ranks significantly backwards (a flipped label feed) blocks this promotion and is left "
+        "out of every later training set",
+    )
+    quarantine_max_p: float = Field(
+        default=0.001,
+        gt=0.0,
+        lt=0.5,
+        description="one-sided Mann-Whitney p-value below which a week's labels contradict the "
+        "champion",
+    )
+    quarantine_min_rows: int = Field(
+        default=100, ge=10, description="labels a week needs before it can be quarantined"
+    )
     non_inferiority_margin: float = Field(default=0.01, ge=0.0, le=1.0)
     min_accuracy_gain: float = Field(default=0.02, ge=0.0, le=1.0)
     min_f1_gain: float = Field(default=0.03, ge=0.0, le=1.0)

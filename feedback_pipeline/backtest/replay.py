@@ -42,6 +42,7 @@ from feedback_pipeline.training.dataset import (
     discover_features,
 )
 from feedback_pipeline.training.families import fit, predict_probability
+from feedback_pipeline.training.quarantine import quarantined_weeks
 from feedback_pipeline.warehouse.connection import connect, transaction
 from feedback_pipeline.warehouse.tables import (
     BACKTEST_PERIODS,
@@ -294,12 +295,13 @@ def run_backtest(
         began = time.perf_counter()
         rows: list[tuple] = []
         scored: list[pd.DataFrame] = []
-        # The policies differ only in their gate: labels and training set are built once.
-        features, unusable = None, None
+        # The policies differ only in their gate: labels and training set are built once
+        # (a policy whose gate quarantined weeks of labels builds its own set without them).
+        features, unusable, shared = None, None, None
         build_labeled_outcomes(con, settings.labeling, start)
         try:
             features = discover_features(con, settings.features)
-            build_training_set(con, settings.training, features, start)
+            shared = build_training_set(con, settings.training, features, start).info
         except TrainingSetError as error:
             unusable = f"no retrain: {error}"
         shared_seconds = time.perf_counter() - began
@@ -309,6 +311,12 @@ def run_backtest(
             promoted, reason = False, unusable or ""
             if unusable is None:
                 try:
+                    quarantined = quarantined_weeks(con, registry.model_name, start)
+                    info = (
+                        build_training_set(con, policy.training, features, start, quarantined).info
+                        if quarantined
+                        else shared
+                    )
                     round_ = train_challengers(
                         con,
                         registry,
@@ -317,6 +325,7 @@ def run_backtest(
                         False,
                         {"trigger": "backtest", "backtest_id": run_id},
                         quiet,
+                        info,
                         half_life_search=monthly,
                     )
                     report = evaluate(con, registry, round_, policy.gate, policy.models.seed, quiet)

@@ -19,7 +19,12 @@ from feedback_pipeline.evaluation.metrics import (
     paired_deltas,
 )
 from feedback_pipeline.evaluation.plots import close, holdout_figures
-from feedback_pipeline.promotion.gate import Decision, decide, refuse_backdated
+from feedback_pipeline.promotion.gate import (
+    Decision,
+    decide,
+    refuse_backdated,
+    refuse_contradicting_labels,
+)
 from feedback_pipeline.registry.mlflow_registry import CHAMPION, Registry
 from feedback_pipeline.settings import GateSettings
 from feedback_pipeline.training.challengers import Challenger, ChallengerRound, model_card
@@ -32,6 +37,7 @@ from feedback_pipeline.training.dataset import (
     split_counts,
 )
 from feedback_pipeline.training.families import fit, predict_probability
+from feedback_pipeline.training.quarantine import ContradictingWeek, contradicting_weeks
 from feedback_pipeline.warehouse.summaries import markdown
 
 Progress = Callable[[str], None]
@@ -70,6 +76,8 @@ class EvaluationReport:
     deltas: dict[str, dict[str, float]] | None
     decision: Decision
     gate: GateSettings
+    # weeks of labels the champion never trained on that it ranks backwards (quarantined)
+    contradicting_weeks: tuple[ContradictingWeek, ...] = ()
 
     @property
     def mode(self) -> str:
@@ -97,6 +105,7 @@ class EvaluationReport:
             "decision": self.decision.as_dict(),
             "mode": self.mode,
             "gate": self.gate.model_dump(),
+            "contradicting_weeks": [w.as_dict() for w in self.contradicting_weeks],
         }
 
     def tables(self) -> dict[str, str]:
@@ -261,6 +270,11 @@ def evaluate(
     champion_tags = tags
     if champion_tags is None and champion_version:  # an empty holdout: still never backdated
         champion_tags = registry.version_tags(champion_version)
+    contradicting = _audit_labels(con, registry, info, gate, champion_version, champion_tags)
+    if contradicting:
+        weeks = "; ".join(week.describe() for week in contradicting)
+        progress(f"labels contradict champion v{champion_version}: {weeks}")
+        decision = refuse_contradicting_labels(gate, decision, weeks)
     backdated = _backdated(info, champion_version, champion_tags)
     if backdated is not None:
         decision = refuse_backdated(gate, decision, backdated)
@@ -281,9 +295,38 @@ def evaluate(
         deltas=deltas,
         decision=decision,
         gate=gate,
+        contradicting_weeks=tuple(contradicting),
     )
     _log(registry, report, info, split_counts(con, info.content_hash), holdout.y, probabilities)
     return report
+
+
+def _audit_labels(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    info: TrainingSetInfo,
+    gate: GateSettings,
+    champion_version: str | None,
+    tags: dict[str, str] | None,
+) -> list[ContradictingWeek]:
+    """The weeks of feedback labels newer than the champion's data watermark (every split:
+    labels it never trained on) that it ranks backwards; none with the gate off."""
+    watermark = (tags or {}).get("data_watermark")
+    if not gate.quarantine_labels or gate.mode == "always" or not watermark or watermark == "None":
+        return []
+    rows = load_split(
+        con,
+        ("train", "validation", "holdout", "refit_only"),
+        info.features,
+        info.content_hash,
+        feedback_labeled_after=datetime.fromisoformat(watermark),
+    )
+    if len(rows) < gate.quarantine_min_rows:
+        return []
+    p = registry.predict_probability(champion_version, rows.X).to_numpy()
+    return contradicting_weeks(
+        rows.event_time, rows.y, p, gate.quarantine_min_rows, gate.quarantine_max_p
+    )
 
 
 def _backdated(

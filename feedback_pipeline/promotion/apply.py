@@ -14,6 +14,7 @@ from feedback_pipeline.promotion.lock import promotion_lock
 from feedback_pipeline.registry.mlflow_registry import CHALLENGER, CHAMPION, Registry
 from feedback_pipeline.settings import Settings
 from feedback_pipeline.training.challengers import Challenger, Progress, refit_candidate
+from feedback_pipeline.training.quarantine import record_quarantine
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,14 @@ def apply_decision(
             if old is not None:
                 registry.tag_version(old, "retired_at", now)
                 registry.tag_version(old, "replaced_by", promoted)
+        if report.mode != "dry_run":  # found whatever moved meanwhile: the labels are bad
+            record_quarantine(
+                con,
+                registry.model_name,
+                report.as_of,
+                report.champion_version,
+                report.contradicting_weeks,
+            )
         if report.mode != "dry_run" and not stale:
             registry.set_alias(CHALLENGER, best)
         if applied:

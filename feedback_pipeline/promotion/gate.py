@@ -105,6 +105,21 @@ def refuse_backdated(gate: GateSettings, decided: Decision, backdated: str) -> D
     )
 
 
+def refuse_contradicting_labels(gate: GateSettings, decided: Decision, weeks: str) -> Decision:
+    """Labels the champion ranks backwards are a broken feed, not a new world: nothing trained
+    on them is promoted, and the next retrain leaves them out (they are quarantined)."""
+    prefix = "[dry run, nothing moved] " if gate.mode == "dry_run" else ""
+    return Decision(
+        False,
+        False,
+        f"{prefix}labels contradict the champion in the {weeks}: quarantined, the next retrain "
+        f"leaves them out (release them with `feedback-pipeline quarantine release`); the gate "
+        f"had said: {decided.reason}",
+        decided.deciding_metric,
+        {**decided.checks, "labels_consistent_with_champion": False},
+    )
+
+
 def _refresh(gate, kept: Decision, champion, majority_accuracy) -> Decision:
     """The challenger lost to the champion's procedure: refit that procedure on the fresh data,
     unless it too is below the floor of any champion (then the old model stays)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -141,8 +142,11 @@ def build_training_set(
     training: TrainingSettings,
     features: list[str],
     as_of: datetime,
+    quarantined: Sequence[datetime] = (),
 ) -> TrainingSetSummary:
     """Build the training set as of ``as_of`` into its own table, keyed by its content hash.
+    Feedback on predictions of a ``quarantined`` week (Monday 00:00; see
+    ``training.quarantine``) is left out.
 
     Each set is immutable and readers name the one they want (``content_hash``), so two runs
     at once never read each other's set; ``training.training_set`` is a view of the newest, for
@@ -169,7 +173,9 @@ def build_training_set(
     with transaction(con):
         _ensure_info_table(con)
         staging = f"training.training_set_building_{uuid.uuid4().hex[:12]}"
-        summary = _build(con, staging, training, features, as_of, window_start, maturity)
+        summary = _build(
+            con, staging, training, features, as_of, window_start, maturity, quarantined
+        )
         _keep(con, staging, summary.info)
     return summary
 
@@ -182,6 +188,7 @@ def _build(
     as_of: datetime,
     window_start: datetime,
     maturity: LabelMaturity,
+    quarantined: Sequence[datetime] = (),
 ) -> TrainingSetSummary:
     """The set's rows into ``staging``, its hash and counts; fails when it cannot train."""
     matured_before = maturity.data_clock - timedelta(days=maturity.horizon_days)
@@ -197,6 +204,7 @@ def _build(
             FROM {LABELED_OUTCOMES}
             WHERE labeled_at <= $as_of AND predicted_at <= $as_of
               AND predicted_at > $window_start
+              AND NOT list_contains($quarantined, date_trunc('week', predicted_at))
         ), baseline_rows AS (
             SELECT example_id AS row_id, '{BASELINE_SOURCE}' AS source, label, 1.0 AS weight,
                    as_of AS event_time, as_of AS labeled_at,
@@ -257,6 +265,7 @@ def _build(
             "holdout_fraction": training.holdout_fraction,
             "validation_fraction": training.validation_fraction,
             "matured_before": matured_before,
+            "quarantined": [datetime.combine(w.date(), datetime.min.time()) for w in quarantined],
         },
     )
     rows, content_hash, watermark = con.execute(
@@ -488,16 +497,24 @@ def load_split(
     split: str | tuple[str, ...],
     features: list[str],
     content_hash: str | None = None,
+    feedback_labeled_after: datetime | None = None,
 ) -> Split:
     """One split (or several) of the set ``content_hash`` (None: the newest) as float64
-    features (NULL -> NaN), labels, weights and times, in time order."""
+    features (NULL -> NaN), labels, weights and times, in time order. With
+    ``feedback_labeled_after``: only feedback rows (no baseline rows) labeled after it."""
     splits = [split] if isinstance(split, str) else list(split)
     columns = ", ".join(_quote(n) for n in features)
+    only_feedback = (
+        f"AND source <> '{BASELINE_SOURCE}' AND labeled_at > $after"
+        if feedback_labeled_after is not None
+        else ""
+    )
     arrays = con.execute(
         f"SELECT label, weight, labeled_at, event_time, {columns} "
-        f"FROM {training_set_table(content_hash)} WHERE list_contains(?, split) "
-        "ORDER BY event_time, row_id",
-        [splits],
+        f"FROM {training_set_table(content_hash)} WHERE list_contains($splits, split) "
+        f"{only_feedback} ORDER BY event_time, row_id",
+        {"splits": splits}
+        | ({"after": feedback_labeled_after} if feedback_labeled_after is not None else {}),
     ).fetchnumpy()  # straight to numpy: no intermediate DataFrame to copy
     return Split(
         X=pd.DataFrame({n: np.ma.filled(arrays[n].astype(np.float64), np.nan) for n in features}),

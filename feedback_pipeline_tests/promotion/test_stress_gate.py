@@ -7,6 +7,7 @@ import shutil
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 
+import numpy as np
 import pytest
 
 from feedback_pipeline.evaluation.report import evaluate
@@ -17,7 +18,12 @@ from feedback_pipeline.registry.mlflow_registry import CHAMPION, local_registry
 from feedback_pipeline.settings import Settings, with_overrides
 from feedback_pipeline.simulator.feedback_stream import SimulationConfig, simulate
 from feedback_pipeline.training.challengers import train_challengers
-from feedback_pipeline.training.dataset import build_training_set, discover_features
+from feedback_pipeline.training.dataset import (
+    build_training_set,
+    discover_features,
+    training_set_table,
+)
+from feedback_pipeline.training.quarantine import quarantined_weeks, week_starts
 from feedback_pipeline.warehouse import connection
 
 START = date(2026, 1, 5)
@@ -27,7 +33,8 @@ FLIPPED_FROM_DAY = 49  # a week of feedback that says the opposite of the truth
 def retrain(con, registry, settings: Settings, day: int):
     as_of = datetime.combine(START + timedelta(days=day), datetime.min.time())
     build_labeled_outcomes(con, settings.labeling, as_of)
-    build_training_set(con, settings.training, discover_features(con, None), as_of)
+    quarantined = quarantined_weeks(con, registry.model_name, as_of)
+    build_training_set(con, settings.training, discover_features(con, None), as_of, quarantined)
     quiet = lambda message: None  # noqa: E731
     round_ = train_challengers(con, registry, settings, ["xgboost"], False, {}, quiet)
     report = evaluate(con, registry, round_, settings.gate, settings.models.seed, quiet)
@@ -71,3 +78,38 @@ def test_flipped_labels_are_not_promoted_by_the_gate(flipped_stream, tmp_path, m
     else:  # the same data without the gate: the flipped week's refit is served
         assert change.promoted, change.reason
         assert registry.alias_version(CHAMPION) != champion
+
+
+def test_a_flipped_week_is_quarantined_and_later_retrains_leave_it_out(flipped_stream, tmp_path):
+    data_dir = tmp_path / "data"
+    shutil.copytree(flipped_stream, data_dir)
+    con = connection.connect(data_dir / "warehouse.duckdb")
+    registry = local_registry(data_dir)
+    settings = Settings()
+    assert retrain(con, registry, settings, FLIPPED_FROM_DAY)[1].promoted  # a clean champion
+    champion = registry.alias_version(CHAMPION)
+
+    # A week on, the flipped week's first labels: the champion ranks them backwards.
+    report, change = retrain(con, registry, settings, FLIPPED_FROM_DAY + 7)
+    flipped_week = week_starts(
+        np.array([np.datetime64(START + timedelta(days=FLIPPED_FROM_DAY), "D")])
+    )[0]
+    assert [np.datetime64(w.week_start, "us") for w in report.contradicting_weeks] == [flipped_week]
+    assert report.contradicting_weeks[0].auc < 0.3
+    assert not change.promoted and "labels contradict the champion" in change.reason
+    assert registry.alias_version(CHAMPION) == champion
+    found_at = datetime.combine(START + timedelta(days=FLIPPED_FROM_DAY + 7), datetime.min.time())
+    assert quarantined_weeks(con, registry.model_name, found_at) == [flipped_week.astype(datetime)]
+    assert quarantined_weeks(con, registry.model_name, found_at - timedelta(seconds=1)) == []
+
+    # Two weeks on: the set leaves the week's feedback out, and its refit is promoted.
+    report, change = retrain(con, registry, settings, FLIPPED_FROM_DAY + 14)
+    left_in = con.execute(
+        f"""SELECT count(*) FROM {training_set_table(report.training_set_hash)}
+            WHERE source <> 'baseline' AND date_trunc('week', event_time) = ?""",
+        [flipped_week.astype(datetime)],
+    ).fetchall()[0][0]
+    con.close()
+    assert left_in == 0
+    assert report.contradicting_weeks == ()
+    assert change.promoted, change.reason

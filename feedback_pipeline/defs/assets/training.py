@@ -4,7 +4,11 @@ import dagster as dg
 
 from feedback_pipeline.defs.resources import MlflowRegistryResource, WarehouseResource
 from feedback_pipeline.defs.run_context import WAREHOUSE_POOL, RunContextResource
-from feedback_pipeline.registry.mlflow_registry import CHAMPION, RegistryUnavailable
+from feedback_pipeline.registry.mlflow_registry import (
+    CHAMPION,
+    MODEL_NAME,
+    RegistryUnavailable,
+)
 from feedback_pipeline.training.challengers import ChallengerRound, train_challengers
 from feedback_pipeline.training.dataset import (
     TrainingSetError,
@@ -12,6 +16,7 @@ from feedback_pipeline.training.dataset import (
     build_training_set,
     discover_features,
 )
+from feedback_pipeline.training.quarantine import quarantined_weeks
 from feedback_pipeline.warehouse.summaries import markdown
 
 
@@ -38,7 +43,8 @@ def training_set(
     with warehouse.connect() as con:
         try:
             features = discover_features(con, settings.features)
-            summary = build_training_set(con, training, features, as_of)
+            quarantined = quarantined_weeks(con, MODEL_NAME, as_of)
+            summary = build_training_set(con, training, features, as_of, quarantined)
         except TrainingSetError as error:
             raise dg.Failure(description=str(error)) from None
     info = summary.info
@@ -53,6 +59,7 @@ def training_set(
             "data_watermark": str(info.data_watermark),
             "features": ", ".join(features),
             "outcome_weight": training.outcome_weight,
+            "quarantined_weeks": ", ".join(f"{w:%Y-%m-%d}" for w in quarantined) or "none",
             "rows_by_split_and_source": dg.MetadataValue.md(markdown(summary.counts)),
         },
     )

@@ -1,0 +1,43 @@
+"""The label audit: which weeks a sound model ranks backwards, and how weeks are counted."""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+
+from feedback_pipeline.training.quarantine import contradicting_weeks, week_starts
+
+
+def test_week_starts_are_duckdbs_iso_weeks():
+    times = np.datetime64("2026-03-01T00:00") + np.arange(0, 40 * 24 * 60, 97).astype(
+        "timedelta64[m]"
+    )
+    expected = duckdb.sql(
+        "SELECT date_trunc('week', t)::TIMESTAMP AS w FROM (SELECT unnest($times) AS t)",
+        params={"times": times.astype("datetime64[us]").tolist()},
+    ).fetchnumpy()["w"]
+    assert (week_starts(times) == np.asarray(expected, dtype="datetime64[us]")).all()
+
+
+def _week(rng, day: str, n: int, labels: str):
+    """n scored rows of a sound model (AUC about 0.85) and their labels: true, flipped or
+    a coin toss."""
+    truth = rng.random(n) < 0.5
+    score = 1 / (1 + np.exp(-(np.where(truth, 1.5, -1.5) + rng.normal(0, 1.2, n))))
+    y = {"true": truth, "flipped": ~truth, "random": rng.random(n) < 0.5}[labels]
+    time = np.datetime64(day) + rng.integers(0, 7 * 86400, n).astype("timedelta64[s]")
+    return time, y.astype(int), score
+
+
+def test_only_a_week_ranked_backwards_is_contradicting():
+    rng = np.random.default_rng(5)
+    weeks = [
+        _week(rng, "2026-03-02", 400, "true"),
+        _week(rng, "2026-03-09", 400, "flipped"),
+        _week(rng, "2026-03-16", 400, "random"),  # no better than chance is not backwards
+        _week(rng, "2026-03-23", 60, "flipped"),  # too few labels to say
+    ]
+    time, y, p = (np.concatenate(parts) for parts in zip(*weeks, strict=True))
+    found = contradicting_weeks(time, y, p, min_rows=100, max_p=0.001)
+    assert [f"{w.week_start:%Y-%m-%d}" for w in found] == ["2026-03-09"]
+    assert found[0].rows == 400 and found[0].auc < 0.2 and found[0].p_value < 1e-20
