@@ -139,8 +139,8 @@ def release_quarantine(con: duckdb.DuckDBPyConnection, model_name: str, week: da
     many quarantines were lifted (0: the week was not quarantined)."""
     if not table_exists(con, QUARANTINED_WEEKS):
         return 0
-    (released,) = con.execute(
+    released = con.execute(
         f"DELETE FROM {QUARANTINED_WEEKS} WHERE model_name = ? AND week_start = ? RETURNING 1",
         [model_name, week],
-    ).fetchall() or [(0,)]
-    return int(released)
+    ).fetchall()
+    return len(released)

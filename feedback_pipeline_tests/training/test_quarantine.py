@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import duckdb
 import numpy as np
 
-from feedback_pipeline.training.quarantine import contradicting_weeks, week_starts
+from feedback_pipeline.cli import main
+from feedback_pipeline.registry.mlflow_registry import MODEL_NAME
+from feedback_pipeline.training.quarantine import (
+    ContradictingWeek,
+    contradicting_weeks,
+    quarantined_weeks,
+    record_quarantine,
+    week_starts,
+)
 
 
 def test_week_starts_are_duckdbs_iso_weeks():
@@ -41,3 +51,26 @@ def test_only_a_week_ranked_backwards_is_contradicting():
     found = contradicting_weeks(time, y, p, min_rows=100, max_p=0.001)
     assert [f"{w.week_start:%Y-%m-%d}" for w in found] == ["2026-03-09"]
     assert found[0].rows == 400 and found[0].auc < 0.2 and found[0].p_value < 1e-20
+
+
+def test_an_operator_lists_and_releases_a_quarantined_week(data_dir, con, capsys):
+    week = ContradictingWeek(datetime(2026, 3, 9), 400, 0.12, 1e-30)
+    record_quarantine(con, MODEL_NAME, datetime(2026, 3, 16), "7", [week])
+    record_quarantine(con, MODEL_NAME, datetime(2026, 3, 23), "8", [week])  # found again: kept once
+    con.close()
+    assert main(["--data-dir", str(data_dir), "quarantine", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "2026-03-09" in listed and "2026-03-16" in listed and "2026-03-23" not in listed
+
+    arguments = ["--data-dir", str(data_dir), "quarantine", "release"]
+    assert main([*arguments, "2026-03-10", "--reason", "x"]) == 2  # not a Monday
+    assert "not a Monday" in capsys.readouterr().err
+    assert main([*arguments, "2026-03-09", "--reason", "the broker fixed its feed"]) == 0
+    assert main([*arguments, "2026-03-09", "--reason", "again"]) == 2  # nothing left to release
+    assert "is not quarantined" in capsys.readouterr().err
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as check:
+        assert quarantined_weeks(check, MODEL_NAME, datetime(2027, 1, 1)) == []
+        (reason,) = check.execute(
+            "SELECT reason FROM ops.retraining_events WHERE action = 'release_quarantine'"
+        ).fetchall()[0]
+    assert reason == "week of 2026-03-09: the broker fixed its feed"
