@@ -151,6 +151,9 @@ def configure_mlflow_http(http: MlflowSettings | None = None) -> None:
     os.environ[OWNED_HTTP_ENV] = ",".join(owned)
 
 
+LEAN_LOADED_MODELS = 4  # a replay period loads the champion, one candidate and one refit
+
+
 class Registry:
     """The MLflow tracking store and model registry."""
 
@@ -179,6 +182,7 @@ class Registry:
         # MLflow's load-and-predict check of it), model cards, reports and plots. The fitted
         # models are the same; see the backtest's test.
         self.lean = False
+        self._loaded: dict[str, mlflow.pyfunc.PyFuncModel] = {}
 
     def start_package_scan(self) -> None:
         """Start, on a background thread, the scan of installed packages that MLflow makes once
@@ -271,17 +275,18 @@ class Registry:
         return RegisteredChallenger(version, run.info.run_id, family)
 
     def find_version(self, tag: str, value: str) -> RegisteredChallenger | None:
-        """The newest version carrying ``tag=value`` (e.g. the same fit key), if any."""
-        for model_version in sorted(
-            self.client.search_model_versions(f"name = '{self.model_name}'"),
-            key=lambda v: -int(v.version),
-        ):
-            if model_version.tags.get(tag) == value:
-                family = model_version.tags.get("family", "")
-                return RegisteredChallenger(
-                    str(model_version.version), model_version.run_id, family
-                )
-        return None
+        """The newest version carrying ``tag=value`` (e.g. the same fit key), if any: one
+        filtered query, not a scan of every version (a replay registers hundreds)."""
+        found = self.client.search_model_versions(
+            f"name = '{self.model_name}' AND tags.`{tag}` = '{value}'",
+            max_results=1,
+            order_by=["version_number DESC"],
+        )
+        if not found:
+            return None
+        model_version = found[0]
+        family = model_version.tags.get("family", "")
+        return RegisteredChallenger(str(model_version.version), model_version.run_id, family)
 
     def alias_version(self, alias: str) -> str | None:
         """The version ``alias`` points at; None only when MLflow says it does not exist.
@@ -313,7 +318,16 @@ class Registry:
         return sorted((str(v.version) for v in found), key=int)
 
     def load(self, version: str) -> mlflow.pyfunc.PyFuncModel:
-        return mlflow.pyfunc.load_model(f"models:/{self.model_name}/{version}")
+        """The version as a pyfunc model. A lean (replay) registry keeps its last few loads: a
+        version never changes, and a replay loads each one for the holdout, the audit and the
+        period it serves. A live registry loads afresh (a fresh load reads the serving policy)."""
+        if not self.lean:
+            return mlflow.pyfunc.load_model(f"models:/{self.model_name}/{version}")
+        if version not in self._loaded:
+            self._loaded[version] = mlflow.pyfunc.load_model(f"models:/{self.model_name}/{version}")
+            while len(self._loaded) > LEAN_LOADED_MODELS:
+                self._loaded.pop(next(iter(self._loaded)))
+        return self._loaded[version]
 
     def predict_probability(self, version: str, X: pd.DataFrame) -> pd.Series:
         """The model's own probability on every row (it imputes missing features), as
