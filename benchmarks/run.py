@@ -34,7 +34,7 @@ from feedback_pipeline.defs.run_context import run_context_config
 from feedback_pipeline.ingest.contract import KINDS, SQL_TYPES
 from feedback_pipeline.labels.outcomes import build_labeled_outcomes
 from feedback_pipeline.monitoring.triggers import count_new_labels
-from feedback_pipeline.registry.mlflow_registry import Registry, local_registry
+from feedback_pipeline.registry.mlflow_registry import local_registry
 from feedback_pipeline.settings import Settings
 from feedback_pipeline.training.challengers import REFIT_SPLITS
 from feedback_pipeline.training.dataset import (
@@ -157,10 +157,7 @@ def backtest_cost(data_dir: Path, work: Path) -> dict:
     settings = Settings()
     end = datetime.combine(START + timedelta(days=DAYS), datetime.min.time())
     plan = BacktestPlan(end - timedelta(days=14), end, timedelta(days=7))
-
-    def registry(model_name: str) -> Registry:
-        return local_registry(data_dir, model_name=model_name, experiment=BACKTEST_EXPERIMENT)
-
+    registry = local_registry(data_dir, experiment=BACKTEST_EXPERIMENT)
     started = time.perf_counter()
     summary, _ = backtest_into(
         work / "backtest", data_dir / "warehouse.duckdb", None, registry, settings, plan

@@ -26,7 +26,6 @@ from feedback_pipeline.promotion.lock import PromotionLockTimeout
 from feedback_pipeline.registry.mlflow_registry import (
     CHAMPION,
     MODEL_NAME,
-    Registry,
     RegistryUnavailable,
     local_registry,
 )
@@ -212,15 +211,11 @@ def _backtest(args: argparse.Namespace) -> int:
     """Replay the retraining policy and its baselines; print them side by side."""
     settings = load_settings(args.settings)
     plan = BacktestPlan(parse_as_of(args.start), parse_as_of(args.end), args.every)
-
-    def registry(model_name: str) -> Registry:
-        return local_registry(args.data_dir, model_name=model_name, experiment=EXPERIMENT)
-
     summary, run_id = backtest_into(
         args.out or (args.data_dir / "backtest"),
         args.data_dir / "warehouse.duckdb",
         args.landing,
-        registry,
+        local_registry(args.data_dir, experiment=EXPERIMENT),
         settings,
         plan,
         (lambda message: print(message, file=sys.stderr)) if args.json else print,

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -26,6 +23,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from feedback_pipeline.backtest.replay_registry import ReplayRegistry
 from feedback_pipeline.evaluation.metrics import mcnemar_exact
 from feedback_pipeline.evaluation.report import evaluate
 from feedback_pipeline.ingest.contract import KINDS
@@ -241,21 +239,20 @@ def refit_everything(
 
 def run_backtest(
     con: duckdb.DuckDBPyConnection,
-    registry_factory: Callable[[str], Registry],
+    models: Path,
     settings: Settings,
     plan: BacktestPlan,
     progress: Progress = print,
 ) -> BacktestSummary:
     """Replay ``plan`` on the raw tables of ``con`` (the backtest's own warehouse), resuming
-    after the last finished period of the same backtest."""
+    after the last finished period of the same backtest. Each registry-backed policy keeps its
+    versions in a replay registry under ``models`` (see ``replay_registry``)."""
     con.execute(DDL)
     run_id = backtest_id(plan, settings, data_fingerprint(con))
     registries = {
-        name: registry_factory(f"{MODEL_NAME}_backtest_{run_id}_{name}")
+        name: ReplayRegistry(models / f"{run_id}_{name}", f"{MODEL_NAME}_backtest_{run_id}_{name}")
         for name in policy_settings(settings)
     }
-    for registry in registries.values():
-        registry.lean = True  # hundreds of versions: log what the replay reads back, no more
     finished = {
         start
         for (start,) in con.execute(
@@ -265,8 +262,8 @@ def run_backtest(
         ).fetchall()
     }
     # Each policy starts from the champion its last finished period left (none on a fresh
-    # start), whatever the aliases say: the same backtest may have run further into another
-    # warehouse with this MLflow store, and its later champion was trained on the future.
+    # start), whatever the aliases say: a replay stopped after moving an alias but before
+    # recording its period must not serve that period's champion to the period itself.
     for name, registry in registries.items():
         last = con.execute(
             f"SELECT champion_version FROM {BACKTEST_PERIODS} WHERE backtest_id = ? "
@@ -383,7 +380,7 @@ def run_backtest(
     return summarize(con, run_id, settings)
 
 
-def registry_features(registry: Registry, version: str) -> list[str]:
+def registry_features(registry: ReplayRegistry, version: str) -> list[str]:
     return json.loads(registry.version_tags(version)["features"])
 
 
@@ -403,7 +400,7 @@ def frame(
 
 
 def score_no_retrain(
-    con: duckdb.DuckDBPyConnection, run_id: str, registry: Registry, plan: BacktestPlan
+    con: duckdb.DuckDBPyConnection, run_id: str, registry: ReplayRegistry, plan: BacktestPlan
 ) -> None:
     """The no-retrain baseline: the policy's first champion scores every later period."""
     con.execute(
@@ -638,47 +635,25 @@ def log_summary(registry: Registry, summary: BacktestSummary, plan: BacktestPlan
         return run.info.run_id
 
 
-PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-
-
-@contextmanager
-def quiet_mlflow() -> Iterator[None]:
-    """MLflow's chatter, off while a backtest logs hundreds of versions: its artifact download
-    progress bars (two per logged model) and its INFO lines ("Validating input example ...").
-    Its warnings and errors still show, and so does the backtest's own line per period."""
-    logger = logging.getLogger("mlflow")
-    level, bars = logger.level, os.environ.get(PROGRESS_BAR_ENV)
-    logger.setLevel(max(level, logging.WARNING))
-    os.environ[PROGRESS_BAR_ENV] = "false"
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-        if bars is None:
-            os.environ.pop(PROGRESS_BAR_ENV, None)
-        else:
-            os.environ[PROGRESS_BAR_ENV] = bars
-
-
 def backtest_into(
     out: Path,
     source: Path,
     landing: Path | None,
-    registry_factory: Callable[[str], Registry],
+    summary_registry: Registry,
     settings: Settings,
     plan: BacktestPlan,
     progress: Progress = print,
 ) -> tuple[BacktestSummary, str]:
-    """The whole backtest, for the CLI and the Dagster asset alike: its own warehouse in
-    ``out`` (one ingest, or a copy of ``source``'s raw tables), the replay, the plot, and the
-    summary logged to MLflow. Returns the summary and the MLflow run id."""
+    """The whole backtest, for the CLI and the Dagster asset alike: its own warehouse and
+    replay registries in ``out`` (one ingest, or a copy of ``source``'s raw tables), the replay,
+    the plot, and the summary logged to MLflow (``summary_registry``'s backtest experiment).
+    Returns the summary and the MLflow run id."""
     out.mkdir(parents=True, exist_ok=True)
     con = connect(out / "warehouse.duckdb", lock_timeout=5.0)
     try:
         prepare_warehouse(con, source, landing, progress)
-        with quiet_mlflow():
-            summary = run_backtest(con, registry_factory, settings, plan, progress)
+        summary = run_backtest(con, out / "models", settings, plan, progress)
     finally:
         con.close()
     accuracy_plot(summary, out / f"backtest_{summary.backtest_id}.png")
-    return summary, log_summary(registry_factory(MODEL_NAME), summary, plan)
+    return summary, log_summary(summary_registry, summary, plan)

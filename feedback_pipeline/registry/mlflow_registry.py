@@ -8,15 +8,12 @@ model's requirements, not this package and not MLflow's pickling of a Python obj
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pickle
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -29,7 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
-from mlflow.utils import logging_utils, requirements_utils
+from mlflow.utils import requirements_utils
 from xgboost import XGBClassifier
 
 from feedback_pipeline.registry.served_policy import (
@@ -151,11 +148,10 @@ def configure_mlflow_http(http: MlflowSettings | None = None) -> None:
     os.environ[OWNED_HTTP_ENV] = ",".join(owned)
 
 
-LEAN_LOADED_MODELS = 4  # a replay period loads the champion, one candidate and one refit
-
-
 class Registry:
     """The MLflow tracking store and model registry."""
+
+    lean = False  # the full record (a backtest's replay registry keeps only what it reads)
 
     def __init__(
         self,
@@ -177,12 +173,6 @@ class Registry:
         mlflow.set_registry_uri(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self._package_scan: threading.Thread | None = None
-        # A replay's registry logs what the backtest reads back (the model, its signature,
-        # params, metrics and tags) and skips what only people read: the input example (and
-        # MLflow's load-and-predict check of it), model cards, reports and plots. The fitted
-        # models are the same; see the backtest's test.
-        self.lean = False
-        self._loaded: dict[str, mlflow.pyfunc.PyFuncModel] = {}
 
     def start_package_scan(self) -> None:
         """Start, on a background thread, the scan of installed packages that MLflow makes once
@@ -233,50 +223,42 @@ class Registry:
             mlflow.log_params({k: _param(v) for k, v in params.items()})
             mlflow.log_metrics({k: v for k, v in metrics.items() if _finite(v)})
             mlflow.set_tags(tags)
-            if not self.lean:
-                mlflow.log_text(model_card, "model_card.md")
+            mlflow.log_text(model_card, "model_card.md")
             estimator_file, estimator_format = _save_estimator(estimator, Path(folder))
-            with warnings.catch_warnings():
-                if self.lean:  # leaving the example out is the point; MLflow's advice, read
-                    warnings.filterwarnings(
-                        "ignore", ".*An input example was not provided", UserWarning
-                    )
-                info = mlflow.pyfunc.log_model(
-                    name="model",
-                    python_model=str(SERVING_MODEL_CODE),
-                    # The policy code travels as an artifact of this version and is imported
-                    # under a name of its own: a process that loads several versions (a server
-                    # across alias moves, the backtest) never runs one version's model with
-                    # another's policy code.
-                    artifacts={
-                        "estimator": str(estimator_file),
-                        "served_policy": str(SERVED_POLICY_CODE),
-                    },
-                    model_config={
-                        "features": list(features),
-                        "estimator_format": estimator_format,
-                        "run_id": run.info.run_id,  # a policy's calibration is for one model
-                        "registered_model_name": self.model_name,  # where the policy is read
-                        "default_policy": default_policy(),
-                    },
-                    signature=serving_signature(features, served),
-                    input_example=None if self.lean else example,
-                    pip_requirements=_requirements(),
-                )
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(SERVING_MODEL_CODE),
+                # The policy code travels as an artifact of this version and is imported
+                # under a name of its own: a process that loads several versions (a server
+                # across alias moves, the backtest) never runs one version's model with
+                # another's policy code.
+                artifacts={
+                    "estimator": str(estimator_file),
+                    "served_policy": str(SERVED_POLICY_CODE),
+                },
+                model_config={
+                    "features": list(features),
+                    "estimator_format": estimator_format,
+                    "run_id": run.info.run_id,  # a policy's calibration is for one model
+                    "registered_model_name": self.model_name,  # where the policy is read
+                    "default_policy": default_policy(),
+                },
+                signature=serving_signature(features, served),
+                input_example=example,
+                pip_requirements=_requirements(),
+            )
         # Registered with every tag in one call: a kill before it leaves an unregistered run
         # (never served, never reused), a kill after it a complete version that the rerun
         # finds by its fit_key. Tagging after registering left half-tagged orphans.
-        quiet = _without_event_lines() if self.lean else contextlib.nullcontext()
-        with quiet:  # a replay's hundreds of "Created version N of model ..." lines
-            registered = mlflow.register_model(
-                info.model_uri, self.model_name, tags={**tags, "family": family}
-            )
+        registered = mlflow.register_model(
+            info.model_uri, self.model_name, tags={**tags, "family": family}
+        )
         version = str(registered.version)
         return RegisteredChallenger(version, run.info.run_id, family)
 
     def find_version(self, tag: str, value: str) -> RegisteredChallenger | None:
         """The newest version carrying ``tag=value`` (e.g. the same fit key), if any: one
-        filtered query, not a scan of every version (a replay registers hundreds)."""
+        filtered query, not a scan of every version."""
         found = self.client.search_model_versions(
             f"name = '{self.model_name}' AND tags.`{tag}` = '{value}'",
             max_results=1,
@@ -318,16 +300,7 @@ class Registry:
         return sorted((str(v.version) for v in found), key=int)
 
     def load(self, version: str) -> mlflow.pyfunc.PyFuncModel:
-        """The version as a pyfunc model. A lean (replay) registry keeps its last few loads: a
-        version never changes, and a replay loads each one for the holdout, the audit and the
-        period it serves. A live registry loads afresh (a fresh load reads the serving policy)."""
-        if not self.lean:
-            return mlflow.pyfunc.load_model(f"models:/{self.model_name}/{version}")
-        if version not in self._loaded:
-            self._loaded[version] = mlflow.pyfunc.load_model(f"models:/{self.model_name}/{version}")
-            while len(self._loaded) > LEAN_LOADED_MODELS:
-                self._loaded.pop(next(iter(self._loaded)))
-        return self._loaded[version]
+        return mlflow.pyfunc.load_model(f"models:/{self.model_name}/{version}")
 
     def predict_probability(self, version: str, X: pd.DataFrame) -> pd.Series:
         """The model's own probability on every row (it imputes missing features), as
@@ -394,21 +367,6 @@ class Registry:
         self.client.log_text(run_id, markdown, "evaluation/report.md")
         for name, figure in figures.items():
             self.client.log_figure(run_id, figure, f"evaluation/{name}.png")
-
-
-@contextmanager
-def _without_event_lines() -> Iterator[None]:
-    """MLflow's event lines (``eprint``: "Registered model ... already exists. Creating a new
-    version ...", "Created version ...") off for one call of a lean (backtest) registry, which
-    registers hundreds; MLflow's log handler shares the stream, so its warnings in that call go
-    too (the call raises on failure). Single-threaded use only, as in a replay."""
-    stream = logging_utils.MLFLOW_LOGGING_STREAM
-    enabled = stream.enabled
-    stream.enabled = False
-    try:
-        yield
-    finally:
-        stream.enabled = enabled
 
 
 def default_tracking_uri(data_dir: Path) -> str:

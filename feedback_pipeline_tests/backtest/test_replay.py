@@ -9,9 +9,16 @@ from datetime import datetime
 
 import duckdb
 import pytest
+from mlflow import MlflowClient
 
+from feedback_pipeline.backtest.replay_registry import ReplayRegistry
 from feedback_pipeline.cli import main
-from feedback_pipeline.registry.mlflow_registry import CHALLENGER, CHAMPION, local_registry
+from feedback_pipeline.registry.mlflow_registry import (
+    CHALLENGER,
+    CHAMPION,
+    default_tracking_uri,
+    local_registry,
+)
 from feedback_pipeline.settings import Settings
 from feedback_pipeline.training.dataset import build_training_set, discover_features
 from feedback_pipeline.warehouse import connection as warehouse
@@ -54,9 +61,11 @@ def test_json_prints_json_alone_and_the_log_has_a_line_per_period(backtested):
     assert [line.split(":")[0] for line in periods] == [
         f"[{i}/{len(PERIODS)}] {p:%Y-%m-%d}" for i, p in enumerate(PERIODS, 1)
     ]
-    # MLflow's per-model chatter is gone: no progress bars, no "Created version" lines
+    # no per-model chatter: the replay's versions never go through MLflow
     noise = ("Downloading artifacts", "Created version", "already exists", "Validating input")
     assert not [line for line in log if any(n in line for n in noise)]
+    registered = MlflowClient(default_tracking_uri(data_dir)).search_registered_models()
+    assert [m.name for m in registered] == ["feedback_model"]  # the live one only
 
 
 def query(data_dir, sql: str, params=()) -> list[tuple]:
@@ -120,9 +129,8 @@ def test_every_period_is_scored_by_a_model_trained_before_it(backtested):
     assert fallback[0] == fallback[1]
     assert scored
     for policy, version, period_start, first, last, _ in scored:
-        registry = local_registry(
-            data_dir,
-            model_name=f"feedback_model_backtest_{backtest_id(data_dir)}_{policy}",
+        registry = ReplayRegistry(
+            data_dir / "backtest" / "models" / f"{backtest_id(data_dir)}_{policy}", policy
         )
         tags = registry.version_tags(version)
         # trained as of (and on labels up to) a time no later than the period's start ...
@@ -173,8 +181,8 @@ def test_resuming_redoes_no_finished_period(backtested, capsys):
 
 
 def test_a_fresh_replay_into_a_new_folder_starts_without_a_champion(backtested, capsys):
-    """The same backtest again into an empty folder, with the same MLflow store: its model
-    names already have a champion, trained on every period; the replay must not start from it."""
+    """The same backtest again into an empty folder, with the same MLflow store: nothing of the
+    first replay (its champions were trained on every period) carries over."""
     data_dir, _ = backtested
     first = json.loads((data_dir / "stdout.txt").read_text())
     out = data_dir / "second_backtest"

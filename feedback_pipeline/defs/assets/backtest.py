@@ -54,17 +54,14 @@ def backtest_report(
         plan = BacktestPlan(start, end, timedelta(days=config.every_days))
     except (SettingsError, ValueError) as error:
         raise dg.Failure(description=f"backtest_report config: {error}") from None
-
-    def registry(model_name: str) -> Registry:
-        return Registry(
-            mlflow_registry.tracking_uri, mlflow_registry.artifact_root, model_name, EXPERIMENT
-        )
-
+    summary_registry = Registry(
+        mlflow_registry.tracking_uri, mlflow_registry.artifact_root, experiment=EXPERIMENT
+    )
     summary, run_id = backtest_into(
         source.parent / "backtest",
         source,
         None,
-        registry,
+        summary_registry,
         run_context.settings(),
         plan,
         context.log.info,
