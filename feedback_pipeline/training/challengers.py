@@ -236,9 +236,11 @@ def _train_and_register(
         "selection_rows": settings.training.selection_rows,
         "engine": "dask" if client is not None and family == "xgboost" else "local",
     }
-    # The same rows and the same parameters make the same model, whatever the run's as_of.
+    # The same rows and the same parameters make the same model, whatever the run's as_of
+    # and however many candidates were tried to choose them (a weekly round tries one).
+    made_by = {k: v for k, v in fit_params.items() if k != "candidates_tried"}
     fit_key = hashlib.md5(
-        json.dumps([info.content_hash, fit_params], sort_keys=True, default=str).encode()
+        json.dumps([info.content_hash, made_by], sort_keys=True, default=str).encode()
     ).hexdigest()
     registered = registry.find_version("fit_key", fit_key)
     if registered is not None:  # same data, same settings: the same model, not a new one
