@@ -147,4 +147,5 @@ class ReplayRegistry:
         record = self._version(version)
         matrix = X.reindex(columns=record.features).to_numpy(dtype=np.float64)
         frame = pd.DataFrame(matrix, columns=record.features)
-        return pd.Series(record.estimator.predict_proba(frame)[:, 1], index=X.index)
+        probability = record.estimator.predict_proba(frame)[:, 1].astype(np.float64)
+        return pd.Series(probability, index=X.index)  # float64, as the served model returns

@@ -66,7 +66,9 @@ def contradicting_weeks(
         auc = statistic / (len(positive) * len(negative))
         if auc < 0.5 and p_value < max_p:
             found.append(
-                ContradictingWeek(pd.Timestamp(week).to_pydatetime(), len(rows), auc, p_value)
+                ContradictingWeek(
+                    pd.Timestamp(week).to_pydatetime(), len(rows), float(auc), float(p_value)
+                )
             )
     return found
 

@@ -48,6 +48,7 @@ def test_replay_and_live_registries_train_and_serve_identical_models(simulated_d
     assert replay.version_tags(replay_champion)["refit_of"] == replay_round.best.version
     live_p = live.predict_probability(live_champion, holdout.X).to_numpy()
     replay_p = replay.predict_probability(replay_champion, holdout.X).to_numpy()
+    assert live_p.dtype == replay_p.dtype == np.float64
     np.testing.assert_array_equal(live_p, replay_p)  # the served model, bit for bit
 
     # nothing of the replay is in MLflow; a new process finds it in its folder
