@@ -74,7 +74,7 @@ CREATE TABLE IF NOT EXISTS {BACKTEST_PERIODS} (
     promoted BOOLEAN,
     reason VARCHAR,
     rows BIGINT,                       -- predictions scored in the period
-    seconds DOUBLE,                    -- this policy's retrain and scoring of the period
+    seconds DOUBLE,                    -- its labels, retrain and scoring of the period
     recorded_at TIMESTAMP NOT NULL
 );
 -- prequential metrics of the period, filled in by the summary from the labels that arrived
@@ -296,6 +296,7 @@ def run_backtest(
         # (a policy whose gate quarantined weeks of labels builds its own set without them).
         features, unusable, shared = None, None, None
         build_labeled_outcomes(con, settings.labeling, start)
+        labels_seconds = time.perf_counter() - began  # every policy, the baseline too, reads them
         try:
             features = discover_features(con, settings.features)
             shared = build_training_set(con, settings.training, features, start).info
@@ -341,7 +342,8 @@ def run_backtest(
             # what one policy costs: the shared labels and training set plus its own work
             spent = shared_seconds + time.perf_counter() - policy_began
             rows.append((name, version, promoted, reason, len(ids), spent))
-        # the plain baseline: refit on every label known at the period's start
+        # the plain baseline: refit on every label known at the period's start (its cost: the
+        # shared labels it reads plus its own query, fit and scoring)
         baseline_began = time.perf_counter()
         model = refit_everything(con, settings, features, start) if features else None
         if model is None:
@@ -353,7 +355,7 @@ def run_backtest(
             reason = "refit on all past labels"
         if len(ids):
             scored.append(frame(run_id, REFIT_EVERYTHING, ids, start, None, p))
-        seconds = time.perf_counter() - baseline_began
+        seconds = labels_seconds + time.perf_counter() - baseline_began
         rows.append((REFIT_EVERYTHING, None, model is not None, reason, len(ids), seconds))
         seconds = time.perf_counter() - began
         with transaction(con):
