@@ -22,7 +22,7 @@ from feedback_pipeline.training.dataset import build_training_set, discover_feat
 from feedback_pipeline.warehouse import connection
 from feedback_pipeline_tests.conftest import SIMULATED_AS_OF
 
-HALF_LIVES = {"training": {"half_life_days": [7.0, 60.0]}}
+HALF_LIVES = {"training": {"half_life_days": [7.0, 60.0], "half_life_search": "full_retrain"}}
 
 
 @pytest.mark.parametrize(
