@@ -30,8 +30,10 @@ demo: $(STAMP)
 	$(BIN)/python -m feedback_pipeline.demo
 
 # Both cores: one test file per worker (files share module fixtures: a server, a simulated stream).
+# Two test workers on two cores: one OpenMP thread each, or XGBoost's threads oversubscribe the
+# cores and spin (the suite took 11 minutes instead of 8).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # N=10000000 for the large run
 N ?= 1000000
