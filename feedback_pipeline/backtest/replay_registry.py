@@ -41,7 +41,8 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 
 class ReplayRegistry:
-    """Versions ``1, 2, ...`` of ``model_name`` under ``folder`` (one pickle each)."""
+    """Versions ``1, 2, ...`` of ``model_name`` under ``folder`` (one pickle each); a
+    ``ModelRegistry``, as MLflow's ``Registry`` is."""
 
     lean = True  # evaluation skips model cards, reports and plots: nobody reads them here
 
@@ -140,6 +141,9 @@ class ReplayRegistry:
 
     def log_text(self, run_id: str, text: str, path: str) -> None:
         """Model cards and reports are for people reading MLflow; a replay keeps none."""
+
+    def log_report(self, run_id: str, report_json: str, markdown: str, figures: dict) -> None:
+        """As ``log_text``: nothing to keep."""
 
     def predict_probability(self, version: str, X: pd.DataFrame) -> pd.Series:
         """The estimator's probability on the version's features, as the served model scores

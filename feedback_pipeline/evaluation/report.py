@@ -25,7 +25,7 @@ from feedback_pipeline.promotion.gate import (
     refuse_backdated,
     refuse_contradicting_labels,
 )
-from feedback_pipeline.registry.mlflow_registry import CHAMPION, Registry
+from feedback_pipeline.registry.mlflow_registry import CHAMPION, ModelRegistry
 from feedback_pipeline.settings import GateSettings
 from feedback_pipeline.training.challengers import Challenger, ChallengerRound, model_card
 from feedback_pipeline.training.dataset import (
@@ -164,7 +164,7 @@ class EvaluationReport:
 
 def evaluate(
     con: duckdb.DuckDBPyConnection,
-    registry: Registry,
+    registry: ModelRegistry,
     round_: ChallengerRound,
     gate: GateSettings,
     seed: int,
@@ -303,7 +303,7 @@ def evaluate(
 
 def _audit_labels(
     con: duckdb.DuckDBPyConnection,
-    registry: Registry,
+    registry: ModelRegistry,
     info: TrainingSetInfo,
     gate: GateSettings,
     champion_version: str | None,
@@ -359,7 +359,7 @@ def _deltas(
 
 
 def _log(
-    registry: Registry,
+    registry: ModelRegistry,
     report: EvaluationReport,
     info: TrainingSetInfo,
     counts: pd.DataFrame,

@@ -11,7 +11,7 @@ import duckdb
 from feedback_pipeline.evaluation.report import EvaluationReport
 from feedback_pipeline.promotion import ledger
 from feedback_pipeline.promotion.lock import promotion_lock
-from feedback_pipeline.registry.mlflow_registry import CHALLENGER, CHAMPION, Registry
+from feedback_pipeline.registry.mlflow_registry import CHALLENGER, CHAMPION, ModelRegistry
 from feedback_pipeline.settings import Settings
 from feedback_pipeline.training.challengers import Challenger, Progress, refit_candidate
 from feedback_pipeline.training.quarantine import record_quarantine
@@ -27,7 +27,7 @@ class ChampionChange:
 
 def apply_decision(
     con: duckdb.DuckDBPyConnection,
-    registry: Registry,
+    registry: ModelRegistry,
     report: EvaluationReport,
     trigger: str,
     dagster_run_id: str | None,
@@ -122,7 +122,7 @@ def _named(version: str | None) -> str:
 
 def reconcile(
     con: duckdb.DuckDBPyConnection,
-    registry: Registry,
+    registry: ModelRegistry,
     trigger: str | None = None,
     dagster_run_id: str | None = None,
 ) -> str | None:
@@ -150,7 +150,7 @@ def reconcile(
     return current
 
 
-def champion_procedure(registry: Registry, report: EvaluationReport) -> Challenger:
+def champion_procedure(registry: ModelRegistry, report: EvaluationReport) -> Challenger:
     """The champion's procedure as a candidate to refit: it won the gate's comparison."""
     assert report.champion_version is not None and report.champion_procedure is not None
     return Challenger(
@@ -165,21 +165,24 @@ def champion_procedure(registry: Registry, report: EvaluationReport) -> Challeng
 
 
 def rollback(
-    con: duckdb.DuckDBPyConnection, registry: Registry, reason: str, to_version: str | None = None
+    con: duckdb.DuckDBPyConnection,
+    registry: ModelRegistry,
+    reason: str,
+    to_version: str | None = None,
 ) -> ChampionChange:
     """Point ``champion`` back at the previous champion (or ``to_version``); ledger it."""
     return _move_champion(con, registry, to_version, reason, "rollback")
 
 
 def force_promote(
-    con: duckdb.DuckDBPyConnection, registry: Registry, version: str, reason: str
+    con: duckdb.DuckDBPyConnection, registry: ModelRegistry, version: str, reason: str
 ) -> ChampionChange:
     return _move_champion(con, registry, version, reason, "forced_promotion")
 
 
 def _move_champion(
     con: duckdb.DuckDBPyConnection,
-    registry: Registry,
+    registry: ModelRegistry,
     version: str | None,
     reason: str,
     action: str,

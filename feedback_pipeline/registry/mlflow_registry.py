@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import mlflow
 import numpy as np
@@ -67,6 +67,41 @@ class RegisteredChallenger:
     version: str
     run_id: str
     family: str
+
+
+@runtime_checkable
+class ModelRegistry(Protocol):
+    """What the retrain code path (challengers, evaluation, gate, refit, aliases) needs of a
+    registry: MLflow's (``Registry``) live, a backtest's folder (``ReplayRegistry``) in a replay."""
+
+    model_name: str
+    lean: bool  # True: skip model cards, reports and plots (nobody reads them there)
+
+    def start_package_scan(self) -> None: ...
+    def log_challenger(
+        self,
+        estimator: Any,
+        family: str,
+        features: list[str],
+        example: pd.DataFrame,
+        params: dict[str, Any],
+        metrics: dict[str, float],
+        tags: dict[str, str],
+        model_card: str,
+    ) -> RegisteredChallenger: ...
+    def find_version(self, tag: str, value: str) -> RegisteredChallenger | None: ...
+    def alias_version(self, alias: str) -> str | None: ...
+    def set_alias(self, alias: str, version: str) -> None: ...
+    def clear_alias(self, alias: str) -> None: ...
+    def version_tags(self, version: str) -> dict[str, str]: ...
+    def tag_version(self, version: str, key: str, value: str) -> None: ...
+    def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None: ...
+    def run_metrics(self, version: str) -> dict[str, float]: ...
+    def log_text(self, run_id: str, text: str, path: str) -> None: ...
+    def log_report(self, run_id: str, report_json: str, markdown: str, figures: dict) -> None: ...
+    def run_id(self, version: str) -> str: ...
+    def versions(self) -> list[str]: ...
+    def predict_probability(self, version: str, X: pd.DataFrame) -> pd.Series: ...
 
 
 def _requirements() -> list[str]:

@@ -17,7 +17,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from feedback_pipeline.registry.mlflow_registry import CHAMPION, Registry
+from feedback_pipeline.registry.mlflow_registry import CHAMPION, ModelRegistry
 from feedback_pipeline.settings import Settings
 from feedback_pipeline.training.dataset import (
     Split,
@@ -109,7 +109,7 @@ class TrainingData:
 
 def train_challengers(
     con: duckdb.DuckDBPyConnection,
-    registry: Registry,
+    registry: ModelRegistry,
     settings: Settings,
     families: list[str],
     search: bool,
@@ -172,7 +172,7 @@ def train_challengers(
 NO_CHAMPION = object()  # no champion, or one whose half-life was not recorded
 
 
-def champion_half_life(registry: Registry) -> float | None | object:
+def champion_half_life(registry: ModelRegistry) -> float | None | object:
     """The half-life of the champion's procedure, or ``NO_CHAMPION``."""
     version = registry.alias_version(CHAMPION)
     if version is None:
@@ -201,7 +201,7 @@ def candidate_half_lives(
 
 
 def _train_and_register(
-    registry: Registry,
+    registry: ModelRegistry,
     settings: Settings,
     family: str,
     budget: int,
@@ -292,7 +292,7 @@ REFIT_SPLITS = ("train", "validation", "holdout", "refit_only")
 
 def refit_candidate(
     con: duckdb.DuckDBPyConnection,
-    registry: Registry,
+    registry: ModelRegistry,
     settings: Settings,
     candidate: Challenger,
     tags: dict[str, str],

@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 from feedback_pipeline.backtest.replay_registry import ReplayRegistry
 from feedback_pipeline.evaluation.report import evaluate
 from feedback_pipeline.promotion.apply import apply_decision
-from feedback_pipeline.registry.mlflow_registry import CHAMPION, local_registry
+from feedback_pipeline.registry.mlflow_registry import CHAMPION, ModelRegistry, local_registry
 from feedback_pipeline.settings import Settings
 from feedback_pipeline.training.challengers import train_challengers
 from feedback_pipeline.training.dataset import build_training_set, discover_features, load_split
@@ -64,3 +64,9 @@ def test_replay_and_live_registries_train_and_serve_identical_models(simulated_d
         "validation_log_loss",
         "holdout_accuracy",
     }
+
+
+def test_both_registries_offer_what_the_retrain_path_calls(tmp_path):
+    assert isinstance(local_registry(tmp_path), ModelRegistry)
+    assert isinstance(ReplayRegistry(tmp_path / "replay", "m"), ModelRegistry)
+    assert not isinstance(object(), ModelRegistry)
