@@ -12,6 +12,10 @@ sha256 before a row of it is used: a changed file would silently change every ba
   which is downloaded from PyPI once into a cache folder.
 * ``sea``: the SEA concepts generator (Street and Kim 2001) with its published drift: four
   concepts ``f1 + f2 <= theta`` for theta 8, 9, 7, 9.5, 10% class noise.
+* ``hyperplane``: the rotating hyperplane (Hulten, Spencer and Domingos 2001) with the settings
+  of MOA's and scikit-multiflow's generator used in the drift literature: 10 features uniform on
+  [0, 1], 2 of whose weights drift by 0.001 per row (each direction reversing with probability
+  10%), label ``sum(w x) >= sum(w) / 2``, 5% of labels flipped.
 """
 
 from __future__ import annotations
@@ -149,6 +153,48 @@ def sea_concepts(
     )
 
 
+HYPERPLANE_ROWS = 100_000
+HYPERPLANE_SEED = 2001
+HYPERPLANE_SHA256 = "a9e982d2363c9fc9ec5ff5f78be17d89903df4e46977ba9fd5c5a0fe7884c75c"
+
+
+def rotating_hyperplane(
+    rows: int = HYPERPLANE_ROWS,
+    features: int = 10,
+    drifting: int = 2,
+    magnitude: float = 0.001,
+    reversal: float = 0.10,
+    noise: float = 0.05,
+    seed: int = HYPERPLANE_SEED,
+) -> pd.DataFrame:
+    """The rotating hyperplane, vectorised: each drifting weight is a random walk of steps
+    ``magnitude`` whose direction reverses with probability ``reversal`` at each row."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0.0, 1.0, size=(rows, features)).round(6)
+    start = rng.uniform(0.0, 1.0, size=features)
+    reversals = rng.random((rows, drifting)) < reversal
+    direction = np.where(np.cumsum(reversals, axis=0) % 2 == 0, 1.0, -1.0)
+    weights = np.broadcast_to(start, (rows, features)).copy()
+    # the weights the row is labeled with: the walk up to (not including) this row
+    weights[:, :drifting] += magnitude * (np.cumsum(direction, axis=0) - direction)
+    label = (x * weights).sum(axis=1) >= weights.sum(axis=1) / 2
+    label ^= rng.random(rows) < noise
+    frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(features)])
+    return frame.assign(label=label.astype("int64"))
+
+
+def load_hyperplane(cache: Path | None = None) -> pd.DataFrame:
+    frame = rotating_hyperplane()
+    checked(
+        frame.to_csv(index=False).encode(),
+        HYPERPLANE_SHA256,
+        "the rotating-hyperplane generator's output",
+        "numpy's generator changed its stream; regenerate with this module's seed and update "
+        "HYPERPLANE_SHA256 only after rerunning the backtests",
+    )
+    return frame
+
+
 def load_sea(cache: Path | None = None) -> pd.DataFrame:
     frame = sea_concepts()
     checked(
@@ -198,6 +244,15 @@ STREAMS = {
             "SEA concepts: 60,000 rows, 3 features, 4 abrupt concepts, 10% noise",
             load_sea,
             500,
+            timedelta(days=1),
+            date(2020, 1, 6),
+            7,
+        ),
+        PublicStream(
+            "hyperplane",
+            "rotating hyperplane: 100,000 rows, 10 features, 2 drifting, 5% noise",
+            load_hyperplane,
+            1_000,
             timedelta(days=1),
             date(2020, 1, 6),
             7,

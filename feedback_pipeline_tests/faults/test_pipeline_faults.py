@@ -466,8 +466,9 @@ def test_an_unreachable_mlflow_fails_commands_in_seconds_and_a_retrain_before_tr
         began = time.monotonic()
         result = cli(data_dir, *command, env=down)
         # Waiting on MLflow takes seconds (2.4 s measured), not MLflow's default ~4 minutes;
-        # the whole command took 11-12 s on a quiet VM, of which about 6 s are imports.
-        assert time.monotonic() - began - startup < 8, (command, startup)
+        # the whole command took 11-12 s on a quiet VM, of which about 6 s are imports. The
+        # bound tells seconds from minutes with room for a loaded CI (8 s was missed by 0.04 s).
+        assert time.monotonic() - began - startup < 30, (command, startup)
         assert result.returncode == 3, result.stderr
         assert f"MLflow at {UNREACHABLE_MLFLOW} did not answer" in result.stderr
 

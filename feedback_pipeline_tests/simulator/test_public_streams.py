@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pandas as pd
 import pytest
+from sklearn.linear_model import LogisticRegression
 
 from feedback_pipeline.cli import main
 from feedback_pipeline.ingest.landing_files import ingest_kind
@@ -20,6 +21,7 @@ from feedback_pipeline.simulator.public_streams import (
     WEATHER_CSV,
     StreamSourceError,
     binarize_covtype,
+    load_hyperplane,
     load_sea,
     load_weather,
     sdist_member,
@@ -159,3 +161,12 @@ def test_a_tampered_download_or_member_is_refused_and_not_cached(tmp_path, sdist
 def test_an_unreachable_source_says_where_to_put_the_file(tmp_path):
     with pytest.raises(StreamSourceError, match="could not download .* by hand into"):
         sdist_member("covtype.csv", "0" * 64, tmp_path, "http://127.0.0.1:9/skm.tar.gz")
+
+
+def test_the_hyperplane_rotates():
+    """A linear model of the first rows is much worse on the last rows: the concept moved."""
+    frame = load_hyperplane()
+    X, y = frame.drop(columns="label"), frame["label"]
+    early = LogisticRegression(C=100.0).fit(X.iloc[:8000], y.iloc[:8000])
+    assert early.score(X.iloc[8000:10000], y.iloc[8000:10000]) > 0.85
+    assert early.score(X.iloc[-2000:], y.iloc[-2000:]) < 0.7
