@@ -71,6 +71,7 @@ def _simulate(args: argparse.Namespace) -> int:
         feature_outage_mode=args.feature_outage_mode,
         class_burst_day=args.class_burst_day,
         class_burst_label=args.class_burst_label,
+        class_burst_mode=args.class_burst_mode,
         episode_days=args.episode_days,
     )
     landing = args.out or (args.data_dir / "landing")
@@ -464,6 +465,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--class-burst-day", type=int, default=None, help="almost all of one class from here"
     )
     stress.add_argument("--class-burst-label", type=int, choices=[0, 1], default=0)
+    stress.add_argument(
+        "--class-burst-mode",
+        choices=["world", "feedback"],
+        default="world",
+        help="world: the predictions are of that class; feedback: only they get feedback",
+    )
     stress.add_argument(
         "--episode-days", type=int, default=SimulationConfig.episode_days, help="each one's length"
     )

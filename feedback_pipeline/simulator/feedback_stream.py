@@ -113,8 +113,10 @@ class SimulationConfig:
     # Stress episodes a gate must block, each ``episode_days`` long from its day (None: off):
     # the feedback says the opposite of the truth (``flipped``) or a coin toss (``random``);
     # an upstream feature feed breaks, so predictions and baseline rows carry it ``missing``
-    # (null) or ``constant`` (0) while the world still depends on its real value; a burst in
-    # which almost every prediction is of class ``class_burst_label``.
+    # (null) or ``constant`` (0) while the world still depends on its real value; a burst of
+    # class ``class_burst_label``: in the world (``class_burst_mode: world``, almost every
+    # prediction is of that class) or in the feedback only (``feedback``: only predictions of
+    # that class get any feedback, as when a broker reports only its losses for a week).
     label_noise_day: int | None = None
     label_noise: Literal["flipped", "random"] = "flipped"
     feature_outage_day: int | None = None
@@ -122,6 +124,7 @@ class SimulationConfig:
     feature_outage_mode: Literal["missing", "constant"] = "missing"
     class_burst_day: int | None = None
     class_burst_label: int = 0
+    class_burst_mode: Literal["world", "feedback"] = "world"
     episode_days: int = 7
 
     def in_episode(self, start_day: int | None, day: int) -> bool:
@@ -253,7 +256,8 @@ def predictions_for_day(config: SimulationConfig, day: int) -> tuple[pd.DataFram
     ]
     treated = variant != config.variants[0]
     logit = x @ true_weights(day, config.drift_days) + 0.2 + config.variant_effect * treated
-    if config.in_episode(config.class_burst_day, day):  # almost all of one class
+    world_burst = config.class_burst_mode == "world"
+    if world_burst and config.in_episode(config.class_burst_day, day):  # almost all of one class
         logit = logit + (CLASS_BURST_SHIFT if config.class_burst_label else -CLASS_BURST_SHIFT)
     good = rng.random(n) < _sigmoid(logit)
     features = _feature_outage(config, day, features)
@@ -281,6 +285,12 @@ def feedback_for_day(
     """Human signals within hours and trade outcomes days later, for one day's predictions."""
     rng = _rng(config.seed, "feedback", day)
     n = len(predictions)
+    # a feedback burst: only predictions of one class are reported on (the truth decides)
+    reported = (
+        good == bool(config.class_burst_label)
+        if config.class_burst_mode == "feedback" and config.in_episode(config.class_burst_day, day)
+        else np.ones(n, dtype=bool)
+    )
     good = _judged(config, day, good)
     predicted_at = predictions["predicted_at"].to_numpy()
     env = np.where(rng.random(n) < 0.5, predictions["environment"].to_numpy(), None)
@@ -290,7 +300,7 @@ def feedback_for_day(
     positive_type = np.select([draw < 0.7, draw < 0.85], ["accept", "export"], "modify")
     negative_type = np.where(draw < 0.7, "reject", "accept")  # accept, then undo below
     human_type = np.where(says_good, positive_type, negative_type)
-    has_human = rng.random(n) < config.human_rate
+    has_human = (rng.random(n) < config.human_rate) & reported
     human_at = predicted_at + pd.to_timedelta(np.round(rng.uniform(60, 6 * 3600, n)), unit="s")
     has_undo = has_human & ~says_good & (human_type == "accept")
     undo_at = human_at + pd.to_timedelta(np.round(rng.uniform(60, 7200, n)), unit="s")
@@ -305,7 +315,7 @@ def feedback_for_day(
     return_pct = np.select(
         [outcome == "win", outcome == "loss"], [magnitude, -magnitude], rng.normal(0, 0.05, n)
     ).round(3)
-    has_outcome = rng.random(n) < config.outcome_rate
+    has_outcome = (rng.random(n) < config.outcome_rate) & reported
     outcome_at = predicted_at + pd.to_timedelta(np.round(rng.uniform(1, 10, n) * 86_400), unit="s")
     confidence = predictions["confidence"].to_numpy()
     ids = predictions["prediction_id"].to_numpy()
@@ -328,6 +338,7 @@ def feedback_for_day(
         return frame
 
     rating, notes, has_rating, rated_at = _ratings(config, day, good, predicted_at)
+    has_rating = has_rating & reported
     frames = [
         events(has_human, "-h", human_type, human_at, modified_value=modified),
         events(has_undo, "-u", "undo", undo_at),

@@ -95,6 +95,24 @@ def test_a_class_burst_floods_one_class_on_its_days(label):
             assert 0.3 < rate < 0.8, (day, rate)
 
 
+def test_a_feedback_burst_reports_on_one_class_only_on_its_days():
+    burst = replace(
+        CALM, class_burst_day=3, class_burst_label=0, class_burst_mode="feedback", **EPISODE
+    )
+    for day in range(6):
+        predictions, good = predictions_for_day(burst, day)
+        calm_predictions, calm_good = predictions_for_day(CALM, day)
+        assert predictions.equals(calm_predictions) and (good == calm_good).all()  # the world
+        feedback = feedback_for_day(burst, day, predictions, good)
+        truth = dict(zip(predictions["prediction_id"], good, strict=True))
+        reported_good = feedback["prediction_id"].map(truth)
+        if day in (3, 4):
+            assert len(feedback) > 500 and not reported_good.any(), day  # losses only
+        else:
+            assert 0.3 < reported_good.mean() < 0.8, day
+            assert len(feedback) == len(feedback_for_day(CALM, day, predictions, good))
+
+
 def test_simulate_takes_the_episodes_as_options(tmp_path, capsys):
     code = main(
         ["--data-dir", str(tmp_path), "simulate", "--days", "3", "--predictions-per-day", "30",
