@@ -232,9 +232,9 @@ def _timestamps(day_start: datetime, seconds: np.ndarray) -> pd.Series:
     return pd.Series(pd.Timestamp(day_start) + pd.to_timedelta(np.round(seconds), unit="s"))
 
 
-def _ids(prefix: str, n: int) -> np.ndarray:
-    """``prefix`` + zero-padded sequence numbers, vectorised."""
-    return np.char.add(prefix, np.char.zfill(np.arange(n).astype("U7"), 7)).astype(object)
+def sequence_ids(prefix: str, n: int, width: int = 7) -> np.ndarray:
+    """``prefix`` + sequence numbers zero-padded to at least ``width`` digits, vectorised."""
+    return np.char.add(prefix, np.char.zfill(np.arange(n).astype(str), width)).astype(object)
 
 
 def _feature_frame(rng: np.random.Generator, n: int) -> pd.DataFrame:
@@ -263,7 +263,7 @@ def predictions_for_day(config: SimulationConfig, day: int) -> tuple[pd.DataFram
     features = _feature_outage(config, day, features)
     day_start = datetime.combine(config.start + timedelta(days=day), datetime.min.time())
     frame = features.assign(
-        prediction_id=_ids(f"p{config.start + timedelta(days=day):%Y%m%d}-", n),
+        prediction_id=sequence_ids(f"p{config.start + timedelta(days=day):%Y%m%d}-", n),
         seq=np.arange(n),
         predicted_at=_timestamps(day_start, rng.uniform(0, 86_399, n)),
         confidence=_sigmoid(x @ W_START * 0.8 + rng.normal(0, 0.4, n)).round(4),
@@ -391,7 +391,7 @@ def baseline_for_day(config: SimulationConfig, day: int) -> pd.DataFrame:
     features = _feature_outage(config, day, features)
     day_start = datetime.combine(config.start + timedelta(days=day), datetime.min.time())
     return features.assign(
-        example_id=_ids(f"b{config.start + timedelta(days=day):%Y%m%d}-", n),
+        example_id=sequence_ids(f"b{config.start + timedelta(days=day):%Y%m%d}-", n),
         seq=np.arange(n),
         as_of=_timestamps(day_start, np.full(n, 23 * 3600.0)),
         label=weak,

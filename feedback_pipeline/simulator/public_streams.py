@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from feedback_pipeline.simulator.feedback_stream import sequence_ids
+
 DATA = Path(__file__).with_name("data")
 WEATHER_CSV = DATA / "weather.csv"
 WEATHER_SHA256 = "3c38f05bdc5c4cb115f122414c66976e3662c875d96d7199d9e47fc46aff150e"
@@ -286,7 +288,7 @@ def write_stream_landing(
     spacing = pd.Timedelta(days=1) / stream.rows_per_day
     at = pd.Timestamp(stream.first_day) + spacing * np.arange(n)
     at = pd.DatetimeIndex(at).floor("s")
-    ids = pd.Series(np.arange(n)).map(f"{name[0]}{{:06d}}".format)
+    ids = pd.Series(sequence_ids(name[0], n, width=6))
     predictions = pd.DataFrame(
         {
             "prediction_id": ids,
