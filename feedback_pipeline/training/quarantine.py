@@ -128,7 +128,9 @@ def quarantined_weeks(
 def quarantine_table(con: duckdb.DuckDBPyConnection, model_name: str) -> pd.DataFrame:
     """Every quarantined week of ``model_name``, for people."""
     if not table_exists(con, QUARANTINED_WEEKS):
-        return pd.DataFrame(columns=["week_start", "found_as_of", "champion_version", "rows"])
+        return pd.DataFrame(
+            columns=["week_start", "found_as_of", "champion_version", "rows", "auc", "p_value"]
+        )
     return con.execute(
         f"SELECT week_start, found_as_of, champion_version, rows, round(auc, 3) AS auc, p_value "
         f"FROM {QUARANTINED_WEEKS} WHERE model_name = ? ORDER BY week_start",
