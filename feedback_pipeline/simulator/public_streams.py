@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 
@@ -288,33 +289,35 @@ def write_stream_landing(
     spacing = pd.Timedelta(days=1) / stream.rows_per_day
     at = pd.Timestamp(stream.first_day) + spacing * np.arange(n)
     at = pd.DatetimeIndex(at).floor("s")
-    ids = pd.Series(sequence_ids(name[0], n, width=6))
-    predictions = pd.DataFrame(
-        {
-            "prediction_id": ids,
-            "predicted_at": at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "confidence": 0.5,
-            "features": frame.astype("float64").to_dict(orient="records"),
-            "entity_id": name,
-            "environment": "prod",
-        }
+    features = list(frame.columns)
+    table = frame.astype("float64").assign(
+        prediction_id=sequence_ids(name[0], n, width=6),
+        predicted_at=at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        occurred_at=(at + stream.label_delay).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        outcome=np.where(label == 1, "win", "loss"),
+        chunk=np.arange(n) // (stream.rows_per_day * stream.file_days),
     )
-    outcomes = pd.DataFrame(
-        {
-            "event_id": ids + "-o",
-            "prediction_id": ids,
-            "event_type": "outcome",
-            "occurred_at": (at + stream.label_delay).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "outcome": np.where(label == 1, "win", "loss"),
-        }
+    packed = ", ".join(
+        "'{}': \"{}\"".format(f.replace("'", "''"), f.replace('"', '""')) for f in features
     )
-    chunk = (np.arange(n) // (stream.rows_per_day * stream.file_days)).astype(int)
+    records = {  # one JSON object per row, rendered by DuckDB (set-based, no dict per row)
+        "predictions": f"""SELECT prediction_id, predicted_at, 0.5 AS confidence,
+                                  {{{packed}}} AS features, '{name}' AS entity_id,
+                                  'prod' AS environment""",
+        "feedback": """SELECT prediction_id || '-o' AS event_id, prediction_id,
+                              'outcome' AS event_type, occurred_at, outcome""",
+    }
     files = 0
-    for kind, table in (("predictions", predictions), ("feedback", outcomes)):
-        folder = landing_dir / kind
-        folder.mkdir(parents=True, exist_ok=True)
-        for _, rows in table.groupby(chunk):
-            first = at[rows.index[0]]
-            rows.to_json(folder / f"{name}_{first:%Y%m%d}.jsonl", orient="records", lines=True)
-            files += 1
+    with duckdb.connect() as con:
+        con.register("stream_rows", table)
+        for kind, select in records.items():
+            folder = landing_dir / kind
+            folder.mkdir(parents=True, exist_ok=True)
+            for number, first in enumerate(at[:: stream.rows_per_day * stream.file_days]):
+                path = folder / f"{name}_{first:%Y%m%d}.jsonl"
+                con.execute(
+                    f"COPY ({select} FROM stream_rows WHERE chunk = {number} "
+                    f"ORDER BY prediction_id) TO '{path}' (FORMAT json)"
+                )
+                files += 1
     return StreamSummary(n, n, at[0].to_pydatetime(), at[-1].to_pydatetime(), files)
