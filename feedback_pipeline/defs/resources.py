@@ -10,6 +10,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
+from feedback_pipeline.defs.io_manager import RunScopedIOManager
 from feedback_pipeline.defs.run_context import RunContextResource
 from feedback_pipeline.registry.mlflow_registry import Registry, default_tracking_uri
 from feedback_pipeline.settings import SETTINGS_ENV_VAR
@@ -63,9 +64,12 @@ class MlflowRegistryResource(dg.ConfigurableResource):
         return Registry(self.tracking_uri, self.artifact_root)
 
 
-def local_resources(data_dir: Path) -> dict[str, dg.ConfigurableResource]:
+def local_resources(
+    data_dir: Path,
+) -> dict[str, dg.ConfigurableResource | dg.ConfigurableIOManagerFactory]:
     """The embedded defaults: everything under one data directory."""
     return {
+        "io_manager": RunScopedIOManager(),
         "warehouse": WarehouseResource(path=str(data_dir / "warehouse.duckdb")),
         "landing_zone": LandingZoneResource(path=str(data_dir / "landing")),
         "serving_log": ServingLogResource(path=str(data_dir / "serving")),
