@@ -9,9 +9,11 @@ import tarfile
 import threading
 from collections.abc import Iterator
 
+import numpy as np
 import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
+from sklearn.tree import DecisionTreeClassifier
 
 from feedback_pipeline.cli import main
 from feedback_pipeline.ingest.landing_files import ingest_kind
@@ -20,7 +22,9 @@ from feedback_pipeline.simulator.public_streams import (
     SEA_THRESHOLDS,
     WEATHER_CSV,
     StreamSourceError,
+    agrawal_label,
     binarize_covtype,
+    load_agrawal,
     load_hyperplane,
     load_sea,
     load_weather,
@@ -170,3 +174,56 @@ def test_the_hyperplane_rotates():
     early = LogisticRegression(C=100.0).fit(X.iloc[:8000], y.iloc[:8000])
     assert early.score(X.iloc[8000:10000], y.iloc[8000:10000]) > 0.85
     assert early.score(X.iloc[-2000:], y.iloc[-2000:]) < 0.7
+
+
+def reference_agrawal(function: int, salary: float, age: float, elevel: int) -> int:
+    """scikit-multiflow 0.4.1's AGRAWALGenerator classification functions 0-3, row by row."""
+
+    def band(value, low, high):
+        return low <= value <= high
+
+    if function == 0:
+        return 0 if age < 40 or age >= 60 else 1
+    if function == 1:
+        if age < 40:
+            return 0 if band(salary, 50000, 100000) else 1
+        if age < 60:
+            return 0 if band(salary, 75000, 125000) else 1
+        return 0 if band(salary, 25000, 75000) else 1
+    if function == 2:
+        if age < 40:
+            return 0 if elevel in (0, 1) else 1
+        if age < 60:
+            return 0 if elevel in (1, 2, 3) else 1
+        return 0 if elevel in (2, 3, 4) else 1
+    if age < 40:
+        if elevel in (0, 1):
+            return 0 if band(salary, 25000, 75000) else 1
+        return 0 if band(salary, 50000, 100000) else 1
+    if age < 60:
+        if elevel in (1, 2, 3):
+            return 0 if band(salary, 50000, 100000) else 1
+        return 0 if band(salary, 75000, 125000) else 1
+    if elevel in (2, 3, 4):
+        return 0 if band(salary, 50000, 100000) else 1
+    return 0 if band(salary, 25000, 75000) else 1
+
+
+@pytest.mark.parametrize("function", [0, 1, 2, 3])
+def test_the_agrawal_labels_are_the_generators_functions(function):
+    rng = np.random.default_rng(function)
+    salary = np.r_[20_000 + 130_000 * rng.random(400), 25_000, 50_000, 75_000, 100_000, 125_000]
+    age = np.r_[rng.integers(20, 81, 400), 39, 40, 59, 60, 80].astype(float)
+    elevel = rng.integers(0, 5, len(salary))
+    loan = 500_000 * rng.random(len(salary))
+    expected = [reference_agrawal(function, *row) for row in zip(salary, age, elevel, strict=True)]
+    assert agrawal_label(function, salary, age, elevel, loan).tolist() == expected
+
+
+def test_the_agrawal_stream_changes_concept_every_25000_rows():
+    """A tree of the first concept is good on it and much worse on the next one."""
+    frame = load_agrawal()
+    X, y = frame.drop(columns="label"), frame["label"]
+    tree = DecisionTreeClassifier(max_depth=6, random_state=0).fit(X.iloc[:20_000], y.iloc[:20_000])
+    assert tree.score(X.iloc[20_000:25_000], y.iloc[20_000:25_000]) > 0.9
+    assert tree.score(X.iloc[25_000:30_000], y.iloc[25_000:30_000]) < 0.6
