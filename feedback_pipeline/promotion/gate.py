@@ -40,8 +40,11 @@ def decide(
     ``fair_rows`` counts the holdout rows the champion never trained on (newer than its data
     watermark; ``fair_note`` says which champion and watermark). None of them: nothing new to
     judge on, keep the champion. Fewer than ``min_holdout_rows``: ``gate.small_fair_holdout``
-    blocks, or judges the challenger alone by the cold-start rule on its whole holdout
-    (``champion`` and ``deltas`` are then None)."""
+    blocks, or judges the challenger alone on its whole holdout against the floor of any
+    champion (``champion`` and ``deltas`` are then None).
+
+    With no champion and no ``fair_rows`` (a cold start) the first model needs only
+    ``gate.cold_start_min_auc``."""
     if gate.mode == "always":
         return Decision(True, True, "gate off (mode=always): every candidate is promoted")
     too_few_fair_rows = None
@@ -74,7 +77,15 @@ def decide(
             f"{reason}",
         )
     else:
-        decision = _decide(gate, holdout_rows, challenger, champion, deltas, majority_accuracy)
+        decision = _decide(
+            gate,
+            holdout_rows,
+            challenger,
+            champion,
+            deltas,
+            majority_accuracy,
+            first_model=fair_rows is None,
+        )
         if procedure_compared and not decision.promote and gate.refresh_champion:
             decision = _refresh(gate, decision, champion, majority_accuracy)
     if gate.mode == "dry_run":
@@ -145,7 +156,9 @@ def _refresh(gate, kept: Decision, champion, majority_accuracy) -> Decision:
     )
 
 
-def _decide(gate, holdout_rows, challenger, champion, deltas, majority_accuracy) -> Decision:
+def _decide(
+    gate, holdout_rows, challenger, champion, deltas, majority_accuracy, first_model=False
+) -> Decision:
     if holdout_rows < gate.min_holdout_rows:
         return Decision(
             False,
@@ -165,6 +178,21 @@ def _decide(gate, holdout_rows, challenger, champion, deltas, majority_accuracy)
         f"{majority_accuracy:.3f}, AUC {challenger['roc_auc']:.3f} (needs >= "
         f"{gate.cold_start_min_auc})"
     )
+    if champion is None and first_model:
+        # The first model only needs to rank (AUC). Refusing it leaves consumers nothing
+        # learned, while refusing a later one keeps a champion; and at a cold start the holdout
+        # is a few recent days whose class balance the next weeks rarely keep, so accuracy
+        # against a constant guess there measures that balance more than the model.
+        floor = {"min_auc": auc_ok}
+        summary = f"AUC {challenger['roc_auc']:.3f} (needs >= {gate.cold_start_min_auc})"
+        verdict = "qualifies" if auc_ok else "does not qualify"
+        return Decision(
+            auc_ok,
+            auc_ok,
+            f"no champion yet; first model {verdict}: {summary}",
+            "roc_auc" if auc_ok else None,
+            floor,
+        )
     if champion is None:
         if beats_majority and auc_ok:
             return Decision(

@@ -43,18 +43,18 @@ CASES = [
         None,
         0.6,
         True,
-        "no champion yet; challenger qualifies",
+        "no champion yet; first model qualifies: AUC 0.700 (needs >= 0.55)",
     ),
     (
-        "cold start below majority class",
+        "cold start below the majority class but ranking: the first model needs only AUC",
         {},
         500,
         metrics(0.58, 0.5, 0.70),
         None,
         None,
         0.6,
-        False,
-        "no champion yet; challenger does not qualify",
+        True,
+        "no champion yet; first model qualifies",
     ),
     (
         "cold start AUC too low",
@@ -65,7 +65,7 @@ CASES = [
         None,
         0.6,
         False,
-        "does not qualify",
+        "no champion yet; first model does not qualify: AUC 0.540 (needs >= 0.55)",
     ),
     (
         "promote by accuracy",
@@ -216,6 +216,23 @@ def test_gate(name, gate, rows, challenger, champion, delta, majority, promote, 
     assert decision.promote is promote
     assert decision.applied is promote
     assert reason in decision.reason
+
+
+@pytest.mark.parametrize(
+    ("challenger", "promote", "reason"),
+    [
+        (metrics(0.58, 0.5, 0.70), False, "does not qualify: accuracy 0.580 vs majority class"),
+        (metrics(0.65, 0.6, 0.70), True, "challenger qualifies: accuracy 0.650"),
+    ],
+)
+def test_judged_alone_a_challenger_must_still_beat_the_majority_class(challenger, promote, reason):
+    """Few fair rows with a champion in place: refusing keeps a champion, so the challenger
+    judged alone must clear the floor of any champion, not only the first model's AUC."""
+    gate = GateSettings(small_fair_holdout="judge_alone")
+    decision = decide(gate, 500, challenger, None, None, 0.6, fair_rows=50, fair_note="v1")
+    assert reason in decision.reason
+    assert "judged alone" in decision.reason
+    assert decision.promote is promote
 
 
 def test_dry_run_decides_and_reports_but_moves_nothing():
