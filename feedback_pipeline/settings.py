@@ -1,6 +1,6 @@
 """Pipeline settings: defaults in code, a per-deployment YAML file, per-run overrides.
 
-DESIGN section 10. The YAML file is named by ``FEEDBACK_PIPELINE_SETTINGS``; unknown or invalid
+The YAML file is named by ``FEEDBACK_PIPELINE_SETTINGS``; unknown or invalid
 fields fail fast with a message that names the field (``labeling.policy.win.strength: ...``).
 """
 
@@ -48,7 +48,7 @@ class LabelRule(_Strict):
 
 
 class LabelPolicy(_Strict):
-    """DESIGN section 5: one rule per signal (a trade outcome or a human event type)."""
+    """One rule per signal (a trade outcome or a human event type)."""
 
     win: LabelRule = LabelRule(label=1, strength=1.0, source="outcome")
     loss: LabelRule = LabelRule(label=0, strength=1.0, source="outcome")
@@ -70,7 +70,7 @@ assert set(LabelPolicy.model_fields) == set(POLICY_SIGNALS), "policy must cover 
 
 
 class LabelingSettings(_Strict):
-    """DESIGN section 5: the label policy as data."""
+    """The label policy as data."""
 
     policy: LabelPolicy = Field(default_factory=LabelPolicy)
     environments: list[Environment] = Field(default_factory=lambda: ["prod"], min_length=1)
@@ -87,15 +87,17 @@ class LabelingSettings(_Strict):
         return self
 
 
-Family = Literal["xgboost", "logistic_regression", "random_forest"]
-FAMILIES: tuple[Family, ...] = ("xgboost", "logistic_regression", "random_forest")
+# A model family by name: the built-in ones below, or any registered with
+# ``feedback_pipeline.training.families.register_family`` (checked when a run trains).
+Family = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+FAMILIES: tuple[str, ...] = ("xgboost", "logistic_regression", "random_forest")
 
 
 HalfLife = Annotated[float, Field(gt=0.0, le=36500.0)]
 
 
 class TrainingSettings(_Strict):
-    """DESIGN section 6: how the blended training set is built and split."""
+    """How the blended training set is built and split."""
 
     outcome_weight: float = Field(default=2.0, ge=0.1, le=10.0)
     lookback_days: int = Field(default=36500, ge=1, le=36500)
@@ -159,19 +161,35 @@ class RandomForestParams(_Strict):
 
 
 class Hyperparameters(_Strict):
-    """Per family, typed: a misspelled parameter names the field instead of reaching the
-    estimator."""
+    """Per family. The built-in families' are typed: a misspelled parameter names the field
+    instead of reaching the estimator. A registered family's entry is a mapping of its
+    parameters (over the family's own defaults), checked by its estimator when a run trains."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     xgboost: XGBoostParams = Field(default_factory=XGBoostParams)
     logistic_regression: LogisticRegressionParams = Field(default_factory=LogisticRegressionParams)
     random_forest: RandomForestParams = Field(default_factory=RandomForestParams)
 
+    @model_validator(mode="after")
+    def _registered_entries_are_mappings(self) -> Hyperparameters:
+        for name, params in (self.model_extra or {}).items():
+            if not isinstance(params, dict):
+                raise ValueError(f"{name}: a mapping of hyperparameter names to values")
+        return self
+
     def for_family(self, family: str) -> dict[str, Any]:
-        return getattr(self, family).model_dump()
+        if family in FAMILIES:
+            return getattr(self, family).model_dump()
+        return dict((self.model_extra or {}).get(family, {}))
+
+    def extra_families(self) -> list[str]:
+        """The families other than the built-in ones that this file sets parameters for."""
+        return sorted(self.model_extra or {})
 
 
 class ModelSettings(_Strict):
-    """DESIGN section 7: which families run and with what hyperparameters."""
+    """Which families run and with what hyperparameters."""
 
     families: list[Family] = Field(default_factory=lambda: ["xgboost"], min_length=1)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
@@ -188,7 +206,7 @@ class ModelSettings(_Strict):
 
 
 class GateSettings(_Strict):
-    """DESIGN section 8: the promotion policy as data."""
+    """The promotion policy as data."""
 
     rule: Literal["superiority", "non_inferiority", "log_loss"] = Field(
         default="log_loss",
@@ -250,7 +268,7 @@ class FullRetrainSettings(_Strict):
 
 
 class TriggerSettings(_Strict):
-    """DESIGN section 9: when retrains start by themselves."""
+    """When retrains start by themselves."""
 
     weekly_cron: str = "0 3 * * 1"
     monthly_cron: str = "0 4 1 * *"
@@ -284,7 +302,7 @@ SEGMENT_FIELDS = ("variant", "model_version", "entity_id", "environment", "ml_en
 
 
 class AnalyticsSettings(_Strict):
-    """DESIGN section 13: feedback statistics and A/B comparisons."""
+    """Feedback statistics and A/B comparisons."""
 
     since_days: int = Field(default=90, ge=1, le=36500, description="how far back stats look")
     segments: list[Literal[SEGMENT_FIELDS]] = Field(
@@ -318,7 +336,7 @@ class PolicyMinimums(_Strict):
 
 
 class ServingSettings(_Strict):
-    """DESIGN section 13: how the serving policy is learned from feedback and applied."""
+    """How the serving policy is learned from feedback and applied."""
 
     mode: Literal["dry_run", "apply"] = Field(
         default="dry_run",
@@ -337,7 +355,7 @@ class ServingSettings(_Strict):
 
 
 class MonitoringSettings(_Strict):
-    """DESIGN section 14: drift, live performance and serving health, and when they retrain."""
+    """Drift, live performance and serving health, and when they retrain."""
 
     reference_days: int = Field(
         default=28, ge=1, le=3650,

@@ -1,4 +1,4 @@
-"""A/B comparison of two variants or two model versions on one feedback metric (DESIGN 13).
+"""A/B comparison of two variants or two model versions on one feedback metric.
 
 Rates (accept, FP, win) get statsmodels' two-proportion z-test, an interval for the difference
 and Cohen's h; means (return, rating) get scipy's Welch t-test and Cohen's d. Power is for the

@@ -1,4 +1,4 @@
-"""What the feedback says, per week, environment, model version and variant (DESIGN section 13).
+"""What the feedback says, per week, environment, model version and variant.
 
 Everything is set-based DuckDB SQL over one relation, ``prediction_feedback``: one row per
 prediction with its final human signal, its label (the label policy, every environment), its

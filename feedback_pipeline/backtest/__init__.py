@@ -1,1 +1,1 @@
-"""Replay of the retraining policy over history, with its baselines (DESIGN section 12)."""
+"""Replay of the retraining policy over history, with its baselines."""

@@ -516,7 +516,7 @@ def summarize(con: duckdb.DuckDBPyConnection, run_id: str, settings: Settings) -
 def record_period_metrics(
     con: duckdb.DuckDBPyConnection, run_id: str, periods: pd.DataFrame
 ) -> None:
-    """Each period's accuracy, log loss, AUC and FP rate into ``backtest.periods`` (DESIGN 12),
+    """Each period's accuracy, log loss, AUC and FP rate into ``backtest.periods``,
     on the labels known now; a later summary, with more labels, overwrites them."""
     metrics = periods[["policy", "period_start", "accuracy", "log_loss", "auc", "fp_rate"]]
     with transaction(con):

@@ -18,7 +18,7 @@ from feedback_pipeline.warehouse import connection as warehouse
 
 
 class WarehouseResource(dg.ConfigurableResource):
-    """The DuckDB warehouse file (DESIGN section 3: ``$DATA_DIR/warehouse.duckdb``)."""
+    """The DuckDB warehouse file (``$DATA_DIR/warehouse.duckdb``)."""
 
     path: str
 

@@ -1,4 +1,4 @@
-"""Weekly retrain, monthly full retrain (DESIGN section 9), daily analytics (section 13) and
+"""Weekly retrain, monthly full retrain, daily analytics (section 13) and
 monitoring (section 14); crons come from settings."""
 
 from __future__ import annotations

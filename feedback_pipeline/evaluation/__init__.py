@@ -1,1 +1,1 @@
-"""Holdout metrics, bootstrap deltas, plots and the typed evaluation report (DESIGN section 8)."""
+"""Holdout metrics, bootstrap deltas, plots and the typed evaluation report."""

@@ -1,4 +1,4 @@
-"""Holdout metrics and bootstrap confidence intervals (DESIGN section 8), vectorised numpy."""
+"""Holdout metrics and bootstrap confidence intervals, vectorised numpy."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The evaluation report: challengers and the current champion on the same holdout, the gate's
-decision, logged to MLflow (DESIGN section 8). A typed object, never edited after it is made."""
+decision, logged to MLflow. A typed object, never edited after it is made."""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""Feedback events -> one label per prediction, point in time (DESIGN section 5)."""
+"""Feedback events -> one label per prediction, point in time."""

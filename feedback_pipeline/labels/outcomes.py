@@ -1,4 +1,4 @@
-"""Turn feedback events into one label per prediction (DESIGN section 5), point in time.
+"""Turn feedback events into one label per prediction, point in time.
 
 The policy is data (``LabelingSettings.policy``): each signal (a trade outcome or a human event
 type) maps to a label, a strength and a source. Resolution per prediction:

@@ -1,1 +1,1 @@
-"""What decides that a retrain is due: new labels, new landing files (DESIGN section 9)."""
+"""What decides that a retrain is due: new labels, new landing files."""

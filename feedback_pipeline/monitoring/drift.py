@@ -1,5 +1,4 @@
-"""Drift and live performance of what was served, against the champion's reference period
-(DESIGN section 14).
+"""Drift and live performance of what was served, against the champion's reference period.
 
 The reference is the last ``monitoring.reference_days`` of the champion's training window (up to
 its ``as_of``): what the model learned from most recently. Recent predictions are compared with

@@ -1,4 +1,4 @@
-"""Live performance of served predictions and the health of the server (DESIGN section 14).
+"""Live performance of served predictions and the health of the server.
 
 Both are set-based DuckDB SQL: matured labels of recent predictions per week and the
 ``model_version`` that served them; the server's request log (``DATA/serving/requests-*.jsonl``,

@@ -1,5 +1,5 @@
 """Moving the ``champion`` alias: the gate's decision, a rollback or a forced promotion, each
-written to the ledger (DESIGN section 8). The one place that moves aliases."""
+written to the ledger. The one place that moves aliases."""
 
 from __future__ import annotations
 

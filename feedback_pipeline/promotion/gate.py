@@ -1,4 +1,4 @@
-"""The promotion gate (DESIGN section 8) as a pure function of metrics and policy data."""
+"""The promotion gate as a pure function of metrics and policy data."""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""MLflow: logging, registering, aliases and the serving model (DESIGN section 7)."""
+"""MLflow: logging, registering, aliases and the serving model."""

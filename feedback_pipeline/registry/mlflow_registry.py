@@ -1,4 +1,4 @@
-"""MLflow: every challenger is a run and a version of ``feedback_model`` (DESIGN section 7).
+"""MLflow: every challenger is a run and a version of ``feedback_model``.
 
 Models are logged as a small pyfunc that returns the probability that a prediction is good, so
 every family loads and predicts the same way: ``models:/feedback_model@champion``. The pyfunc is

@@ -1,4 +1,4 @@
-"""The serving policy's stages, learned from matured feedback (DESIGN section 13).
+"""The serving policy's stages, learned from matured feedback.
 
 Rows are out-of-sample scores of the champion's procedure, in time order, cut in three: the
 stages fit on the first half (recalibration, learned rule weights, the blend weight), the

@@ -10,7 +10,7 @@ The world: a deployed model scores items with 8 numeric features. Whether a pred
 trades close days later as win, loss or breakeven. An automatic labeler provides weak baseline
 labels: it sees only the market features, and 25% of its labels are flipped. Late predictions
 land three days after their feedback (orphans until then). A small rate of bad records of every
-kind in DESIGN section 4 is mixed in.
+kind the data contract (``ingest/contract.py``) rejects is mixed in.
 """
 
 from __future__ import annotations

@@ -28,7 +28,15 @@ from feedback_pipeline.training.dataset import (
     split_counts,
     training_set_table,
 )
-from feedback_pipeline.training.families import HALF_LIFE, dask_client, fit, train_family
+from feedback_pipeline.training.families import (
+    FAMILIES,
+    HALF_LIFE,
+    dask_client,
+    family_named,
+    family_params,
+    fit,
+    train_family,
+)
 from feedback_pipeline.vocabulary import BASELINE_SOURCE
 from feedback_pipeline.warehouse.summaries import markdown
 
@@ -125,6 +133,14 @@ def train_challengers(
     ``info``: the training set this run built (its rows are read by its hash, never whatever
     another run built since); None: the newest set. ``half_life_search``: whether this round
     searches the half-lives (None: when it searches hyperparameters, a full retrain)."""
+    for family in families:
+        family_named(family)  # an unknown name fails before any data is read
+    for name in settings.models.hyperparameters.extra_families():
+        if name not in FAMILIES:  # a misspelled family in models.hyperparameters names itself
+            raise ValueError(
+                f"models.hyperparameters.{name}: no model family of that name is registered "
+                f"({', '.join(sorted(FAMILIES))})"
+            )
     info = info if info is not None else load_info(con)
     data = TrainingData(
         info,
@@ -216,7 +232,7 @@ def _train_and_register(
     progress(f"training {family} on {len(data.train):,} rows ({budget} candidate(s))")
     fitted = train_family(
         family,
-        settings.models.hyperparameters.for_family(family),
+        family_params(family, settings.models.hyperparameters.for_family(family)),
         data.train,
         data.validation,
         settings.models.seed,

@@ -1,4 +1,4 @@
-"""The blended, time-split training set (DESIGN section 6), built in DuckDB SQL.
+"""The blended, time-split training set, built in DuckDB SQL.
 
 Feedback-labeled predictions weigh ``outcome_weight x strength``; baseline examples weigh 1.0.
 Splits are time-ordered: ``train`` < ``validation`` < ``holdout``. The holdout is the most recent

@@ -1,10 +1,10 @@
-"""Challenger model families (DESIGN section 7): build, fit with sample weights, search."""
+"""Challenger model families: build, fit with sample weights, search."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -21,43 +21,97 @@ from feedback_pipeline.training.dataset import Split
 
 HALF_LIFE = "half_life_days"
 
-# A full retrain's search draws candidates from these ranges (deterministic by seed).
-SEARCH_SPACE: dict[str, dict[str, list[Any]]] = {
-    "xgboost": {
-        "max_depth": [2, 3, 4, 6],
-        "learning_rate": [0.03, 0.05, 0.1, 0.2],
-        "n_estimators": [100, 200, 400],
-        "min_child_weight": [1.0, 5.0, 10.0],
-    },
-    "logistic_regression": {"C": [0.01, 0.1, 1.0, 10.0]},
-    "random_forest": {"max_depth": [4, 8, 12], "min_samples_leaf": [2, 5, 20]},
-}
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """One model family: how its estimator is built from hyperparameters and a seed, its default
+    hyperparameters, and the ranges a full retrain's search draws from. The estimator must take
+    ``fit(X, y, sample_weight=...)`` (a scikit-learn ``Pipeline`` routes the weights to its last
+    step) and ``predict_proba``; features arrive as float64 with NaN for missing values."""
+
+    name: str
+    build: Callable[[dict[str, Any], int], Any]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    search_space: dict[str, list[Any]] = field(default_factory=dict)
+
+
+FAMILIES: dict[str, ModelFamily] = {}
+
+
+def register_family(family: ModelFamily) -> ModelFamily:
+    """Make ``family`` selectable by name in ``models.families``."""
+    FAMILIES[family.name] = family
+    return family
+
+
+def family_named(name: str) -> ModelFamily:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ValueError(
+            f"models.families: unknown family {name!r}; registered: {', '.join(sorted(FAMILIES))} "
+            "(a new one is registered with feedback_pipeline.training.families.register_family)"
+        ) from None
+
+
+def _xgboost(params: dict[str, Any], seed: int) -> XGBClassifier:
+    return XGBClassifier(
+        tree_method="hist", n_jobs=2, random_state=seed, eval_metric="logloss", **params
+    )
+
+
+def _logistic_regression(params: dict[str, Any], seed: int) -> Pipeline:
+    return Pipeline(
+        [
+            ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+            ("scale", StandardScaler()),
+            ("model", LogisticRegression(max_iter=2000, random_state=seed, **params)),
+        ]
+    )
+
+
+def _random_forest(params: dict[str, Any], seed: int) -> Pipeline:
+    return Pipeline(
+        [
+            ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+            ("model", RandomForestClassifier(n_jobs=2, random_state=seed, **params)),
+        ]
+    )
+
+
+# The built-in families; their default hyperparameters are typed settings
+# (``models.hyperparameters.<family>``), so a misspelled one names the field.
+for builtin in (
+    ModelFamily(
+        "xgboost",
+        _xgboost,
+        search_space={
+            "max_depth": [2, 3, 4, 6],
+            "learning_rate": [0.03, 0.05, 0.1, 0.2],
+            "n_estimators": [100, 200, 400],
+            "min_child_weight": [1.0, 5.0, 10.0],
+        },
+    ),
+    ModelFamily(
+        "logistic_regression", _logistic_regression, search_space={"C": [0.01, 0.1, 1.0, 10.0]}
+    ),
+    ModelFamily(
+        "random_forest",
+        _random_forest,
+        search_space={"max_depth": [4, 8, 12], "min_samples_leaf": [2, 5, 20]},
+    ),
+):
+    register_family(builtin)
+
+
+def family_params(family: str, settings_params: dict[str, Any]) -> dict[str, Any]:
+    """A family's hyperparameters: its defaults, overridden by ``models.hyperparameters``."""
+    return {**family_named(family).defaults, **settings_params}
 
 
 def build_estimator(family: str, params: dict[str, Any], seed: int):
     """An unfitted estimator; scikit-learn families impute missing features first."""
-    if family == "xgboost":
-        return XGBClassifier(
-            tree_method="hist", n_jobs=2, random_state=seed, eval_metric="logloss", **params
-        )
-    if family == "logistic_regression":
-        model = LogisticRegression(max_iter=2000, random_state=seed, **params)
-        return Pipeline(
-            [
-                ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
-                ("scale", StandardScaler()),
-                ("model", model),
-            ]
-        )
-    if family == "random_forest":
-        model = RandomForestClassifier(n_jobs=2, random_state=seed, **params)
-        return Pipeline(
-            [
-                ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
-                ("model", model),
-            ]
-        )
-    raise ValueError(f"models.families: unknown family {family!r}")
+    return family_named(family).build(params, seed)
 
 
 @contextmanager
@@ -120,7 +174,8 @@ def fit(family: str, params: dict[str, Any], train: Split, seed: int, client: An
         return fit_xgboost_on_dask(params, replace(train, weight=weight), seed, client)
     estimator = build_estimator(family, params, seed)
     if isinstance(estimator, Pipeline):
-        estimator.fit(train.X, train.y, model__sample_weight=weight)
+        last_step = estimator.steps[-1][0]
+        estimator.fit(train.X, train.y, **{f"{last_step}__sample_weight": weight})
     else:
         estimator.fit(train.X, train.y, sample_weight=weight)
     return estimator
@@ -135,7 +190,7 @@ def search_candidates(
 ) -> list[dict[str, Any]]:
     """The base parameters plus ``budget - 1`` random draws from the family's search space."""
     rng = np.random.default_rng([seed, len(family)])
-    space = SEARCH_SPACE.get(family, {})
+    space = family_named(family).search_space
     candidates = [dict(base)]
     for _ in range(budget - 1):
         draw = {k: values[int(rng.integers(len(values)))] for k, values in space.items()}

@@ -1,6 +1,6 @@
 """The DuckDB warehouse: one file, schemas ``raw``, ``labeled``, ``training``, ``ops``.
 
-DESIGN section 4. Timestamps are stored as naive ``TIMESTAMP`` in UTC; features as
+Timestamps are stored as naive ``TIMESTAMP`` in UTC; features as
 validated, minified JSON objects (name -> number or null) that set-based SQL reaches with
 ``json_extract(features, [...])`` or a STRUCT cast (a MAP column costs 3x the ingest time).
 """

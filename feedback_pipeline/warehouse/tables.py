@@ -1,4 +1,4 @@
-"""Every warehouse table name, defined once (DESIGN section 4)."""
+"""Every warehouse table name, defined once."""
 
 from __future__ import annotations
 

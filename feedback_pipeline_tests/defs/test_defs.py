@@ -1,4 +1,4 @@
-"""The Definitions load and hold what DESIGN and the README promise."""
+"""The Definitions load and hold what the README promises."""
 
 from __future__ import annotations
 

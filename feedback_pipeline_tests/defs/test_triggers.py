@@ -1,5 +1,5 @@
 """Schedules and sensors evaluated with build_*_context on a real instance, warehouse and
-MLflow registry (DESIGN section 9)."""
+MLflow registry."""
 
 from __future__ import annotations
 

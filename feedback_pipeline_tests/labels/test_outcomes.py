@@ -1,4 +1,4 @@
-"""The label policy (DESIGN section 5), table-driven, on a real DuckDB file."""
+"""The label policy, table-driven, on a real DuckDB file."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The promotion gate (DESIGN section 8), table-driven."""
+"""The promotion gate, table-driven."""
 
 from __future__ import annotations
 

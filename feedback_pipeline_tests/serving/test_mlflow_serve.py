@@ -1,5 +1,5 @@
 """``mlflow models serve`` on ``models:/feedback_model@champion``: the champion is an ordinary
-MLflow model, so MLflow's own scoring server serves the policy columns too (DESIGN 14)."""
+MLflow model, so MLflow's own scoring server serves the policy columns too."""
 
 from __future__ import annotations
 

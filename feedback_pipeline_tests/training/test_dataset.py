@@ -1,4 +1,4 @@
-"""The blended training set (DESIGN section 6): weights, splits, point in time, hash."""
+"""The blended training set: weights, splits, point in time, hash."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Point in time: a training set as of T is the same whether the warehouse holds only what was
-known at T or everything that arrived later too (DESIGN sections 5-6)."""
+known at T or everything that arrived later too."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Feedback analytics and the serving policy (DESIGN section 13)."""
+"""Feedback analytics and the serving policy."""
 
 import dagster as dg
 import numpy as np

@@ -1,4 +1,4 @@
-"""The backtest as an asset: replay the retraining policy with its baselines (DESIGN 12)."""
+"""The backtest as an asset: replay the retraining policy with its baselines."""
 
 from datetime import timedelta
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Stages 5-6: the evaluation report and the champion (DESIGN section 8)."""
+"""Stages 5-6: the evaluation report and the champion."""
 
 import dagster as dg
 

@@ -1,4 +1,4 @@
-"""Stage 1: landing files -> `raw.*` tables (DESIGN section 4)."""
+"""Stage 1: landing files -> `raw.*` tables."""
 
 import dagster as dg
 import pandas as pd

@@ -1,4 +1,4 @@
-"""Stage 2: feedback events -> one label per prediction (DESIGN section 5)."""
+"""Stage 2: feedback events -> one label per prediction."""
 
 import dagster as dg
 

@@ -1,4 +1,4 @@
-"""Monitoring: feature drift, live performance and serving health (DESIGN section 14), each
+"""Monitoring: feature drift, live performance and serving health, each
 with a WARN check the UI shows when it is out of bounds."""
 
 from datetime import timedelta

@@ -1,4 +1,4 @@
-"""Stages 3-4: the blended training set and the challengers (DESIGN sections 6-7)."""
+"""Stages 3-4: the blended training set and the challengers."""
 
 import dagster as dg
 
