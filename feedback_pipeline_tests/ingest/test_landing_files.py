@@ -10,6 +10,7 @@ import duckdb
 import pytest
 
 from feedback_pipeline.ingest import landing_files as ingestion
+from feedback_pipeline.ingest import readers
 from feedback_pipeline.ingest.contract import KINDS
 from feedback_pipeline.ingest.landing_files import ingest_file, ingest_kind
 from feedback_pipeline.warehouse import summaries as reporting
@@ -183,7 +184,7 @@ def test_csv_line_numbers_fall_back_to_one_record_per_line_after_a_stray_quote(
         + b"e2,p2,accept,2026-01-05T10:00:00Z,ok\r\n"
         + b"e3,p3\r\n"
     )
-    lines, _ = ingestion.csv_records(body)
+    lines, _ = readers.csv_records(body)
     assert list(lines) == [1, 2]  # by quotes alone, e1 would swallow the lines after it
     path = write_landing("feedback", "stray.csv", body)
     result = ingest_file(con, landing, path, KINDS["feedback"])
@@ -332,13 +333,13 @@ def test_orphan_feedback_is_kept_and_counted_until_its_prediction_lands(
 
 
 def test_split_lines_numbers_every_line_and_skips_blank_ones():
-    table = ingestion.split_lines(b"a\n\nb\r\n\r\nc")
+    table = readers.split_lines(b"a\n\nb\r\n\r\nc")
     assert table.column("line_no").to_pylist() == [1, 3, 5]
     assert table.column("line").to_pylist() == [b"a\n", b"b\r\n", b"c"]
-    assert ingestion.split_lines(b"").num_rows == 0
-    assert ingestion.split_lines(b"\xef\xbb\xbfx\n").column("line").to_pylist() == [b"x\n"]
+    assert readers.split_lines(b"").num_rows == 0
+    assert readers.split_lines(b"\xef\xbb\xbfx\n").column("line").to_pylist() == [b"x\n"]
     # A last line without a newline that starts with a CR is a record, not a blank line.
-    assert ingestion.split_lines(b"a\n\r5").column("line").to_pylist() == [b"a\n", b"\r5"]
+    assert readers.split_lines(b"a\n\r5").column("line").to_pylist() == [b"a\n", b"\r5"]
 
 
 def test_repeated_ids_are_detected(con, landing, write_landing):
