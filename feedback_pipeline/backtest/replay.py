@@ -13,26 +13,32 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
 
 from feedback_pipeline.backtest.replay_registry import ReplayRegistry
-from feedback_pipeline.evaluation.metrics import mcnemar_exact
-from feedback_pipeline.evaluation.report import evaluate
+from feedback_pipeline.backtest.summary import (
+    NO_RETRAIN,
+    POLICY,
+    REFIT_EVERYTHING,
+    RETRAIN_ALWAYS,
+    BacktestSummary,
+    accuracy_plot,
+    log_summary,
+    summarize,
+)
 from feedback_pipeline.ingest.contract import KINDS
 from feedback_pipeline.ingest.landing_files import ingest_kind
 from feedback_pipeline.labels.outcomes import build_labeled_outcomes
-from feedback_pipeline.promotion.apply import apply_decision
+from feedback_pipeline.progress import Progress, quiet
 from feedback_pipeline.registry.mlflow_registry import CHALLENGER, CHAMPION, MODEL_NAME, Registry
+from feedback_pipeline.retrain import retrain_on, training_set_as_of
 from feedback_pipeline.settings import Settings, with_overrides
-from feedback_pipeline.training.challengers import train_challengers
 from feedback_pipeline.training.dataset import (
     Split,
     TrainingSetError,
@@ -50,14 +56,8 @@ from feedback_pipeline.warehouse.tables import (
     RAW_PREDICTIONS,
 )
 
-Progress = Callable[[str], None]
-
-POLICY = "policy"
-RETRAIN_ALWAYS = "retrain_always"
-NO_RETRAIN = "no_retrain"
-REFIT_EVERYTHING = "refit_everything"
-POLICIES = (POLICY, NO_RETRAIN, RETRAIN_ALWAYS, REFIT_EVERYTHING)
 EXPERIMENT = "feedback_pipeline_backtest"
+WARM_UP = timedelta(days=28)
 
 # what a period's row says when it is written (its metrics come later, with the labels)
 PERIOD_COLUMNS = (
@@ -108,29 +108,6 @@ class BacktestPlan:
     def periods(self) -> list[tuple[datetime, datetime]]:
         starts = pd.date_range(self.start, self.end, freq=self.every, inclusive="left")
         return [(s.to_pydatetime(), min(s.to_pydatetime() + self.every, self.end)) for s in starts]
-
-
-@dataclass
-class BacktestSummary:
-    backtest_id: str
-    overall: pd.DataFrame  # one row per policy: rows, accuracy, log loss, AUC, FP rate
-    periods: pd.DataFrame  # one row per policy and period
-    # one row per baseline: the policy against it on the same predictions (McNemar)
-    paired: pd.DataFrame = field(default_factory=pd.DataFrame)
-    plot_path: Path | None = None
-    notes: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return {
-            "backtest_id": self.backtest_id,
-            "overall": self.overall.to_dict(orient="records"),
-            "policy_vs_baselines": self.paired.to_dict(orient="records"),
-            "periods": len(self.periods),
-            "plot": str(self.plot_path) if self.plot_path else None,
-        }
-
-
-WARM_UP = timedelta(days=28)
 
 
 def default_start(con: duckdb.DuckDBPyConnection) -> datetime:
@@ -280,7 +257,6 @@ def run_backtest(
         f"backtest {run_id}: {len(periods)} periods of {plan.every} from {plan.start} to "
         f"{plan.end}; {len(finished)} already done"
     )
-    quiet: Progress = lambda message: None  # noqa: E731
     for index, (start, end) in enumerate(periods, 1):
         if start in finished:
             continue
@@ -299,7 +275,7 @@ def run_backtest(
         labels_seconds = time.perf_counter() - began  # every policy, the baseline too, reads them
         try:
             features = discover_features(con, settings.features)
-            shared = build_training_set(con, settings.training, features, start).info
+            shared = build_training_set(con, settings.training, features, start)
         except TrainingSetError as error:
             unusable = f"no retrain: {error}"
         shared_seconds = time.perf_counter() - began
@@ -309,25 +285,22 @@ def run_backtest(
             promoted, reason = False, unusable or ""
             if unusable is None:
                 try:
-                    quarantined = quarantined_weeks(con, registry.model_name, start)
-                    info = (
-                        build_training_set(con, policy.training, features, start, quarantined).info
-                        if quarantined
+                    own = quarantined_weeks(con, registry.model_name, start)
+                    built = (
+                        training_set_as_of(con, policy, start, registry.model_name, labels=False)
+                        if own
                         else shared
-                    )
-                    round_ = train_challengers(
+                    ).info
+                    change = retrain_on(
                         con,
                         registry,
                         policy,
-                        list(policy.models.families),
-                        False,
-                        {"trigger": "backtest", "backtest_id": run_id},
-                        quiet,
-                        info,
+                        built,
+                        "backtest",
                         half_life_search=monthly,
-                    )
-                    report = evaluate(con, registry, round_, policy.gate, policy.models.seed, quiet)
-                    change = apply_decision(con, registry, report, "backtest", None, policy, quiet)
+                        tags={"backtest_id": run_id},
+                        progress=quiet,
+                    ).change
                     promoted, reason = change.promoted, change.reason
                 except ValueError as error:  # e.g. a single class in train
                     reason = f"no retrain: {error}"
@@ -466,119 +439,6 @@ def score_no_retrain(
         )
 
 
-def summarize(con: duckdb.DuckDBPyConnection, run_id: str, settings: Settings) -> BacktestSummary:
-    """Prequential metrics per policy and per period, against the labels that arrived."""
-    build_labeled_outcomes(con, settings.labeling, datetime(9999, 1, 1))
-    scored = con.execute(
-        f"""
-        SELECT p.policy, p.period_start, p.prediction_id, l.label, p.probability
-        FROM {BACKTEST_PREDICTIONS} p JOIN {LABELED_OUTCOMES} l USING (prediction_id)
-        WHERE p.backtest_id = ?
-        """,
-        [run_id],
-    ).df()
-    threshold = settings.gate.threshold
-    scored["probability"] = scored["probability"].clip(1e-7, 1 - 1e-7)
-    scored["correct"] = (scored["probability"] >= threshold).astype(int) == scored["label"]
-    scored["log_loss"] = -(
-        scored["label"] * np.log(scored["probability"])
-        + (1 - scored["label"]) * np.log(1 - scored["probability"])
-    )
-    scored["false_positive"] = (scored["probability"] >= threshold) & (scored["label"] == 0)
-    scored["negative"] = scored["label"] == 0
-
-    def metrics(group: pd.DataFrame) -> pd.Series:
-        two = group["label"].nunique() == 2
-        return pd.Series(
-            {
-                "rows": len(group),
-                "accuracy": group["correct"].mean(),
-                "log_loss": group["log_loss"].mean(),
-                "auc": roc_auc_score(group["label"], group["probability"]) if two else np.nan,
-                "fp_rate": group["false_positive"].sum() / max(group["negative"].sum(), 1),
-            }
-        )
-
-    # Baselines are compared on the periods every policy scored (a fair, common set of rows).
-    common = (
-        scored.groupby("period_start")["policy"].transform("nunique") == scored["policy"].nunique()
-    )
-    overall = scored[common].groupby("policy").apply(metrics, include_groups=False).reset_index()
-    order = {name: i for i, name in enumerate(POLICIES)}
-    overall = overall.sort_values("policy", key=lambda s: s.map(order)).reset_index(drop=True)
-    periods = scored.groupby(["policy", "period_start"]).apply(metrics, include_groups=False)
-    periods = periods.reset_index()
-    overall["rows"], periods["rows"] = overall["rows"].astype(int), periods["rows"].astype(int)
-    record_period_metrics(con, run_id, periods)
-    return BacktestSummary(run_id, overall, periods, policy_against_baselines(scored[common]))
-
-
-def record_period_metrics(
-    con: duckdb.DuckDBPyConnection, run_id: str, periods: pd.DataFrame
-) -> None:
-    """Each period's accuracy, log loss, AUC and FP rate into ``backtest.periods``,
-    on the labels known now; a later summary, with more labels, overwrites them."""
-    metrics = periods[["policy", "period_start", "accuracy", "log_loss", "auc", "fp_rate"]]
-    with transaction(con):
-        con.register("period_metrics", metrics)
-        con.execute(
-            f"""UPDATE {BACKTEST_PERIODS} AS b
-                SET accuracy = m.accuracy, log_loss = m.log_loss, auc = m.auc,
-                    fp_rate = m.fp_rate
-                FROM period_metrics m
-                WHERE b.backtest_id = ? AND b.policy = m.policy
-                  AND b.period_start = m.period_start""",
-            [run_id],
-        )
-        con.unregister("period_metrics")
-
-
-def policy_against_baselines(scored: pd.DataFrame) -> pd.DataFrame:
-    """The policy against each baseline on the same predictions: the accuracy difference, the
-    predictions only one of the two got right, and McNemar's exact p-value, so "ahead" can be
-    told apart from noise (two near-identical models differ on few rows)."""
-    right = scored.pivot(index="prediction_id", columns="policy", values="correct")
-    rows = []
-    for baseline in POLICIES[1:]:
-        if POLICY not in right or baseline not in right:
-            continue
-        both = right[[POLICY, baseline]].dropna().astype(bool)
-        only_policy, only_baseline, p_value = mcnemar_exact(both[POLICY], both[baseline])
-        rows.append(
-            {
-                "baseline": baseline,
-                "rows": len(both),
-                "accuracy_difference": (only_policy - only_baseline) / max(len(both), 1),
-                "only_policy_right": only_policy,
-                "only_baseline_right": only_baseline,
-                "mcnemar_p": p_value,
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def accuracy_plot(summary: BacktestSummary, path: Path) -> Path:
-    """Accuracy per period, one line per policy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, ax = plt.subplots(figsize=(9, 4))
-    for policy, group in summary.periods.groupby("policy"):
-        ax.plot(group["period_start"], group["accuracy"], label=policy, linewidth=1)
-    ax.set(
-        title=f"Prequential accuracy per period (backtest {summary.backtest_id})", ylabel="accuracy"
-    )
-    ax.legend(loc="lower left")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    summary.plot_path = path
-    return path
-
-
 def prepare_warehouse(
     con: duckdb.DuckDBPyConnection, source: Path | None, landing: Path | None, progress: Progress
 ) -> None:
@@ -605,38 +465,6 @@ def prepare_warehouse(
     progress(f"copied the raw tables of {source}")
 
 
-def log_summary(registry: Registry, summary: BacktestSummary, plan: BacktestPlan) -> str:
-    """One MLflow run in the backtest experiment: overall metrics per policy and the plot."""
-    import mlflow
-
-    with mlflow.start_run(
-        experiment_id=registry.experiment_id(), run_name=f"backtest-{summary.backtest_id}"
-    ) as run:
-        mlflow.log_params(
-            {
-                "start": str(plan.start),
-                "end": str(plan.end),
-                "every": str(plan.every),
-                "backtest_id": summary.backtest_id,
-            }
-        )
-        for row in summary.overall.itertuples():
-            mlflow.log_metrics(
-                {
-                    f"{row.policy}_{k}": float(getattr(row, k))
-                    for k in ("accuracy", "log_loss", "fp_rate", "auc")
-                    if np.isfinite(getattr(row, k))
-                }
-            )
-        for row in summary.paired.itertuples():
-            mlflow.log_metric(f"policy_vs_{row.baseline}_mcnemar_p", row.mcnemar_p)
-        mlflow.log_text(summary.overall.to_markdown(index=False), "backtest/summary.md")
-        mlflow.log_text(summary.paired.to_markdown(index=False), "backtest/policy_vs_baselines.md")
-        if summary.plot_path is not None:
-            mlflow.log_artifact(str(summary.plot_path), "backtest")
-        return run.info.run_id
-
-
 def backtest_into(
     out: Path,
     source: Path,
@@ -658,4 +486,4 @@ def backtest_into(
     finally:
         con.close()
     accuracy_plot(summary, out / f"backtest_{summary.backtest_id}.png")
-    return summary, log_summary(summary_registry, summary, plan)
+    return summary, log_summary(summary_registry, summary, plan.start, plan.end, plan.every)

@@ -4,7 +4,6 @@ decision, logged to MLflow. A typed object, never edited after it is made."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -19,6 +18,7 @@ from feedback_pipeline.evaluation.metrics import (
     paired_deltas,
 )
 from feedback_pipeline.evaluation.plots import close, holdout_figures
+from feedback_pipeline.progress import Progress
 from feedback_pipeline.promotion.gate import (
     Decision,
     decide,
@@ -39,8 +39,6 @@ from feedback_pipeline.training.dataset import (
 from feedback_pipeline.training.families import fit, predict_probability
 from feedback_pipeline.training.quarantine import ContradictingWeek, contradicting_weeks
 from feedback_pipeline.warehouse.summaries import markdown
-
-Progress = Callable[[str], None]
 
 
 class StaleChallengersError(ValueError):

@@ -9,11 +9,12 @@ from datetime import datetime
 import duckdb
 
 from feedback_pipeline.evaluation.report import EvaluationReport
+from feedback_pipeline.progress import Progress
 from feedback_pipeline.promotion import ledger
 from feedback_pipeline.promotion.lock import promotion_lock
 from feedback_pipeline.registry.mlflow_registry import CHALLENGER, CHAMPION, ModelRegistry
 from feedback_pipeline.settings import Settings
-from feedback_pipeline.training.challengers import Challenger, Progress, refit_candidate
+from feedback_pipeline.training.challengers import Challenger, refit_candidate
 from feedback_pipeline.training.quarantine import record_quarantine
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+from feedback_pipeline.progress import Progress
 from feedback_pipeline.registry.mlflow_registry import CHAMPION, ModelRegistry
 from feedback_pipeline.settings import Settings
 from feedback_pipeline.training.dataset import (
@@ -39,8 +39,6 @@ from feedback_pipeline.training.families import (
 )
 from feedback_pipeline.vocabulary import BASELINE_SOURCE
 from feedback_pipeline.warehouse.summaries import markdown
-
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)

@@ -10,17 +10,13 @@ from datetime import date, datetime, timedelta
 import numpy as np
 import pytest
 
-from feedback_pipeline.evaluation.report import evaluate
 from feedback_pipeline.ingest.landing_files import ingest_kind
-from feedback_pipeline.labels.outcomes import build_labeled_outcomes
-from feedback_pipeline.promotion.apply import apply_decision
+from feedback_pipeline.progress import quiet
 from feedback_pipeline.registry.mlflow_registry import CHAMPION, local_registry
+from feedback_pipeline.retrain import retrain as retrain_as_of
 from feedback_pipeline.settings import Settings, with_overrides
 from feedback_pipeline.simulator.feedback_stream import SimulationConfig, simulate
-from feedback_pipeline.training.challengers import train_challengers
 from feedback_pipeline.training.dataset import (
-    build_training_set,
-    discover_features,
     training_set_table,
 )
 from feedback_pipeline.training.quarantine import quarantined_weeks, week_starts
@@ -32,13 +28,8 @@ FLIPPED_FROM_DAY = 49  # a week of feedback that says the opposite of the truth
 
 def retrain(con, registry, settings: Settings, day: int):
     as_of = datetime.combine(START + timedelta(days=day), datetime.min.time())
-    build_labeled_outcomes(con, settings.labeling, as_of)
-    quarantined = quarantined_weeks(con, registry.model_name, as_of)
-    build_training_set(con, settings.training, discover_features(con, None), as_of, quarantined)
-    quiet = lambda message: None  # noqa: E731
-    round_ = train_challengers(con, registry, settings, ["xgboost"], False, {}, quiet)
-    report = evaluate(con, registry, round_, settings.gate, settings.models.seed, quiet)
-    return report, apply_decision(con, registry, report, "test", None, settings, quiet)
+    result = retrain_as_of(con, registry, settings, as_of, "test", quiet)
+    return result.report, result.change
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from feedback_pipeline.evaluation.metrics import classification_metrics
-from feedback_pipeline.evaluation.report import EvaluationReport, evaluate
-from feedback_pipeline.labels.outcomes import build_labeled_outcomes
-from feedback_pipeline.promotion.apply import apply_decision
+from feedback_pipeline.evaluation.report import EvaluationReport
+from feedback_pipeline.progress import quiet
 from feedback_pipeline.registry.mlflow_registry import CHALLENGER, CHAMPION, local_registry
+from feedback_pipeline.retrain import retrain as retrain_as_of_time
+from feedback_pipeline.retrain import retrain_on
 from feedback_pipeline.settings import Settings, TrainingSettings
-from feedback_pipeline.training.challengers import train_challengers
 from feedback_pipeline.training.dataset import (
     build_training_set,
     discover_features,
@@ -61,22 +61,16 @@ def test_feedback_beats_the_baseline_only_model_on_the_holdout(sim_con):
 def retrain(
     con, registry, trigger: str = "test", settings: Settings = SETTINGS
 ) -> EvaluationReport:
-    """The retrain graph without Dagster: challengers, evaluation, decision applied."""
-    challengers = train_challengers(
-        con, registry, settings, ["xgboost"], False, {"trigger": trigger}, progress=lambda m: None
-    )
-    report = evaluate(con, registry, challengers, settings.gate, 42, progress=lambda m: None)
-    apply_decision(con, registry, report, trigger, None, settings, progress=lambda m: None)
-    return report
+    """The retrain's steps 3-5 on the newest training set (which the test built or edited)."""
+    return retrain_on(con, registry, settings, load_info(con), trigger, progress=quiet).report
 
 
 def retrain_as_of(
     con, registry, features: list[str], as_of: datetime, settings: Settings = SETTINGS
 ) -> EvaluationReport:
-    """Labels and training set as of ``as_of``, then the retrain graph."""
-    build_labeled_outcomes(con, settings.labeling, as_of)
-    build_training_set(con, settings.training, features, as_of)
-    return retrain(con, registry, settings=settings)
+    """The whole retrain as of ``as_of``: labels, training set, then steps 3-5."""
+    assert features == discover_features(con, settings.features)
+    return retrain_as_of_time(con, registry, settings, as_of, "test", quiet).report
 
 
 def test_cold_start_promotes_then_shuffled_labels_are_refused(sim_con, simulated_dir):

@@ -9,13 +9,10 @@ from feedback_pipeline.registry.mlflow_registry import (
     MODEL_NAME,
     RegistryUnavailable,
 )
+from feedback_pipeline.retrain import training_set_as_of
+from feedback_pipeline.settings import with_overrides
 from feedback_pipeline.training.challengers import ChallengerRound, train_challengers
-from feedback_pipeline.training.dataset import (
-    TrainingSetError,
-    TrainingSetInfo,
-    build_training_set,
-    discover_features,
-)
+from feedback_pipeline.training.dataset import TrainingSetError, TrainingSetInfo
 from feedback_pipeline.training.quarantine import quarantined_weeks
 from feedback_pipeline.warehouse.summaries import markdown
 
@@ -34,19 +31,19 @@ def training_set(
     """Feedback rows weighted above weak baseline labels, time-split, stored under its content
     hash; what it hands on names that set, so a concurrent run never swaps it."""
     settings = run_context.settings()
-    training = settings.training
     if run_context.full_retrain:
-        training = training.model_copy(
-            update={"lookback_days": settings.full_retrain.lookback_days}
+        settings = with_overrides(
+            settings, {"training": {"lookback_days": settings.full_retrain.lookback_days}}
         )
+    training = settings.training
     as_of = run_context.as_of_datetime()
     with warehouse.connect() as con:
-        try:
-            features = discover_features(con, settings.features)
-            quarantined = quarantined_weeks(con, MODEL_NAME, as_of)
-            summary = build_training_set(con, training, features, as_of, quarantined)
+        try:  # the labels are the labeled_outcomes asset's: built as of the same time
+            summary = training_set_as_of(con, settings, as_of, MODEL_NAME, labels=False)
         except TrainingSetError as error:
             raise dg.Failure(description=str(error)) from None
+        quarantined = quarantined_weeks(con, MODEL_NAME, as_of)
+    features = summary.info.features
     info = summary.info
     context.log.info(f"training set as of {as_of}: {info.rows} rows, {len(features)} features")
     return dg.Output(
