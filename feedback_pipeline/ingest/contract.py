@@ -1,4 +1,4 @@
-"""The landing data contract (DESIGN section 4) as data, compiled to set-based DuckDB SQL.
+"""The landing data contract as data, compiled to set-based DuckDB SQL.
 
 Each record kind is a list of ``FieldSpec``; ``validation_sql`` turns it into one SELECT that
 types every field and yields, per record, either typed columns or the first broken rule as a

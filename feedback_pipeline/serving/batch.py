@@ -1,4 +1,4 @@
-"""Batch scoring of prediction files with the champion (DESIGN section 14): ``predict``.
+"""Batch scoring of prediction files with the champion: ``predict``.
 
 Input records are validated by the ingestion contract itself (the same SQL, the same reasons),
 with ``confidence`` and ``predicted_at`` optional since they are what is being produced. Valid

@@ -1,4 +1,4 @@
-"""Every rule of the data contract (DESIGN section 4), table-driven, on a real DuckDB file."""
+"""Every rule of the data contract, table-driven, on a real DuckDB file."""
 
 from __future__ import annotations
 

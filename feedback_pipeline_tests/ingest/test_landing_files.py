@@ -1,4 +1,4 @@
-"""Ingestion: exactly once, nothing lost, robust to broken files (DESIGN section 4)."""
+"""Ingestion: exactly once, nothing lost, robust to broken files."""
 
 from __future__ import annotations
 
