@@ -33,8 +33,8 @@ from feedback_pipeline.backtest.replay import (
     prepare_warehouse,
     refit_everything,
 )
-from feedback_pipeline.evaluation.metrics import mcnemar_exact, weighted_log_loss
 from feedback_pipeline.labels.outcomes import build_labeled_outcomes
+from feedback_pipeline.metrics import mcnemar_exact, weighted_log_loss
 from feedback_pipeline.settings import Settings
 from feedback_pipeline.training.challengers import REFIT_SPLITS
 from feedback_pipeline.training.dataset import (

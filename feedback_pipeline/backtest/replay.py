@@ -35,6 +35,7 @@ from feedback_pipeline.backtest.summary import (
 from feedback_pipeline.ingest.contract import KINDS
 from feedback_pipeline.ingest.landing_files import ingest_kind
 from feedback_pipeline.labels.outcomes import build_labeled_outcomes
+from feedback_pipeline.metrics import predict_probability
 from feedback_pipeline.progress import Progress, quiet
 from feedback_pipeline.registry.mlflow_registry import CHALLENGER, CHAMPION, MODEL_NAME, Registry
 from feedback_pipeline.retrain import retrain_on, training_set_as_of
@@ -45,7 +46,7 @@ from feedback_pipeline.training.dataset import (
     build_training_set,
     discover_features,
 )
-from feedback_pipeline.training.families import fit, predict_probability
+from feedback_pipeline.training.families import fit
 from feedback_pipeline.training.quarantine import quarantined_weeks
 from feedback_pipeline.warehouse.connection import connect, transaction
 from feedback_pipeline.warehouse.tables import (

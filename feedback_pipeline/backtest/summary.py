@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from feedback_pipeline.evaluation.metrics import mcnemar_exact
 from feedback_pipeline.labels.outcomes import build_labeled_outcomes
+from feedback_pipeline.metrics import mcnemar_exact
 from feedback_pipeline.registry.mlflow_registry import Registry
 from feedback_pipeline.settings import Settings
 from feedback_pipeline.warehouse.connection import transaction

@@ -12,12 +12,13 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from feedback_pipeline.evaluation.metrics import (
+from feedback_pipeline.evaluation.plots import close, holdout_figures
+from feedback_pipeline.metrics import (
     classification_metrics,
     majority_accuracy,
     paired_deltas,
+    predict_probability,
 )
-from feedback_pipeline.evaluation.plots import close, holdout_figures
 from feedback_pipeline.progress import Progress
 from feedback_pipeline.promotion.gate import (
     Decision,
@@ -36,7 +37,7 @@ from feedback_pipeline.training.dataset import (
     selection_sample,
     split_counts,
 )
-from feedback_pipeline.training.families import fit, predict_probability
+from feedback_pipeline.training.families import fit
 from feedback_pipeline.training.quarantine import ContradictingWeek, contradicting_weeks
 from feedback_pipeline.warehouse.summaries import markdown
 

@@ -29,6 +29,7 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.utils import requirements_utils
 from xgboost import XGBClassifier
 
+from feedback_pipeline.metrics import predict_probability
 from feedback_pipeline.registry.served_policy import (
     POLICY_ARTIFACT,
     POLICY_RUN_TAG,
@@ -37,7 +38,6 @@ from feedback_pipeline.registry.served_policy import (
     serve,
 )
 from feedback_pipeline.settings import MlflowSettings, SettingsError, load_settings
-from feedback_pipeline.training.families import predict_probability
 
 MODEL_NAME = "feedback_model"
 EXPERIMENT = "feedback_pipeline"

@@ -23,7 +23,7 @@ from sklearn.metrics import confusion_matrix_at_thresholds, log_loss
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from feedback_pipeline.evaluation.metrics import calibration_error
+from feedback_pipeline.metrics import calibration_error
 from feedback_pipeline.registry.served_policy import rule_score, serve
 from feedback_pipeline.settings import ServingSettings
 

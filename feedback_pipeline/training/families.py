@@ -8,7 +8,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
@@ -16,7 +15,11 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from xgboost import XGBClassifier
 
-from feedback_pipeline.evaluation.metrics import classification_metrics, weighted_log_loss
+from feedback_pipeline.metrics import (
+    classification_metrics,
+    predict_probability,
+    weighted_log_loss,
+)
 from feedback_pipeline.training.dataset import Split
 
 HALF_LIFE = "half_life_days"
@@ -179,10 +182,6 @@ def fit(family: str, params: dict[str, Any], train: Split, seed: int, client: An
     else:
         estimator.fit(train.X, train.y, sample_weight=weight)
     return estimator
-
-
-def predict_probability(estimator, X: pd.DataFrame) -> np.ndarray:
-    return estimator.predict_proba(X)[:, 1]
 
 
 def search_candidates(

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import confusion_matrix
 
-from feedback_pipeline.evaluation.metrics import calibration_error
+from feedback_pipeline.metrics import calibration_error
 from feedback_pipeline.registry.served_policy import calibrate, default_policy, serve
 from feedback_pipeline.serving.stages import (
     PolicyRows,

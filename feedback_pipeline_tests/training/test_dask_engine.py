@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from distributed import Client, LocalCluster
 
-from feedback_pipeline.evaluation.metrics import classification_metrics
+from feedback_pipeline.metrics import classification_metrics, predict_probability
 from feedback_pipeline.registry.mlflow_registry import local_registry
 from feedback_pipeline.settings import Settings, parse_settings
 from feedback_pipeline.training.challengers import train_challengers
@@ -17,7 +17,7 @@ from feedback_pipeline.training.dataset import (
     load_info,
     load_split,
 )
-from feedback_pipeline.training.families import fit, predict_probability
+from feedback_pipeline.training.families import fit
 from feedback_pipeline.warehouse import connection as warehouse
 from feedback_pipeline_tests.conftest import SIMULATED_AS_OF
 

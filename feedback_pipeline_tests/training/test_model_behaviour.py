@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from feedback_pipeline.evaluation.metrics import classification_metrics
 from feedback_pipeline.evaluation.report import EvaluationReport
+from feedback_pipeline.metrics import classification_metrics, predict_probability
 from feedback_pipeline.progress import quiet
 from feedback_pipeline.registry.mlflow_registry import CHALLENGER, CHAMPION, local_registry
 from feedback_pipeline.retrain import retrain as retrain_as_of_time
@@ -23,7 +23,7 @@ from feedback_pipeline.training.dataset import (
     selection_sample,
     training_set_table,
 )
-from feedback_pipeline.training.families import fit, predict_probability, train_family
+from feedback_pipeline.training.families import fit, train_family
 from feedback_pipeline.warehouse import connection as warehouse
 from feedback_pipeline.warehouse.tables import TRAINING_SET
 from feedback_pipeline_tests.conftest import SIMULATED_AS_OF

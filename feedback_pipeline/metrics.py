@@ -1,4 +1,6 @@
-"""Holdout metrics and bootstrap confidence intervals, vectorised numpy."""
+"""Holdout metrics and bootstrap confidence intervals, vectorised numpy, and the positive-class
+probability they score. A leaf: training, evaluation, the registry, serving and the backtest all
+use it, and it imports none of them."""
 
 from __future__ import annotations
 
@@ -18,6 +20,11 @@ METRICS = (
     "fp_rate",
 )
 DELTA_METRICS = ("accuracy", "f1_weighted", "roc_auc")
+
+
+def predict_probability(estimator, X) -> np.ndarray:
+    """The positive class's probability from a fitted classifier (``predict_proba``'s column 1)."""
+    return estimator.predict_proba(X)[:, 1]
 
 
 def calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:

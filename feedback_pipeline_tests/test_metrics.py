@@ -6,7 +6,7 @@ import numpy as np
 from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
-from feedback_pipeline.evaluation.metrics import (
+from feedback_pipeline.metrics import (
     _bootstrap_metric,
     calibration_error,
     classification_metrics,
