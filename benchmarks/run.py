@@ -31,7 +31,6 @@ from feedback_pipeline.backtest.replay import BacktestPlan, backtest_into
 from feedback_pipeline.defs.definitions import build_defs
 from feedback_pipeline.defs.resources import local_resources
 from feedback_pipeline.defs.run_context import run_context_config
-from feedback_pipeline.ingest.contract import KINDS, SQL_TYPES
 from feedback_pipeline.labels.outcomes import build_labeled_outcomes
 from feedback_pipeline.monitoring.triggers import count_new_labels
 from feedback_pipeline.registry.mlflow_registry import local_registry
@@ -45,6 +44,7 @@ from feedback_pipeline.training.dataset import (
 )
 from feedback_pipeline.training.families import build_estimator
 from feedback_pipeline.warehouse import connection as warehouse
+from feedback_pipeline.warehouse.schema import KINDS, SQL_TYPES
 
 RESULTS = Path(__file__).parent / "results"
 INGEST_STEPS = ("raw_predictions", "raw_feedback_events", "baseline_examples")

@@ -32,7 +32,6 @@ from feedback_pipeline.backtest.summary import (
     log_summary,
     summarize,
 )
-from feedback_pipeline.ingest.contract import KINDS
 from feedback_pipeline.ingest.landing_files import ingest_kind
 from feedback_pipeline.labels.outcomes import build_labeled_outcomes
 from feedback_pipeline.metrics import predict_probability
@@ -49,6 +48,7 @@ from feedback_pipeline.training.dataset import (
 from feedback_pipeline.training.families import fit
 from feedback_pipeline.training.quarantine import quarantined_weeks
 from feedback_pipeline.warehouse.connection import connect, transaction
+from feedback_pipeline.warehouse.schema import KINDS
 from feedback_pipeline.warehouse.tables import (
     BACKTEST_PERIODS,
     BACKTEST_PREDICTIONS,
@@ -65,33 +65,6 @@ PERIOD_COLUMNS = (
     "(backtest_id, policy, period_start, period_end, champion_version, promoted, reason, rows, "
     "seconds, recorded_at)"
 )
-DDL = f"""
-CREATE TABLE IF NOT EXISTS {BACKTEST_PERIODS} (
-    backtest_id VARCHAR NOT NULL,
-    policy VARCHAR NOT NULL,
-    period_start TIMESTAMP NOT NULL,
-    period_end TIMESTAMP NOT NULL,
-    champion_version VARCHAR,          -- the model that scored the period (trained before it)
-    promoted BOOLEAN,
-    reason VARCHAR,
-    rows BIGINT,                       -- predictions scored in the period
-    seconds DOUBLE,                    -- its labels, retrain and scoring of the period
-    recorded_at TIMESTAMP NOT NULL
-);
--- prequential metrics of the period, filled in by the summary from the labels that arrived
-ALTER TABLE {BACKTEST_PERIODS} ADD COLUMN IF NOT EXISTS accuracy DOUBLE;
-ALTER TABLE {BACKTEST_PERIODS} ADD COLUMN IF NOT EXISTS log_loss DOUBLE;
-ALTER TABLE {BACKTEST_PERIODS} ADD COLUMN IF NOT EXISTS auc DOUBLE;
-ALTER TABLE {BACKTEST_PERIODS} ADD COLUMN IF NOT EXISTS fp_rate DOUBLE;
-CREATE TABLE IF NOT EXISTS {BACKTEST_PREDICTIONS} (
-    backtest_id VARCHAR NOT NULL,
-    policy VARCHAR NOT NULL,
-    prediction_id VARCHAR NOT NULL,
-    period_start TIMESTAMP NOT NULL,
-    version VARCHAR,
-    probability DOUBLE NOT NULL
-);
-"""
 
 
 @dataclass(frozen=True)
@@ -225,7 +198,6 @@ def run_backtest(
     """Replay ``plan`` on the raw tables of ``con`` (the backtest's own warehouse), resuming
     after the last finished period of the same backtest. Each registry-backed policy keeps its
     versions in a replay registry under ``models`` (see ``replay_registry``)."""
-    con.execute(DDL)
     run_id = backtest_id(plan, settings, data_fingerprint(con))
     registries = {
         name: ReplayRegistry(models / f"{run_id}_{name}", f"{MODEL_NAME}_backtest_{run_id}_{name}")

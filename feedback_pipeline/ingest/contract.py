@@ -1,165 +1,20 @@
-"""The landing data contract as data, compiled to set-based DuckDB SQL.
+"""The landing data contract compiled to set-based DuckDB SQL.
 
-Each record kind is a list of ``FieldSpec``; ``validation_sql`` turns it into one SELECT that
-types every field and yields, per record, either typed columns or the first broken rule as a
-human-readable ``reason``. No Python runs per record.
+The contract itself (each record kind's ``FieldSpec`` list and cross-field rules) is data in
+``warehouse/schema.py``, beside the raw tables it defines. ``validation_sql`` turns a kind into
+one SELECT that types every field and yields, per record, either typed columns or the first
+broken rule as a human-readable ``reason``. No Python runs per record.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Literal
 
-from feedback_pipeline.vocabulary import ENVIRONMENTS, EVENT_TYPES, OUTCOMES
-from feedback_pipeline.warehouse.tables import (
-    RAW_BASELINE_EXAMPLES,
-    RAW_FEEDBACK_EVENTS,
-    RAW_PREDICTIONS,
+from feedback_pipeline.warehouse.schema import (  # the contract's fields and kinds, as data
+    SQL_TYPES,
+    FieldSpec,
+    KindSpec,
 )
-
-FieldType = Literal["string", "timestamp", "number", "bool", "features", "enum", "label", "integer"]
-
-SQL_TYPES = {
-    "string": "VARCHAR",
-    "enum": "VARCHAR",
-    "timestamp": "TIMESTAMP",
-    "number": "DOUBLE",
-    "bool": "BOOLEAN",
-    "label": "INTEGER",
-    "integer": "INTEGER",
-    "features": "JSON",
-}
-
-
-@dataclass(frozen=True)
-class FieldSpec:
-    name: str
-    type: FieldType
-    required: bool = False
-    choices: tuple[str, ...] = ()
-    low: float | None = None
-    high: float | None = None
-    default: str | None = None  # value used when the field is absent
-
-
-@dataclass(frozen=True)
-class RecordRule:
-    """A rule across fields: ``broken_when`` is SQL over the typed columns."""
-
-    broken_when: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class KindSpec:
-    kind: str  # landing folder name
-    table: str
-    id_field: str
-    fields: tuple[FieldSpec, ...]
-    rules: tuple[RecordRule, ...] = field(default_factory=tuple)
-
-    @property
-    def columns(self) -> list[str]:
-        return [f.name for f in self.fields]
-
-
-PREDICTIONS = KindSpec(
-    kind="predictions",
-    table=RAW_PREDICTIONS,
-    id_field="prediction_id",
-    fields=(
-        FieldSpec("prediction_id", "string", required=True),
-        FieldSpec("predicted_at", "timestamp", required=True),
-        FieldSpec("confidence", "number", required=True, low=0.0, high=1.0),
-        FieldSpec("features", "features", required=True),
-        FieldSpec("entity_id", "string"),
-        FieldSpec("model_version", "string"),
-        FieldSpec("environment", "enum", choices=ENVIRONMENTS, default="prod"),
-        FieldSpec("rule_confidence", "number", low=0.0, high=1.0),
-        FieldSpec("ml_enhanced", "bool"),
-        FieldSpec("variant", "string"),
-    ),
-)
-
-FEEDBACK = KindSpec(
-    kind="feedback",
-    table=RAW_FEEDBACK_EVENTS,
-    id_field="event_id",
-    fields=(
-        FieldSpec("event_id", "string", required=True),
-        FieldSpec("prediction_id", "string", required=True),
-        FieldSpec("event_type", "enum", required=True, choices=EVENT_TYPES),
-        FieldSpec("occurred_at", "timestamp", required=True),
-        FieldSpec("outcome", "enum", choices=OUTCOMES),
-        FieldSpec("return_pct", "number"),
-        FieldSpec("modified_value", "number"),
-        FieldSpec("rating", "integer", low=1, high=5),
-        FieldSpec("environment", "enum", choices=ENVIRONMENTS),
-        FieldSpec("source", "string"),
-        FieldSpec("notes", "string"),
-    ),
-    rules=(
-        RecordRule(
-            "event_type = 'outcome' AND outcome IS NULL",
-            "outcome is required when event_type is 'outcome'",
-        ),
-        RecordRule(
-            "event_type <> 'outcome' AND outcome IS NOT NULL",
-            "outcome is only allowed when event_type is 'outcome'",
-        ),
-        RecordRule(
-            "event_type = 'rate' AND rating IS NULL",
-            "rating is required when event_type is 'rate'",
-        ),
-        RecordRule(
-            "event_type <> 'rate' AND rating IS NOT NULL",
-            "rating is only allowed when event_type is 'rate'",
-        ),
-    ),
-)
-
-BASELINE = KindSpec(
-    kind="baseline",
-    table=RAW_BASELINE_EXAMPLES,
-    id_field="example_id",
-    fields=(
-        FieldSpec("example_id", "string", required=True),
-        FieldSpec("as_of", "timestamp", required=True),
-        FieldSpec("label", "label", required=True),
-        FieldSpec("features", "features", required=True),
-        FieldSpec("entity_id", "string"),
-        FieldSpec("source", "string"),
-    ),
-)
-
-KINDS: dict[str, KindSpec] = {spec.kind: spec for spec in (PREDICTIONS, FEEDBACK, BASELINE)}
-
-
-# Columns every raw table has besides the contract's fields: where and when a record landed.
-LINEAGE_COLUMNS = (
-    ("source_file", "VARCHAR NOT NULL"),
-    ("source_line", "BIGINT"),
-    ("ingested_at", "TIMESTAMP NOT NULL"),
-)
-
-
-def raw_table_columns(spec: KindSpec) -> list[tuple[str, str]]:
-    """(name, SQL type) of a kind's raw table: its fields, then the lineage columns."""
-    return [(f.name, SQL_TYPES[f.type]) for f in spec.fields] + [
-        (name, sql_type.removesuffix(" NOT NULL")) for name, sql_type in LINEAGE_COLUMNS
-    ]
-
-
-def raw_table_ddl(spec: KindSpec) -> str:
-    """``CREATE TABLE`` for a kind's raw table, generated from its fields: a field is NOT NULL
-    when it is required or has a default. Ids are unique by ingestion (a blocking check
-    verifies), not by an index."""
-    columns = [
-        f"{f.name} {SQL_TYPES[f.type]}{' NOT NULL' if f.required or f.default else ''}"
-        for f in spec.fields
-    ] + [f"{name} {sql_type}" for name, sql_type in LINEAGE_COLUMNS]
-    return f"CREATE TABLE IF NOT EXISTS {spec.table} (\n    " + ",\n    ".join(columns) + "\n);"
 
 
 def sql_string(text: str) -> str:

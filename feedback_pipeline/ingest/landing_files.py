@@ -31,7 +31,6 @@ from pathlib import Path
 
 import duckdb
 
-from feedback_pipeline.ingest.contract import KINDS, KindSpec
 from feedback_pipeline.ingest.manifest import (
     Admission,
     FileResult,
@@ -54,6 +53,7 @@ from feedback_pipeline.ingest.validation import (
     validate_batch,
 )
 from feedback_pipeline.warehouse.connection import transaction
+from feedback_pipeline.warehouse.schema import KINDS, KindSpec
 
 BATCH_BYTES = 256 * 1024 * 1024
 

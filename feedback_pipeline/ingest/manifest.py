@@ -16,8 +16,8 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from feedback_pipeline.ingest.contract import KindSpec
 from feedback_pipeline.ingest.readers import FORMATS, file_format
+from feedback_pipeline.warehouse.schema import KindSpec
 from feedback_pipeline.warehouse.tables import INGESTED_FILES
 
 

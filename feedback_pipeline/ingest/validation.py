@@ -17,7 +17,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from feedback_pipeline.ingest.contract import KindSpec, record_hash_sql, validation_sql
+from feedback_pipeline.ingest.contract import record_hash_sql, validation_sql
 from feedback_pipeline.ingest.manifest import FileResult, PendingFile
 from feedback_pipeline.ingest.readers import (
     DOCS_SCHEMA,
@@ -30,6 +30,7 @@ from feedback_pipeline.ingest.readers import (
     parquet_docs,
     with_file_index,
 )
+from feedback_pipeline.warehouse.schema import KindSpec
 from feedback_pipeline.warehouse.tables import REJECTED_RECORDS
 
 

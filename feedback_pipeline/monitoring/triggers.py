@@ -14,9 +14,9 @@ from pathlib import Path
 
 import duckdb
 
-from feedback_pipeline.ingest.contract import KINDS
 from feedback_pipeline.registry.mlflow_registry import CHALLENGER, CHAMPION, Registry
 from feedback_pipeline.warehouse.connection import table_exists
+from feedback_pipeline.warehouse.schema import KINDS
 from feedback_pipeline.warehouse.tables import LABELED_OUTCOMES
 
 

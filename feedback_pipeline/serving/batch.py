@@ -16,10 +16,10 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from feedback_pipeline.ingest.contract import PREDICTIONS, KindSpec
 from feedback_pipeline.ingest.manifest import PendingFile
 from feedback_pipeline.ingest.readers import file_format
 from feedback_pipeline.ingest.validation import stage_batch, validate_batch
+from feedback_pipeline.warehouse.schema import PREDICTIONS, KindSpec
 
 # The ingestion contract for predictions, minus what scoring produces.
 SCORING_CONTRACT: KindSpec = replace(

@@ -25,7 +25,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from feedback_pipeline.ingest.contract import KINDS
+from feedback_pipeline.warehouse.schema import KINDS
 
 FEATURES = (
     "momentum",

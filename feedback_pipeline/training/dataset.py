@@ -171,7 +171,7 @@ def build_training_set(
     window_start = as_of - timedelta(days=training.lookback_days)
     maturity = label_maturity(con, training, as_of, window_start)
     with transaction(con):
-        _ensure_info_table(con)
+        _drop_current_relation(con)
         staging = f"training.training_set_building_{uuid.uuid4().hex[:12]}"
         summary = _build(
             con, staging, training, features, as_of, window_start, maturity, quarantined
@@ -306,30 +306,6 @@ INFO_COLUMNS = (
     "as_of, window_start, features, rows, content_hash, data_watermark, settings, data_clock, "
     "maturity_days"
 )
-
-
-def _ensure_info_table(con: duckdb.DuckDBPyConnection) -> None:
-    """One info row per kept set. A warehouse from before sets were keyed (one unkeyed table
-    and a one-row info table) is cleared: its set is rebuilt by the next run."""
-    if (
-        table_exists(con, TRAINING_SET_INFO)
-        and not con.execute(
-            "SELECT count(*) FROM information_schema.columns "
-            "WHERE table_schema = 'training' AND table_name = 'training_set_info' "
-            "AND column_name = 'built_at'"
-        ).fetchall()[0][0]
-    ):
-        con.execute(f"DROP TABLE {TRAINING_SET_INFO}")
-    _drop_current_relation(con)
-    con.execute(
-        f"""
-        CREATE TABLE IF NOT EXISTS {TRAINING_SET_INFO} (
-            as_of TIMESTAMP, window_start TIMESTAMP, features VARCHAR[], rows BIGINT,
-            content_hash VARCHAR, data_watermark TIMESTAMP, settings JSON, data_clock TIMESTAMP,
-            maturity_days DOUBLE, built_at TIMESTAMP
-        )
-        """
-    )
 
 
 def _drop_current_relation(con: duckdb.DuckDBPyConnection) -> None:

@@ -73,20 +73,6 @@ def contradicting_weeks(
     return found
 
 
-DDL = f"""
-CREATE TABLE IF NOT EXISTS {QUARANTINED_WEEKS} (
-    model_name VARCHAR NOT NULL,       -- whose gate found it (a backtest's policies differ)
-    week_start TIMESTAMP NOT NULL,     -- feedback on predictions of this week is left out
-    found_as_of TIMESTAMP NOT NULL,    -- the retrain's as_of: earlier retrains never see it
-    champion_version VARCHAR,
-    rows BIGINT,
-    auc DOUBLE,
-    p_value DOUBLE,
-    recorded_at TIMESTAMP NOT NULL
-)
-"""
-
-
 def record_quarantine(
     con: duckdb.DuckDBPyConnection,
     model_name: str,
@@ -97,7 +83,6 @@ def record_quarantine(
     """Add ``weeks`` (a week already quarantined keeps its first finding)."""
     if not weeks:
         return
-    con.execute(DDL)
     con.executemany(
         f"""INSERT INTO {QUARANTINED_WEEKS}
             SELECT $1, $2, $3, $4, $5, $6, $7, now()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import duckdb
 import pandas as pd
 
-from feedback_pipeline.ingest.contract import KINDS
 from feedback_pipeline.warehouse.connection import table_exists
+from feedback_pipeline.warehouse.schema import KINDS
 from feedback_pipeline.warehouse.tables import (
     COUNTED_TABLES,
     INGESTED_FILES,

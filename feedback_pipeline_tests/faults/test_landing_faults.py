@@ -15,9 +15,9 @@ import dagster as dg
 import duckdb
 import pytest
 
-from feedback_pipeline.ingest.contract import KINDS
 from feedback_pipeline.ingest.landing_files import ingest_file, ingest_kind, landing_zone_problems
 from feedback_pipeline.warehouse import connection as warehouse
+from feedback_pipeline.warehouse.schema import KINDS
 from feedback_pipeline_tests.conftest import baseline, feedback, prediction
 from feedback_pipeline_tests.servers import BIN, project_env, write_dagster_home
 
@@ -160,7 +160,7 @@ def test_ingest_job_refuses_links_out_of_the_zone_and_ingests_everything_else(tm
 INGEST_IN_A_PROCESS = """
 import sys
 from pathlib import Path
-from feedback_pipeline.ingest.contract import KINDS
+from feedback_pipeline.warehouse.schema import KINDS
 from feedback_pipeline.ingest.landing_files import ingest_file, ingest_kind
 from feedback_pipeline.warehouse import connection
 con = connection.connect(Path(sys.argv[1]))

@@ -527,7 +527,7 @@ def test_a_bad_settings_file_fails_the_run_before_any_step_writes(workspace, tmp
 INGEST_IN_SMALL_BATCHES = """
 import sys
 from pathlib import Path
-from feedback_pipeline.ingest.contract import KINDS
+from feedback_pipeline.warehouse.schema import KINDS
 from feedback_pipeline.ingest.landing_files import ingest_files, landing_files
 from feedback_pipeline.warehouse import connection
 

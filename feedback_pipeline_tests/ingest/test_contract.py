@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from feedback_pipeline.ingest.contract import KINDS
 from feedback_pipeline.ingest.landing_files import ingest_file
+from feedback_pipeline.warehouse.schema import KINDS
 from feedback_pipeline_tests.conftest import baseline, feedback, prediction
 
 AT = "2026-01-05T12:00:00Z"

@@ -11,9 +11,9 @@ import pytest
 
 from feedback_pipeline.ingest import landing_files as ingestion
 from feedback_pipeline.ingest import readers
-from feedback_pipeline.ingest.contract import KINDS
 from feedback_pipeline.ingest.landing_files import ingest_file, ingest_kind
 from feedback_pipeline.warehouse import summaries as reporting
+from feedback_pipeline.warehouse.schema import KINDS
 from feedback_pipeline_tests.conftest import feedback, prediction
 
 PREDICTIONS = KINDS["predictions"]

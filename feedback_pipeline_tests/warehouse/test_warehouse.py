@@ -9,9 +9,9 @@ import time
 import duckdb
 import pytest
 
-from feedback_pipeline.ingest.contract import KINDS
 from feedback_pipeline.ingest.landing_files import ingest_kind
 from feedback_pipeline.warehouse import connection as warehouse
+from feedback_pipeline.warehouse.schema import KINDS
 from feedback_pipeline_tests.conftest import prediction
 
 HOLD = """

@@ -5,9 +5,9 @@ import pandas as pd
 
 from feedback_pipeline.defs.resources import LandingZoneResource, WarehouseResource
 from feedback_pipeline.defs.run_context import WAREHOUSE_POOL, RunContextResource
-from feedback_pipeline.ingest.contract import KINDS
 from feedback_pipeline.ingest.landing_files import ingest_kind
 from feedback_pipeline.warehouse import summaries
+from feedback_pipeline.warehouse.schema import KINDS
 
 
 def ingest_and_describe(
