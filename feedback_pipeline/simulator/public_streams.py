@@ -19,6 +19,9 @@ sha256 before a row of it is used: a changed file would silently change every ba
 * ``agrawal``: the Agrawal loan generator (Agrawal, Imielinski and Swami 1993) as
   scikit-multiflow's ``AGRAWALGenerator`` writes it (nine features; perturbation 0.05), with
   abrupt drift through its first four labeling functions, 25,000 rows each.
+* ``mixed``: the MIXED generator (Gama, Medas, Castillo and Rodrigues 2004): two boolean and two
+  numeric features, label by "two of three" conditions with a sine boundary, abrupt drift by
+  reversing the label every 20,000 rows, as in that paper's drift experiments.
 """
 
 from __future__ import annotations
@@ -303,6 +306,44 @@ def load_agrawal(cache: Path | None = None) -> pd.DataFrame:
     return frame
 
 
+MIXED_ROWS_PER_CONCEPT = 20_000
+MIXED_CONCEPTS = 4
+MIXED_SEED = 2004
+MIXED_SHA256 = "6fe88d6f37325c76e60103e71ccc2f4f76e8fe03e2c174af103b7160fac948e3"
+
+
+def mixed(
+    rows_per_concept: int = MIXED_ROWS_PER_CONCEPT,
+    concepts: int = MIXED_CONCEPTS,
+    seed: int = MIXED_SEED,
+) -> pd.DataFrame:
+    """MIXED: ``v``, ``w`` boolean, ``x``, ``y`` uniform on [0, 1]; with ``z = y < 0.5 + 0.3
+    sin(3 pi x)``, label 0 when two of ``v``, ``w``, ``z`` hold (scikit-multiflow's function 0),
+    reversed in every other concept (its function 1)."""
+    rng = np.random.default_rng(seed)
+    n = rows_per_concept * concepts
+    v = (rng.random(n) >= 0.5).astype(np.int64)
+    w = (rng.random(n) >= 0.5).astype(np.int64)
+    x, y = rng.random(n).round(6), rng.random(n).round(6)
+    z = y < 0.5 + 0.3 * np.sin(3 * np.pi * x)
+    two_of_three = (v & w).astype(bool) | (v.astype(bool) & z) | (w.astype(bool) & z)
+    reversed_concept = np.repeat(np.arange(concepts) % 2 == 1, rows_per_concept)
+    label = np.where(reversed_concept, two_of_three, ~two_of_three).astype(np.int64)
+    return pd.DataFrame({"v": v, "w": w, "x": x, "y": y, "label": label})
+
+
+def load_mixed(cache: Path | None = None) -> pd.DataFrame:
+    frame = mixed()
+    checked(
+        frame.to_csv(index=False).encode(),
+        MIXED_SHA256,
+        "the MIXED generator's output",
+        "numpy's generator changed its stream; regenerate with this module's seed and update "
+        "MIXED_SHA256 only after rerunning the backtests",
+    )
+    return frame
+
+
 def load_sea(cache: Path | None = None) -> pd.DataFrame:
     frame = sea_concepts()
     checked(
@@ -369,6 +410,15 @@ STREAMS = {
             "agrawal",
             "Agrawal loans: 100,000 rows, 9 features, 4 abrupt concepts, perturbation 0.05",
             load_agrawal,
+            1_000,
+            timedelta(days=1),
+            date(2020, 1, 6),
+            7,
+        ),
+        PublicStream(
+            "mixed",
+            "MIXED: 80,000 rows, 4 features, the label reversed every 20,000 rows",
+            load_mixed,
             1_000,
             timedelta(days=1),
             date(2020, 1, 6),

@@ -26,6 +26,7 @@ from feedback_pipeline.simulator.public_streams import (
     binarize_covtype,
     load_agrawal,
     load_hyperplane,
+    load_mixed,
     load_sea,
     load_weather,
     sdist_member,
@@ -227,3 +228,14 @@ def test_the_agrawal_stream_changes_concept_every_25000_rows():
     tree = DecisionTreeClassifier(max_depth=6, random_state=0).fit(X.iloc[:20_000], y.iloc[:20_000])
     assert tree.score(X.iloc[20_000:25_000], y.iloc[20_000:25_000]) > 0.9
     assert tree.score(X.iloc[25_000:30_000], y.iloc[25_000:30_000]) < 0.6
+
+
+def test_mixed_is_two_of_three_reversed_every_20000_rows():
+    frame = load_mixed()
+    z = frame["y"] < 0.5 + 0.3 * np.sin(3 * np.pi * frame["x"])
+    v, w = frame["v"].astype(bool), frame["w"].astype(bool)
+    two_of_three = (v & w) | (v & z) | (w & z)
+    reversed_concept = (frame.index // 20_000) % 2 == 1
+    expected = np.where(reversed_concept, two_of_three, ~two_of_three).astype(int)
+    assert (frame["label"].to_numpy() == expected).all()
+    assert len(frame) == 80_000
