@@ -5,20 +5,62 @@ no run config (as the UI's "Materialize all" or the weekly schedule would), then
 from __future__ import annotations
 
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import duckdb
 import mlflow
 
-from feedback_pipeline.cli import main as cli
-from feedback_pipeline.cli import print_status
+from feedback_pipeline.analytics.ab_test import ab_compare
+from feedback_pipeline.analytics.feedback_stats import feedback_stats
 from feedback_pipeline.defs.launch import run_job
 from feedback_pipeline.ingest.landing_files import landing_files
 from feedback_pipeline.promotion import ledger
-from feedback_pipeline.registry.mlflow_registry import CHAMPION, MODEL_NAME, default_tracking_uri
-from feedback_pipeline.settings import default_data_dir
+from feedback_pipeline.promotion.status import print_status
+from feedback_pipeline.registry.mlflow_registry import (
+    CHAMPION,
+    MODEL_NAME,
+    default_tracking_uri,
+    local_registry,
+)
+from feedback_pipeline.serving.policy import store as policies
+from feedback_pipeline.settings import default_data_dir, load_settings, parse_as_of
 from feedback_pipeline.simulator.feedback_stream import simulate_demo_stream
+from feedback_pipeline.warehouse.connection import connect
 from feedback_pipeline.warehouse.tables import LABELED_OUTCOMES, TRAINING_SET
+
+
+def show_analytics(data_dir: Path) -> None:
+    """What ``feedback-pipeline stats --by environment --since 42d``, ``policy show`` and ``ab
+    --control A --treatment B --metric accept_rate`` print, from the same library calls."""
+    settings = load_settings()
+    as_of = parse_as_of(None)
+    con = connect(data_dir / "warehouse.duckdb", read_only=True, lock_timeout=5.0)
+    try:
+        print("$ feedback-pipeline stats --by environment --since 42d")
+        stats = feedback_stats(
+            con,
+            settings.labeling,
+            settings.analytics,
+            as_of,
+            as_of - timedelta(days=42),
+            ("environment",),
+        )
+        print(stats.markdown())
+        print("$ feedback-pipeline policy show")
+        served = local_registry(data_dir).active_policy_version()
+        active = policies.active_policy(con).to_dict()
+        print(policies.describe(active, served, policies.latest_proposal(con)))
+        print("\n$ feedback-pipeline ab --control A --treatment B --metric accept_rate")
+        try:
+            comparison = ab_compare(
+                con, settings.labeling, settings.analytics, as_of, "A", "B", ["accept_rate"]
+            )
+            print("\n".join(comparison.lines()))
+        except ValueError as error:
+            print(f"error: {error}")
+    finally:
+        con.close()
 
 
 def run_and_say(job_name: str) -> bool:
@@ -64,12 +106,7 @@ def main() -> int:
     print("\nRunning analytics_job (feedback stats, A/B comparison, serving policy) ...")
     if not run_and_say("analytics_job"):
         return 1
-    print("$ feedback-pipeline stats --by environment --since 42d")
-    cli(["stats", "--by", "environment", "--since", "42d"])
-    print("$ feedback-pipeline policy show")
-    cli(["policy", "show"])
-    print("\n$ feedback-pipeline ab --control A --treatment B --metric accept_rate")
-    cli(["ab", "--control", "A", "--treatment", "B", "--metric", "accept_rate"])
+    show_analytics(data_dir)
 
     mlflow.set_tracking_uri(default_tracking_uri(data_dir))
     champion_uri = f"models:/{MODEL_NAME}@{CHAMPION}"

@@ -12,10 +12,10 @@ from datetime import datetime
 
 import duckdb
 
-from feedback_pipeline.evaluation.report import EvaluationReport, evaluate
 from feedback_pipeline.labels.outcomes import build_labeled_outcomes
 from feedback_pipeline.progress import Progress
 from feedback_pipeline.promotion.apply import ChampionChange, apply_decision
+from feedback_pipeline.promotion.judge import EvaluationReport, evaluate_and_judge
 from feedback_pipeline.registry.mlflow_registry import ModelRegistry
 from feedback_pipeline.settings import Settings
 from feedback_pipeline.training.challengers import ChallengerRound, train_challengers
@@ -69,8 +69,9 @@ def retrain_on(
     progress: Progress = print,
 ) -> RetrainResult:
     """Steps 3-5 on the set ``info`` names: challengers (``families``, by default
-    ``models.families``; a hyperparameter ``search`` in the full retrain), the evaluation with
-    the gate's decision, and the decision applied (aliases and ledger)."""
+    ``models.families``; a hyperparameter ``search`` in the full retrain), the evaluation and
+    the gate's decision on it (``promotion.judge``), and the decision applied (aliases and
+    ledger)."""
     round_ = train_challengers(
         con,
         registry,
@@ -82,7 +83,9 @@ def retrain_on(
         info,
         half_life_search=half_life_search,
     )
-    report = evaluate(con, registry, round_, settings.gate, settings.models.seed, progress)
+    report = evaluate_and_judge(
+        con, registry, round_, settings.gate, settings.models.seed, progress
+    )
     change = apply_decision(con, registry, report, trigger, dagster_run_id, settings, progress)
     return RetrainResult(round_, report, change)
 

@@ -237,6 +237,14 @@ class GateSettings(_Strict):
     quarantine_min_rows: int = Field(
         default=100, ge=10, description="labels a week needs before it can be quarantined"
     )
+    quarantine_max_weeks: int = Field(
+        default=1,
+        ge=1,
+        le=52,
+        description="a contradiction confined to this many consecutive weeks is a broken feed; "
+        "one that lasts longer is the world changing (a concept that reversed): its weeks are "
+        "released and trained on",
+    )
     non_inferiority_margin: float = Field(default=0.01, ge=0.0, le=1.0)
     min_accuracy_gain: float = Field(default=0.02, ge=0.0, le=1.0)
     min_f1_gain: float = Field(default=0.03, ge=0.0, le=1.0)

@@ -187,6 +187,21 @@ class ABComparison:
     def as_dict(self) -> dict:
         return {"results": [r.as_dict() for r in self.results], "skipped": self.skipped}
 
+    def lines(self) -> list[str]:
+        """For people: each skipped metric, then each result with its recommendation."""
+        skipped = [f"{metric}: skipped ({why})" for metric, why in self.skipped.items()]
+        return skipped + [
+            f"{r.metric} ({r.by} {r.treatment} vs {r.control}, {r.test}): "
+            f"{r.control_value:.4g} (n={r.n_control:,}) -> {r.treatment_value:.4g} "
+            f"(n={r.n_treatment:,}); difference {r.difference:+.4g} "
+            f"[{r.ci_low:+.4g}, {r.ci_high:+.4g}], lift {r.relative_lift:+.1%}, "
+            f"p={r.p_value:.3g}"
+            + (f" (BH-adjusted {r.p_value_adjusted:.3g})" if r.p_value_adjusted is not None else "")
+            + f", {r.effect_size_name} {r.effect_size:+.3f}, power {r.power:.0%}\n"
+            f"  -> {r.recommendation}: {r.reason}"
+            for r in self.results
+        ]
+
 
 def ab_compare(
     con: duckdb.DuckDBPyConnection,

@@ -20,6 +20,7 @@ from statsmodels.stats.proportion import proportion_confint
 from feedback_pipeline.labels.outcomes import write_labels
 from feedback_pipeline.settings import AnalyticsSettings, LabelingSettings
 from feedback_pipeline.vocabulary import ENVIRONMENTS, HUMAN_PRECEDENCE
+from feedback_pipeline.warehouse import summaries
 from feedback_pipeline.warehouse.tables import RAW_FEEDBACK_EVENTS, RAW_PREDICTIONS
 
 PREDICTION_FEEDBACK = "prediction_feedback"  # a temp table, per connection
@@ -149,6 +150,19 @@ class FeedbackStats:
             for name in ("weekly", "fp_trend", "segments", "note_terms")
         }
         return {"since": self.since.isoformat(), "as_of": self.as_of.isoformat(), **tables}
+
+    def markdown(self) -> str:
+        """For people: the window, then each table (what ``feedback-pipeline stats`` prints)."""
+        window = f"{self.since:%Y-%m-%d %H:%M} to {self.as_of:%Y-%m-%d %H:%M}"
+        sections = [f"Feedback from {window} UTC\n"]
+        for title, frame in (
+            ("Weekly", self.weekly),
+            ("FP rate per week and environment (Wilson interval)", self.fp_trend),
+            ("Effectiveness (good-label rate) per segment", self.segments),
+            ("Note terms of good and bad labels", self.note_terms),
+        ):
+            sections.append(f"## {title}\n\n{summaries.markdown(frame, max_rows=60)}\n")
+        return "\n".join(sections)
 
 
 def load_prediction_feedback(

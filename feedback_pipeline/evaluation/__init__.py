@@ -1,1 +1,2 @@
-"""Holdout metrics, bootstrap deltas, plots and the typed evaluation report."""
+"""Holdout metrics, bootstrap deltas, plots and the typed evaluation: what was measured, no
+decision (``promotion`` decides on it)."""

@@ -1,10 +1,11 @@
-"""The evaluation report: challengers and the current champion on the same holdout, the gate's
-decision, logged to MLflow. A typed object, never edited after it is made."""
+"""What the holdout measured: the challengers, the current champion and its procedure on the same
+holdout, the deltas, and what the label audit and the data watermark found against the champion.
+No decision here: ``promotion.judge`` puts the gate's decision on it and logs the report."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -12,7 +13,6 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from feedback_pipeline.evaluation.plots import close, holdout_figures
 from feedback_pipeline.metrics import (
     classification_metrics,
     majority_accuracy,
@@ -20,15 +20,9 @@ from feedback_pipeline.metrics import (
     predict_probability,
 )
 from feedback_pipeline.progress import Progress
-from feedback_pipeline.promotion.gate import (
-    Decision,
-    decide,
-    refuse_backdated,
-    refuse_contradicting_labels,
-)
 from feedback_pipeline.registry.mlflow_registry import CHAMPION, ModelRegistry
 from feedback_pipeline.settings import GateSettings
-from feedback_pipeline.training.challengers import Challenger, ChallengerRound, model_card
+from feedback_pipeline.training.challengers import Challenger, ChallengerRound
 from feedback_pipeline.training.dataset import (
     TrainingSetError,
     TrainingSetInfo,
@@ -38,8 +32,12 @@ from feedback_pipeline.training.dataset import (
     split_counts,
 )
 from feedback_pipeline.training.families import fit
-from feedback_pipeline.training.quarantine import ContradictingWeek, contradicting_weeks
-from feedback_pipeline.warehouse.summaries import markdown
+from feedback_pipeline.training.quarantine import (
+    ContradictingWeek,
+    contradicting_weeks,
+    persisting_weeks,
+    quarantined_weeks,
+)
 
 
 class StaleChallengersError(ValueError):
@@ -57,13 +55,29 @@ class ScoredChallenger:
 
 
 @dataclass(frozen=True)
-class EvaluationReport:
-    as_of: datetime
-    training_set_hash: str
-    features: list[str]
+class Comparison:
+    """The comparison the gate judges, as measured: the best challenger against the champion's
+    procedure fit on this train split, against the live champion on the rows newer than it, or
+    alone (no champion, or too few such rows)."""
+
+    holdout_rows: int  # the rows both sides are scored on
+    challenger: dict[str, float]
+    champion: dict[str, float] | None  # None: the challenger is judged alone
+    # the live champion is judged on the rows newer than its data watermark (``fair_note``
+    # names both); None when it is not (no champion, or its procedure is compared)
+    fair_rows: int | None = None
+    fair_note: str = ""
+    procedure_compared: bool = False  # ``champion`` is its procedure on this train split
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Everything measured on the holdout, and no decision. Never edited after it is made."""
+
+    training_set: TrainingSetInfo  # the set the challengers were trained on, as of their round
     holdout_rows: int
     fair_rows: int  # holdout rows newer than the champion's data watermark (all, without one)
-    majority_accuracy: float
+    majority_accuracy: float  # on the rows the comparison stands on
     challengers: tuple[ScoredChallenger, ...]
     best: ScoredChallenger  # chosen on validation, never on the holdout
     champion_version: str | None
@@ -72,93 +86,18 @@ class EvaluationReport:
     # holdout: what the gate compares against, and what a refresh refits
     champion_procedure: dict[str, Any] | None
     champion_procedure_metrics: dict[str, float] | None
-    deltas: dict[str, dict[str, float]] | None
-    decision: Decision
-    gate: GateSettings
-    # weeks of labels the champion never trained on that it ranks backwards (quarantined)
-    contradicting_weeks: tuple[ContradictingWeek, ...] = ()
-
-    @property
-    def mode(self) -> str:
-        return self.gate.mode
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain data for ``evaluation/report.json``."""
-        return {
-            "as_of": str(self.as_of),
-            "training_set_hash": self.training_set_hash,
-            "features": self.features,
-            "holdout_rows": self.holdout_rows,
-            "fair_rows": self.fair_rows,
-            "majority_accuracy": self.majority_accuracy,
-            "challengers": [
-                {**asdict(s.challenger), "as_of": str(s.challenger.as_of), "holdout": s.holdout}
-                for s in self.challengers
-            ],
-            "best_version": self.best.challenger.version,
-            "champion_version": self.champion_version,
-            "champion_metrics": self.champion_metrics,
-            "champion_procedure": self.champion_procedure,
-            "champion_procedure_metrics": self.champion_procedure_metrics,
-            "deltas": self.deltas,
-            "decision": self.decision.as_dict(),
-            "mode": self.mode,
-            "gate": self.gate.model_dump(),
-            "contradicting_weeks": [w.as_dict() for w in self.contradicting_weeks],
-        }
-
-    def tables(self) -> dict[str, str]:
-        """The report's parts as markdown: holdout metrics, deltas, decision."""
-        rows = [{"model": s.label, **s.holdout} for s in self.challengers]
-        if self.champion_metrics:
-            rows.insert(
-                0,
-                {
-                    "model": f"champion v{self.champion_version} ({self.fair_rows} rows)",
-                    **self.champion_metrics,
-                },
-            )
-        if self.champion_procedure_metrics:
-            rows.insert(
-                0,
-                {
-                    "model": f"champion v{self.champion_version}'s procedure, this train split",
-                    **self.champion_procedure_metrics,
-                },
-            )
-        deltas = [{"metric": m, **d} for m, d in (self.deltas or {}).items()]
-        verdict = (
-            "PROMOTE"
-            if self.decision.promote
-            else "REFRESH THE CHAMPION'S PROCEDURE"
-            if self.decision.refresh
-            else "KEEP CHAMPION"
-        )
-        dry = " (dry run: nothing moves)" if self.mode == "dry_run" else ""
-        return {
-            "holdout_metrics": f"Holdout: {self.holdout_rows} matured outcome/explicit rows, "
-            f"unweighted; {self.fair_rows} of them are newer than the champion's data watermark "
-            "(the champion and the deltas are scored on those only). Best challenger on "
-            f"validation: v{self.best.challenger.version}. "
-            f"Majority-class accuracy {self.majority_accuracy:.4f}.\n\n" + markdown(rows),
-            "deltas": f"Challenger minus champion, with {self.gate.confidence_level:.0%} "
-            "intervals (paired bootstrap for accuracy and weighted F1, DeLong for AUC).\n\n"
-            + markdown(deltas),
-            "decision": f"**{verdict}**{dry}: {self.decision.reason}",
-        }
-
-    def markdown(self) -> str:
-        tables = self.tables()
-        return "\n\n".join(
-            [
-                "## Champion vs challengers on the holdout",
-                tables["holdout_metrics"],
-                "## Deltas",
-                tables["deltas"],
-                "## Decision",
-                tables["decision"],
-            ]
-        )
+    deltas: dict[str, dict[str, float]] | None  # the challenger minus the compared champion
+    comparison: Comparison
+    # weeks of labels the champion never trained on that it ranks backwards (to quarantine)
+    contradicting_weeks: tuple[ContradictingWeek, ...]
+    # a contradiction that lasted longer than gate.quarantine_max_weeks: its weeks (found now
+    # or quarantined before) are a new concept, to be released and trained on
+    persisting_weeks: tuple[datetime, ...]
+    backdated: str | None  # why this run's data is older than the champion's, or None
+    # what the model cards and plots logged with the decision are made of; not in the report
+    split_counts: pd.DataFrame = field(repr=False, compare=False)
+    holdout_y: np.ndarray = field(repr=False, compare=False)
+    probabilities: dict[str, np.ndarray] = field(repr=False, compare=False)
 
 
 def evaluate(
@@ -168,11 +107,29 @@ def evaluate(
     gate: GateSettings,
     seed: int,
     progress: Progress = print,
-) -> EvaluationReport:
-    """Score the challengers and the current champion on the same holdout and decide.
+) -> Evaluation:
+    """Score the challengers and the current champion on the same holdout; decide nothing.
 
     The holdout comes from the set the challengers were trained on (by its hash), never from
-    a set another run built since; fails when that set is gone."""
+    a set another run built since; fails when that set is gone. Each challenger's holdout
+    metrics are logged on its run; the report with the decision is logged by
+    ``promotion.judge``.
+
+    Args:
+        con: the warehouse, holding the training set the challengers were trained on.
+        registry: where the challengers and the champion are (MLflow, or a backtest's replay).
+        round_: the challengers, the best on validation and the set they were fit on.
+        gate: the threshold, bootstrap and label-audit settings (and ``min_holdout_rows``,
+            below which a champion without a recorded procedure is not compared).
+        seed: for the refit of the champion's procedure and the bootstrap.
+        progress: where the progress lines go.
+
+    Returns:
+        The measured evaluation: scored challengers, champion and procedure metrics, deltas,
+        the comparison the gate judges, contradicting label weeks and any backdating.
+
+    Raises:
+        StaleChallengersError: the challengers' training set is no longer in the warehouse."""
     try:  # the set the challengers were trained on, never a newer one another run built
         info = replace(load_info(con, round_.training_set_hash), as_of=round_.as_of)
     except TrainingSetError as error:
@@ -242,14 +199,8 @@ def evaluate(
             probabilities[f"champion v{champion_version}'s procedure"] = p_procedure
         procedure_metrics = classification_metrics(holdout.y, p_procedure, gate.threshold)
         deltas = _deltas(holdout.y, probabilities[best.label], p_procedure, gate, seed)
-        decision = decide(
-            gate,
-            len(holdout),
-            best.holdout,
-            procedure_metrics,
-            deltas,
-            majority,
-            procedure_compared=True,
+        comparison = Comparison(
+            len(holdout), best.holdout, procedure_metrics, procedure_compared=True
         )
     elif tags is not None and fair_rows >= gate.min_holdout_rows:
         # A champion registered before procedures were recorded: compare on the fair rows.
@@ -257,31 +208,36 @@ def evaluate(
         compared = classification_metrics(subset.y, p_best, gate.threshold)
         majority = majority_accuracy(subset.y)
         deltas = _deltas(subset.y, p_best, p_champion, gate, seed)
-        decision = decide(
-            gate, fair_rows, compared, champion_metrics, deltas, majority, fair_rows, fair_note
-        )
+        comparison = Comparison(fair_rows, compared, champion_metrics, fair_rows, fair_note)
     elif tags is not None:  # too few fair rows: gate.small_fair_holdout decides
-        decision = decide(
-            gate, len(holdout), best.holdout, None, None, majority, fair_rows, fair_note
-        )
+        comparison = Comparison(len(holdout), best.holdout, None, fair_rows, fair_note)
     else:
-        decision = decide(gate, len(holdout), best.holdout, None, None, majority)
+        comparison = Comparison(len(holdout), best.holdout, None)
     champion_tags = tags
     if champion_tags is None and champion_version:  # an empty holdout: still never backdated
         champion_tags = registry.version_tags(champion_version)
-    contradicting = _audit_labels(con, registry, info, gate, champion_version, champion_tags)
-    if contradicting:
-        weeks = "; ".join(week.describe() for week in contradicting)
+    found = _audit_labels(con, registry, info, gate, champion_version, champion_tags)
+    persisting = (
+        persisting_weeks(
+            found,
+            quarantined_weeks(con, registry.model_name, info.as_of),
+            gate.quarantine_max_weeks,
+        )
+        if found
+        else []
+    )
+    contradicting = [week for week in found if week.week_start not in persisting]
+    if found:
+        weeks = "; ".join(week.describe() for week in found)
         progress(f"labels contradict champion v{champion_version}: {weeks}")
-        decision = refuse_contradicting_labels(gate, decision, weeks)
-    backdated = _backdated(info, champion_version, champion_tags)
-    if backdated is not None:
-        decision = refuse_backdated(gate, decision, backdated)
-    progress(f"decision: {decision.reason}")
-    report = EvaluationReport(
-        as_of=info.as_of,
-        training_set_hash=info.content_hash,
-        features=info.features,
+    if persisting:
+        progress(
+            f"the contradiction has lasted {len(persisting)} consecutive weeks (more than "
+            f"gate.quarantine_max_weeks={gate.quarantine_max_weeks}): a new concept, not a "
+            "broken feed; those weeks are trained on"
+        )
+    return Evaluation(
+        training_set=info,
         holdout_rows=len(holdout),
         fair_rows=fair_rows,
         majority_accuracy=majority,
@@ -292,12 +248,14 @@ def evaluate(
         champion_procedure=procedure,
         champion_procedure_metrics=procedure_metrics,
         deltas=deltas,
-        decision=decision,
-        gate=gate,
+        comparison=comparison,
         contradicting_weeks=tuple(contradicting),
+        persisting_weeks=tuple(persisting),
+        backdated=_backdated(info, champion_version, champion_tags),
+        split_counts=split_counts(con, info.content_hash),
+        holdout_y=holdout.y,
+        probabilities=probabilities,
     )
-    _log(registry, report, info, split_counts(con, info.content_hash), holdout.y, probabilities)
-    return report
 
 
 def _audit_labels(
@@ -355,48 +313,3 @@ def _deltas(
         gate.confidence_level,
         seed,
     )
-
-
-def _log(
-    registry: ModelRegistry,
-    report: EvaluationReport,
-    info: TrainingSetInfo,
-    counts: pd.DataFrame,
-    y: np.ndarray,
-    probabilities: dict[str, np.ndarray],
-) -> None:
-    """Model cards that now tell the holdout and the decision; the report and plots on the best
-    challenger's run. A lean registry (a backtest's) skips them: nobody reads them there."""
-    if registry.lean:
-        return
-    best = report.best.challenger
-    for scored in report.challengers:
-        challenger = scored.challenger
-        role = (
-            "the best challenger on validation"
-            if challenger == best
-            else f"not the best challenger on validation (v{best.version} is)"
-        )
-        registry.log_text(
-            challenger.run_id,
-            model_card(
-                challenger.family,
-                challenger.params,
-                info,
-                counts,
-                challenger.validation,
-                "## Holdout metrics (unweighted)\n\n"
-                + markdown([scored.holdout])
-                + f"\n\n## Decision\n\nThis version is {role}. {report.decision.reason}",
-                challenger.rows_fit,
-            ),
-            "model_card.md",
-        )
-    figures = holdout_figures(y, probabilities) if len(set(y.tolist())) == 2 else {}
-    registry.log_report(
-        best.run_id,
-        json.dumps(report.as_dict(), indent=2, default=str),
-        report.markdown(),
-        figures,
-    )
-    close(figures)

@@ -1,1 +1,2 @@
-"""The gate (pure), applying its decision, rollback, forced promotion and the ledger."""
+"""The gate (pure), applying its decision, rollback, forced promotion, the ledger
+and the champion's status."""

@@ -8,14 +8,14 @@ from datetime import datetime
 
 import duckdb
 
-from feedback_pipeline.evaluation.report import EvaluationReport
 from feedback_pipeline.progress import Progress
 from feedback_pipeline.promotion import ledger
+from feedback_pipeline.promotion.judge import EvaluationReport
 from feedback_pipeline.promotion.lock import promotion_lock
 from feedback_pipeline.registry.mlflow_registry import CHALLENGER, CHAMPION, ModelRegistry
 from feedback_pipeline.settings import Settings
 from feedback_pipeline.training.challengers import Challenger, refit_candidate
-from feedback_pipeline.training.quarantine import record_quarantine
+from feedback_pipeline.training.quarantine import record_quarantine, release_quarantine
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,19 @@ def apply_decision(
     against the champion the report judged (another run may have moved it since: then the
     decision is stale and refused), versions are tagged, aliases move, and the ledger row is
     written, in that order, so a kill at any point leaves a state the next run reuses (the
-    refit, by its fit key) or repairs (an alias move the ledger missed, see ``reconcile``)."""
+    refit, by its fit key) or repairs (an alias move the ledger missed, see ``reconcile``).
+
+    Args:
+        con: the warehouse: the promotion lock, the ledger and the quarantine are in it.
+        registry: where the aliases move and the refit is registered.
+        report: the evaluation with the gate's decision (``promotion.judge``).
+        trigger: what started the retrain, written on the refit and in the ledger.
+        dagster_run_id: the Dagster run, when one runs this; None otherwise.
+        settings: ``training.refit`` and what the refit needs.
+        progress: where the progress lines go.
+
+    Returns:
+        The champion before and after, whether it moved, and why."""
     decision = report.decision
     best_candidate = report.best.challenger
     best = best_candidate.version
@@ -93,6 +105,7 @@ def apply_decision(
                 report.champion_version,
                 report.contradicting_weeks,
             )
+            release_persisting(con, registry.model_name, report.persisting_weeks)
         if report.mode != "dry_run" and not stale:
             registry.set_alias(CHALLENGER, best)
         if applied:
@@ -216,3 +229,22 @@ def _move_champion(
             model_name=registry.model_name,
         )
     return ChampionChange(current, str(version), True, reason)
+
+
+def release_persisting(
+    con: duckdb.DuckDBPyConnection, model_name: str, weeks: tuple[datetime, ...]
+) -> None:
+    """Release the quarantined weeks of a contradiction that lasted (a new concept), each with
+    a ledger row, so the next retrain trains on them."""
+    for week in weeks:
+        if release_quarantine(con, model_name, week):
+            ledger.append_event(
+                con,
+                "release_quarantine",
+                f"week of {week:%Y-%m-%d}: the contradiction lasted {len(weeks)} consecutive "
+                "weeks, a new concept rather than a broken feed",
+                False,
+                None,
+                None,
+                model_name=model_name,
+            )

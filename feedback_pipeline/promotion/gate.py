@@ -26,10 +26,10 @@ def decide(
     challenger: dict[str, float],
     champion: dict[str, float] | None,
     deltas: dict[str, dict[str, float]] | None,
-    majority_accuracy: float,
     fair_rows: int | None = None,
     fair_note: str = "",
     procedure_compared: bool = False,
+    live_champion: dict[str, float] | None = None,
 ) -> Decision:
     """Decide whether the challenger replaces the champion; every outcome has a reason.
 
@@ -40,11 +40,13 @@ def decide(
     ``fair_rows`` counts the holdout rows the champion never trained on (newer than its data
     watermark; ``fair_note`` says which champion and watermark). None of them: nothing new to
     judge on, keep the champion. Fewer than ``min_holdout_rows``: ``gate.small_fair_holdout``
-    blocks, or judges the challenger alone on its whole holdout against the floor of any
-    champion (``champion`` and ``deltas`` are then None).
+    blocks, or judges the challenger alone on its whole holdout by the floor of any champion
+    (``champion`` and ``deltas`` are then None).
 
-    With no champion and no ``fair_rows`` (a cold start) the first model needs only
-    ``gate.cold_start_min_auc``."""
+    The floor of any champion, the first one included: AUC >= ``gate.cold_start_min_auc``
+    on the holdout. ``live_champion``: the live champion's metrics on the rows newer than it;
+    when it is below the floor there too, the world has moved away from every candidate and the
+    floor keeps nothing worth keeping, so it does not apply (the comparison decides)."""
     if gate.mode == "always":
         return Decision(True, True, "gate off (mode=always): every candidate is promoted")
     too_few_fair_rows = None
@@ -69,7 +71,7 @@ def decide(
             checks={"fair_holdout_size": False},
         )
     elif too_few_fair_rows is not None:
-        alone = _decide(gate, holdout_rows, challenger, None, None, majority_accuracy)
+        alone = _decide(gate, holdout_rows, challenger, None, None)
         reason = alone.reason.replace("no champion yet; ", "")
         decision = replace(
             alone,
@@ -77,17 +79,10 @@ def decide(
             f"{reason}",
         )
     else:
-        decision = _decide(
-            gate,
-            holdout_rows,
-            challenger,
-            champion,
-            deltas,
-            majority_accuracy,
-            first_model=fair_rows is None,
-        )
+        floor = live_champion is None or live_champion["roc_auc"] >= gate.cold_start_min_auc
+        decision = _decide(gate, holdout_rows, challenger, champion, deltas, floor)
         if procedure_compared and not decision.promote and gate.refresh_champion:
-            decision = _refresh(gate, decision, champion, majority_accuracy)
+            decision = _refresh(gate, decision, champion, floor)
     if gate.mode == "dry_run":
         verdict = (
             "would promote"
@@ -117,8 +112,10 @@ def refuse_backdated(gate: GateSettings, decided: Decision, backdated: str) -> D
 
 
 def refuse_contradicting_labels(gate: GateSettings, decided: Decision, weeks: str) -> Decision:
-    """Labels the champion ranks backwards are a broken feed, not a new world: nothing trained
-    on them is promoted, and the next retrain leaves them out (they are quarantined)."""
+    """Labels the champion ranks backwards, in a contradiction no longer than
+    ``gate.quarantine_max_weeks``, are taken for a broken feed: nothing trained on them is
+    promoted, and the next retrain leaves them out (they are quarantined). One that lasts
+    longer is a new concept (``training.quarantine.persisting_weeks``) and is not refused."""
     prefix = "[dry run, nothing moved] " if gate.mode == "dry_run" else ""
     return Decision(
         False,
@@ -131,34 +128,29 @@ def refuse_contradicting_labels(gate: GateSettings, decided: Decision, weeks: st
     )
 
 
-def _refresh(gate, kept: Decision, champion, majority_accuracy) -> Decision:
+def _refresh(gate, kept: Decision, champion, floor: bool = True) -> Decision:
     """The challenger lost to the champion's procedure: refit that procedure on the fresh data,
     unless it too is below the floor of any champion (then the old model stays)."""
     if champion is None or kept.checks.get("holdout_size") is False:
         return kept
-    floor = {
-        "champion_procedure_beats_majority_class": champion["accuracy"] > majority_accuracy,
-        "champion_procedure_min_auc": champion["roc_auc"] >= gate.cold_start_min_auc,
-    }
-    if not all(floor.values()):
+    checks = {"champion_procedure_min_auc": champion["roc_auc"] >= gate.cold_start_min_auc}
+    if not all(checks.values()) and floor:
         reason = (
-            f"{kept.reason}; the champion's procedure is below the floor too (accuracy "
-            f"{champion['accuracy']:.3f} vs majority class {majority_accuracy:.3f}, AUC "
-            f"{champion['roc_auc']:.3f}): the old champion stays"
+            f"{kept.reason}; the champion's procedure is below the floor too (AUC "
+            f"{champion['roc_auc']:.3f}, needs >= {gate.cold_start_min_auc}): the old champion "
+            "stays"
         )
-        return replace(kept, reason=reason, checks={**kept.checks, **floor})
+        return replace(kept, reason=reason, checks={**kept.checks, **checks})
     return replace(
         kept,
         applied=True,
         refresh=True,
         reason=f"{kept.reason}; the champion's procedure is kept and refit on the fresh data",
-        checks={**kept.checks, **floor},
+        checks={**kept.checks, **checks},
     )
 
 
-def _decide(
-    gate, holdout_rows, challenger, champion, deltas, majority_accuracy, first_model=False
-) -> Decision:
+def _decide(gate, holdout_rows, challenger, champion, deltas, floor: bool = True) -> Decision:
     if holdout_rows < gate.min_holdout_rows:
         return Decision(
             False,
@@ -166,44 +158,31 @@ def _decide(
             f"holdout has {holdout_rows} rows, fewer than min_holdout_rows={gate.min_holdout_rows}",
             checks={"holdout_size": False},
         )
-    # The floor every champion must clear, on holdout labels it never trained on: beat the
-    # majority class, with AUC >= cold_start_min_auc. Comparing procedures like with like
-    # cannot catch a broken training set (a label bug fits the champion's procedure on the same
-    # noise), so a model of noise is refused here, whatever the comparison says.
-    beats_majority = challenger["accuracy"] > majority_accuracy
+    # The floor every champion must clear, on holdout labels it never trained on: it must
+    # rank, AUC >= cold_start_min_auc. Comparing procedures like with like cannot catch a
+    # broken training set (a label bug fits the champion's procedure on the same noise), so a
+    # model of noise is refused here, whatever the comparison says. Not accuracy against the
+    # majority class: the holdout is a few recent days whose class balance the next weeks
+    # rarely keep, so that comparison measures the balance more than the model, and refusing
+    # on it kept champions far worse than the majority class in the backtests.
+    # The floor keeps the old champion only while it still ranks the newest labels (``floor``):
+    # when it fails them too, the world moved away from every candidate, and the comparison
+    # decides which to refit.
     auc_ok = challenger["roc_auc"] >= gate.cold_start_min_auc
-    floor = {"beats_majority_class": beats_majority, "min_auc": auc_ok}
-    summary = (
-        f"accuracy {challenger['accuracy']:.3f} vs majority class "
-        f"{majority_accuracy:.3f}, AUC {challenger['roc_auc']:.3f} (needs >= "
-        f"{gate.cold_start_min_auc})"
-    )
-    if champion is None and first_model:
-        # The first model only needs to rank (AUC). Refusing it leaves consumers nothing
-        # learned, while refusing a later one keeps a champion; and at a cold start the holdout
-        # is a few recent days whose class balance the next weeks rarely keep, so accuracy
-        # against a constant guess there measures that balance more than the model.
-        floor = {"min_auc": auc_ok}
-        summary = f"AUC {challenger['roc_auc']:.3f} (needs >= {gate.cold_start_min_auc})"
+    checks = {"min_auc": auc_ok}
+    summary = f"AUC {challenger['roc_auc']:.3f} (needs >= {gate.cold_start_min_auc})"
+    if champion is None:
         verdict = "qualifies" if auc_ok else "does not qualify"
         return Decision(
             auc_ok,
             auc_ok,
-            f"no champion yet; first model {verdict}: {summary}",
+            f"no champion yet; challenger {verdict}: {summary}",
             "roc_auc" if auc_ok else None,
-            floor,
+            checks,
         )
-    if champion is None:
-        if beats_majority and auc_ok:
-            return Decision(
-                True, True, f"no champion yet; challenger qualifies: {summary}", "accuracy", floor
-            )
+    if not auc_ok and floor:
         return Decision(
-            False, False, f"no champion yet; challenger does not qualify: {summary}", None, floor
-        )
-    if not (beats_majority and auc_ok):
-        return Decision(
-            False, False, f"challenger is below the floor of any champion: {summary}", None, floor
+            False, False, f"challenger is below the floor of any champion: {summary}", None, checks
         )
 
     assert deltas is not None

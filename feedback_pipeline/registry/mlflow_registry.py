@@ -29,12 +29,13 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.utils import requirements_utils
 from xgboost import XGBClassifier
 
+from feedback_pipeline import served_policy
 from feedback_pipeline.metrics import predict_probability
-from feedback_pipeline.registry.served_policy import (
+from feedback_pipeline.served_policy import (
     POLICY_ARTIFACT,
     POLICY_RUN_TAG,
     POLICY_VERSION_TAG,
-    default_policy,
+    ServingPolicy,
     serve,
 )
 from feedback_pipeline.settings import MlflowSettings, SettingsError, load_settings
@@ -109,9 +110,10 @@ def _requirements() -> list[str]:
     return [f"{name}=={package_version(name)}" for name in names]
 
 
-# Logged with every model: the code MLflow runs to load and score it (see serving_model.py).
+# Logged with every model: the code MLflow runs to load and score it (see serving_model.py)
+# and the policy code it applies (served_policy.py, a leaf module that imports nothing of ours).
 SERVING_MODEL_CODE = Path(__file__).with_name("serving_model.py")
-SERVED_POLICY_CODE = Path(__file__).with_name("served_policy.py")
+SERVED_POLICY_CODE = Path(served_policy.__file__)
 
 
 OUTPUT_TYPES = {
@@ -248,7 +250,7 @@ class Registry:
             self._package_scan.join()  # MLflow's package map is complete before it is read
         example = example[features].astype("float64").head(5)
         probability = predict_probability(estimator, example)
-        served = serve(example, probability, np.ones(len(example), bool), default_policy(), None)
+        served = serve(example, probability, np.ones(len(example), bool), ServingPolicy(), None)
         with (
             mlflow.start_run(
                 experiment_id=self.experiment_id(), run_name=f"{family}-{tags.get('as_of', '')}"
@@ -276,7 +278,7 @@ class Registry:
                     "estimator_format": estimator_format,
                     "run_id": run.info.run_id,  # a policy's calibration is for one model
                     "registered_model_name": self.model_name,  # where the policy is read
-                    "default_policy": default_policy(),
+                    "default_policy": ServingPolicy().to_dict(),
                 },
                 signature=serving_signature(features, served),
                 input_example=example,
@@ -342,17 +344,19 @@ class Registry:
         evaluation needs; serving falls back on such rows instead."""
         return self.load(version).predict(X, params={"score_missing": True})["probability"]
 
-    def publish_policy(self, policy: dict, experiment: str = "feedback_pipeline_policies") -> str:
+    def publish_policy(
+        self, policy: ServingPolicy, experiment: str = "feedback_pipeline_policies"
+    ) -> str:
         """Log ``policy`` as an MLflow run's ``serving_policy.json`` and point the registered
         model's tags at it: every fresh load of the model serves it. Returns the run id."""
         experiment_id = self._experiment_id(experiment)
-        run = self.client.create_run(experiment_id, run_name=f"serving-policy-v{policy['version']}")
-        self.client.log_dict(run.info.run_id, policy, POLICY_ARTIFACT)
-        self.client.log_param(run.info.run_id, "policy_version", policy["version"])
+        run = self.client.create_run(experiment_id, run_name=f"serving-policy-v{policy.version}")
+        self.client.log_dict(run.info.run_id, policy.to_dict(), POLICY_ARTIFACT)
+        self.client.log_param(run.info.run_id, "policy_version", policy.version)
         self.client.set_terminated(run.info.run_id)
         self.client.set_registered_model_tag(self.model_name, POLICY_RUN_TAG, run.info.run_id)
         self.client.set_registered_model_tag(
-            self.model_name, POLICY_VERSION_TAG, str(policy["version"])
+            self.model_name, POLICY_VERSION_TAG, str(policy.version)
         )
         return run.info.run_id
 

@@ -1,8 +1,8 @@
 """The model code logged with every challenger (MLflow "models from code"): what consumers of
 ``models:/feedback_model@champion`` run. It imports only the model's own requirements (MLflow,
-numpy, pandas, XGBoost or scikit-learn) and ``served_policy.py``, logged as an artifact of the
-version (imported under a name of its own), never ``feedback_pipeline``, so the champion loads
-wherever those are installed.
+numpy, pandas, XGBoost or scikit-learn) and ``feedback_pipeline/served_policy.py``, logged as an
+artifact of the version (imported under a name of its own), never ``feedback_pipeline``, so the
+champion loads wherever those are installed.
 
 On load it reads the active serving policy from the registry (the registered model's
 ``serving_policy_run_id`` tag names the MLflow run holding ``serving_policy.json``), so applying
@@ -64,10 +64,12 @@ class ProbabilityModel(PythonModel):
             with open(path, "rb") as file:
                 self.estimator = pickle.load(file)
             self.takes_matrix = False  # a pipeline fitted on named columns wants them named
-        self.policy = self._active_policy(config)
+        # A ServingPolicy of this version's own policy code (a dict in versions logged before).
+        self.policy = self.served_policy.ServingPolicy.from_dict(self._policy_json(config))
 
-    def _active_policy(self, config: dict) -> dict:
-        policy = dict(config["default_policy"])
+    def _policy_json(self, config: dict) -> dict:
+        """The active policy's JSON: the published one, else the default logged with the model."""
+        policy = config["default_policy"]
         name = config.get("registered_model_name")
         if not name:
             return policy

@@ -5,9 +5,13 @@ Comparing procedures like with like cannot catch a broken label feed (both fits 
 noise), and a floor on the holdout only holds the old champion while the bad week is in it;
 afterwards every refit would learn from it for good. So the gate audits the labels the champion
 never trained on, week by week (of the prediction): a week on which the champion's AUC is below
-0.5 with a one-sided Mann-Whitney p-value under ``gate.quarantine_max_p`` is quarantined. Real
-drift lowers a model's AUC towards 0.5 (it forgets); it does not turn it significantly
-backwards within a week, which is what a flipped feed does.
+0.5 with a one-sided Mann-Whitney p-value under ``gate.quarantine_max_p`` is quarantined.
+
+Real drift can turn a model backwards too: a concept that reverses (the MIXED and Agrawal
+benchmark streams do) looks like a flipped feed in its first week. What tells them apart is
+persistence: a broken feed is an episode, a new concept stays. A contradiction that runs for
+more than ``gate.quarantine_max_weeks`` consecutive weeks is the world changing, and its weeks
+are released (``persisting_weeks``).
 """
 
 from __future__ import annotations
@@ -93,6 +97,29 @@ def record_quarantine(
             for w in weeks
         ],
     )
+
+
+def persisting_weeks(
+    found: Sequence[ContradictingWeek], quarantined: Sequence[datetime], max_weeks: int
+) -> list[datetime]:
+    """The weeks of every run of consecutive contradicting weeks (found now, or quarantined by
+    an earlier retrain) that includes a week found now and is longer than ``max_weeks``: a
+    contradiction that lasts is a new concept, not a broken feed."""
+    found_weeks = {np.datetime64(week.week_start, "us") for week in found}
+    weeks = sorted(found_weeks | {np.datetime64(week, "us") for week in quarantined})
+    one_week = np.timedelta64(7, "D")
+    runs: list[list[np.datetime64]] = []
+    for week in weeks:
+        if runs and week - runs[-1][-1] == one_week:
+            runs[-1].append(week)
+        else:
+            runs.append([week])
+    return [
+        pd.Timestamp(week).to_pydatetime()
+        for run in runs
+        if len(run) > max_weeks and found_weeks.intersection(run)
+        for week in run
+    ]
 
 
 def quarantined_weeks(

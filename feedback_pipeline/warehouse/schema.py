@@ -24,6 +24,7 @@ from feedback_pipeline.warehouse.tables import (
     REJECTED_RECORDS,
     RETRAINING_EVENTS,
     SCHEMAS,
+    SERVING_POLICIES,
     TRAINING_SET_INFO,
 )
 
@@ -253,6 +254,22 @@ CREATE TABLE IF NOT EXISTS {BACKTEST_PREDICTIONS} (
     period_start TIMESTAMP NOT NULL,
     version VARCHAR,
     probability DOUBLE NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {SERVING_POLICIES} (
+    policy_version INTEGER PRIMARY KEY,
+    created_at TIMESTAMP NOT NULL,
+    status VARCHAR NOT NULL,          -- proposed | active | superseded | rolled_back
+    model_version VARCHAR,            -- the champion it was fitted for
+    policy JSON NOT NULL,             -- the values, as the served model reads them
+    reason VARCHAR NOT NULL,
+    stages JSON,                      -- per stage: ran, changed, reason, before, after
+    metrics_before JSON,              -- the policy it would replace, on held-out rows
+    metrics_after JSON,               -- this policy on the same rows
+    applied_at TIMESTAMP,
+    mlflow_run_id VARCHAR,            -- the run holding serving_policy.json once applied
+    rolled_back_at TIMESTAMP,
+    rollback_reason VARCHAR,
+    dagster_run_id VARCHAR
 );
 """
 

@@ -7,8 +7,8 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 
 from feedback_pipeline.backtest.replay_registry import ReplayRegistry
-from feedback_pipeline.evaluation.report import evaluate
 from feedback_pipeline.promotion.apply import apply_decision
+from feedback_pipeline.promotion.judge import evaluate_and_judge
 from feedback_pipeline.registry.mlflow_registry import CHAMPION, ModelRegistry, local_registry
 from feedback_pipeline.settings import Settings
 from feedback_pipeline.training.challengers import train_challengers
@@ -29,7 +29,7 @@ def test_replay_and_live_registries_train_and_serve_identical_models(simulated_d
     changes = {}
     for registry in (live, replay):
         round_ = train_challengers(con, registry, settings, ["xgboost"], False, {}, quiet, info)
-        report = evaluate(con, registry, round_, settings.gate, 42, quiet)
+        report = evaluate_and_judge(con, registry, round_, settings.gate, 42, quiet)
         changes[registry.model_name] = (
             round_,
             report,

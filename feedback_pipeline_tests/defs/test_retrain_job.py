@@ -20,7 +20,7 @@ from feedback_pipeline.registry.mlflow_registry import (
     default_tracking_uri,
     local_registry,
 )
-from feedback_pipeline.registry.served_policy import OUTPUT_COLUMNS
+from feedback_pipeline.served_policy import OUTPUT_COLUMNS
 from feedback_pipeline_tests.conftest import SIMULATED_AS_OF
 
 AS_OF = SIMULATED_AS_OF.isoformat() + "Z"

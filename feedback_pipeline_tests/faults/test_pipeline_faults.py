@@ -213,8 +213,8 @@ def test_a_backdated_run_never_replaces_a_newer_champion(workspace):
 JUDGE_THEN_APPLY = """
 import json, sys, time
 from pathlib import Path
-from feedback_pipeline.evaluation.report import evaluate
 from feedback_pipeline.promotion.apply import apply_decision
+from feedback_pipeline.promotion.judge import evaluate_and_judge
 from feedback_pipeline.registry.mlflow_registry import local_registry
 from feedback_pipeline.settings import Settings
 from feedback_pipeline.training.challengers import train_challengers
@@ -224,7 +224,7 @@ data_dir, signals = Path(sys.argv[1]), Path(sys.argv[2])
 settings, registry = Settings(), local_registry(data_dir)
 con = connection.connect(data_dir / "warehouse.duckdb")
 round_ = train_challengers(con, registry, settings, ["xgboost"], False, {}, lambda m: None)
-report = evaluate(con, registry, round_, settings.gate, 42, lambda m: None)
+report = evaluate_and_judge(con, registry, round_, settings.gate, 42, lambda m: None)
 con.close()  # the warehouse is free while this process waits, as between two run steps
 (signals / "judged").write_text(str(report.champion_version))
 while not (signals / "go").exists():

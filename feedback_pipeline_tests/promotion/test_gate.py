@@ -22,7 +22,7 @@ def deltas(accuracy_low: float = 0.01, f1_low: float = 0.01) -> dict:
 
 CHAMPION = metrics(0.70, 0.70, 0.75)
 CASES = [
-    # (name, gate overrides, holdout rows, challenger, champion, deltas, majority, promote, reason)
+    # (name, gate overrides, holdout rows, challenger, champion, deltas, promote, reason)
     (
         "a champion's procedure fit on the same noise: not worse, but below the floor",
         {"rule": "non_inferiority"},
@@ -30,9 +30,8 @@ CASES = [
         metrics(0.52, 0.5, 0.51),
         metrics(0.52, 0.5, 0.51),
         {k: {"delta": 0.0, "low": 0.0, "high": 0.0} for k in ("accuracy", "f1_weighted")},
-        0.55,
         False,
-        "challenger is below the floor of any champion: accuracy 0.520 vs majority class 0.550",
+        "challenger is below the floor of any champion: AUC 0.510 (needs >= 0.55)",
     ),
     (
         "cold start qualifies",
@@ -41,20 +40,18 @@ CASES = [
         metrics(0.72, 0.7, 0.70),
         None,
         None,
-        0.6,
         True,
-        "no champion yet; first model qualifies: AUC 0.700 (needs >= 0.55)",
+        "no champion yet; challenger qualifies: AUC 0.700 (needs >= 0.55)",
     ),
     (
-        "cold start below the majority class but ranking: the first model needs only AUC",
+        "cold start below the majority class but ranking: the floor is AUC",
         {},
         500,
         metrics(0.58, 0.5, 0.70),
         None,
         None,
-        0.6,
         True,
-        "no champion yet; first model qualifies",
+        "no champion yet; challenger qualifies",
     ),
     (
         "cold start AUC too low",
@@ -63,9 +60,8 @@ CASES = [
         metrics(0.65, 0.6, 0.54),
         None,
         None,
-        0.6,
         False,
-        "no champion yet; first model does not qualify: AUC 0.540 (needs >= 0.55)",
+        "no champion yet; challenger does not qualify: AUC 0.540 (needs >= 0.55)",
     ),
     (
         "promote by accuracy",
@@ -74,7 +70,6 @@ CASES = [
         metrics(0.73, 0.71, 0.76),
         CHAMPION,
         deltas(),
-        0.6,
         True,
         "challenger beats champion on accuracy",
     ),
@@ -85,7 +80,6 @@ CASES = [
         metrics(0.71, 0.74, 0.76),
         CHAMPION,
         deltas(),
-        0.6,
         True,
         "challenger beats champion on f1_weighted",
     ),
@@ -96,7 +90,6 @@ CASES = [
         metrics(0.71, 0.72, 0.80),
         CHAMPION,
         deltas(),
-        0.6,
         False,
         "no gain large enough",
     ),
@@ -107,7 +100,6 @@ CASES = [
         metrics(0.75, 0.75, 0.73),
         CHAMPION,
         deltas(),
-        0.6,
         False,
         "AUC drops by 0.020",
     ),
@@ -118,7 +110,6 @@ CASES = [
         metrics(0.75, 0.71, 0.76),
         CHAMPION,
         deltas(accuracy_low=-0.004),
-        0.6,
         False,
         "no met gain is significant: bootstrap lower bound(s) accuracy -0.004",
     ),
@@ -131,7 +122,6 @@ CASES = [
         metrics(0.73, 0.74, 0.76),
         CHAMPION,
         deltas(accuracy_low=-0.004, f1_low=0.006),
-        0.6,
         True,
         "beats champion on f1_weighted",
     ),
@@ -142,7 +132,6 @@ CASES = [
         metrics(0.73, 0.74, 0.76),
         CHAMPION,
         deltas(accuracy_low=-0.004, f1_low=-0.002),
-        0.6,
         False,
         "accuracy -0.004, f1_weighted -0.002",
     ),
@@ -153,7 +142,6 @@ CASES = [
         metrics(0.71, 0.72, 0.76),
         CHAMPION,
         deltas(accuracy_low=0.001, f1_low=0.006),
-        0.6,
         False,
         "no gain large enough",
     ),
@@ -164,7 +152,6 @@ CASES = [
         metrics(0.75, 0.71, 0.76),
         CHAMPION,
         deltas(accuracy_low=-0.004),
-        0.6,
         True,
         "beats champion on accuracy",
     ),
@@ -175,7 +162,6 @@ CASES = [
         metrics(0.9, 0.9, 0.9),
         CHAMPION,
         deltas(),
-        0.6,
         False,
         "holdout has 150 rows, fewer than min_holdout_rows=200",
     ),
@@ -186,7 +172,6 @@ CASES = [
         metrics(0.9, 0.9, 0.9),
         None,
         None,
-        0.6,
         False,
         "holdout has 10 rows",
     ),
@@ -197,7 +182,6 @@ CASES = [
         metrics(0.705, 0.70, 0.75),
         CHAMPION,
         deltas(),
-        0.6,
         True,
         "beats champion on accuracy",
     ),
@@ -205,13 +189,13 @@ CASES = [
 
 
 @pytest.mark.parametrize(
-    ("name", "gate", "rows", "challenger", "champion", "delta", "majority", "promote", "reason"),
+    ("name", "gate", "rows", "challenger", "champion", "delta", "promote", "reason"),
     CASES,
     ids=[case[0] for case in CASES],
 )
-def test_gate(name, gate, rows, challenger, champion, delta, majority, promote, reason):
+def test_gate(name, gate, rows, challenger, champion, delta, promote, reason):
     gate = GateSettings(**{"rule": "superiority", **gate})  # the incumbent rule, table-driven
-    decision = decide(gate, rows, challenger, champion, delta, majority)
+    decision = decide(gate, rows, challenger, champion, delta)
     assert reason in decision.reason
     assert decision.promote is promote
     assert decision.applied is promote
@@ -221,15 +205,14 @@ def test_gate(name, gate, rows, challenger, champion, delta, majority, promote, 
 @pytest.mark.parametrize(
     ("challenger", "promote", "reason"),
     [
-        (metrics(0.58, 0.5, 0.70), False, "does not qualify: accuracy 0.580 vs majority class"),
-        (metrics(0.65, 0.6, 0.70), True, "challenger qualifies: accuracy 0.650"),
+        (metrics(0.58, 0.5, 0.70), True, "challenger qualifies: AUC 0.700"),
+        (metrics(0.65, 0.6, 0.52), False, "challenger does not qualify: AUC 0.520"),
     ],
 )
-def test_judged_alone_a_challenger_must_still_beat_the_majority_class(challenger, promote, reason):
-    """Few fair rows with a champion in place: refusing keeps a champion, so the challenger
-    judged alone must clear the floor of any champion, not only the first model's AUC."""
+def test_judged_alone_a_challenger_must_clear_the_floor(challenger, promote, reason):
+    """Few fair rows with a champion in place: the challenger, judged alone, must rank."""
     gate = GateSettings(small_fair_holdout="judge_alone")
-    decision = decide(gate, 500, challenger, None, None, 0.6, fair_rows=50, fair_note="v1")
+    decision = decide(gate, 500, challenger, None, None, fair_rows=50, fair_note="v1")
     assert reason in decision.reason
     assert "judged alone" in decision.reason
     assert decision.promote is promote
@@ -237,7 +220,7 @@ def test_judged_alone_a_challenger_must_still_beat_the_majority_class(challenger
 
 def test_dry_run_decides_and_reports_but_moves_nothing():
     gate = GateSettings(mode="dry_run", rule="superiority")
-    decision = decide(gate, 500, metrics(0.73, 0.71, 0.76), CHAMPION, deltas(), 0.6)
+    decision = decide(gate, 500, metrics(0.73, 0.71, 0.76), CHAMPION, deltas())
     assert decision.promote is True
     assert decision.applied is False
     assert decision.reason.startswith("[dry run, nothing moved] would promote")
@@ -260,7 +243,7 @@ def test_non_inferiority_promotes_unless_significantly_worse(accuracy_high, auc,
         "low": accuracy_high - 0.02,
         "high": accuracy_high,
     }
-    decision = decide(gate, 500, metrics(0.69, 0.69, auc), CHAMPION, delta, 0.6)
+    decision = decide(gate, 500, metrics(0.69, 0.69, auc), CHAMPION, delta)
     assert reason in decision.reason
     assert decision.promote is promote
 
@@ -291,7 +274,6 @@ def test_log_loss_rule_switches_procedure_only_on_holdout_evidence(
         challenger,
         champion_procedure,
         deltas(),
-        0.6,
         procedure_compared=True,
     )
     assert reason in decision.reason
@@ -308,7 +290,7 @@ def test_no_refresh_when_the_champions_procedure_is_below_the_floor_too():
     """A broken training set fits every procedure on noise: the old champion stays."""
     noise = scored(0.52, 0.51, 0.69)
     decision = decide(
-        GateSettings(rule="log_loss"), 500, noise, noise, deltas(), 0.55, procedure_compared=True
+        GateSettings(rule="log_loss"), 500, noise, noise, deltas(), procedure_compared=True
     )
     assert (decision.promote, decision.refresh, decision.applied) == (False, False, False)
     assert "the old champion stays" in decision.reason
@@ -322,7 +304,6 @@ def test_refresh_off_or_dry_run_moves_nothing():
             scored(0.70, 0.76, 0.54),
             scored(0.70, 0.75, 0.53),
             deltas(),
-            0.6,
             procedure_compared=True,
         )
 
@@ -331,3 +312,27 @@ def test_refresh_off_or_dry_run_moves_nothing():
     dry = a_losing_challenger(mode="dry_run")
     assert (dry.refresh, dry.applied) == (True, False)
     assert dry.reason.startswith("[dry run, nothing moved] would refresh the champion's procedure")
+
+
+@pytest.mark.parametrize(
+    ("live_auc", "promote", "reason"),
+    [
+        (0.80, False, "challenger is below the floor of any champion"),  # the old one still ranks
+        (0.47, True, "challenger's procedure is not worse"),  # the world moved from all of them
+    ],
+)
+def test_the_floor_keeps_a_champion_only_while_it_still_ranks_the_newest_labels(
+    live_auc, promote, reason
+):
+    below = scored(0.55, 0.47, 0.70)
+    decision = decide(
+        GateSettings(rule="log_loss"),
+        500,
+        below,
+        scored(0.55, 0.47, 0.71),
+        deltas(),
+        procedure_compared=True,
+        live_champion=scored(0.55, live_auc, 0.69),
+    )
+    assert reason in decision.reason
+    assert decision.promote is promote

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from feedback_pipeline.registry.served_policy import OUTPUT_COLUMNS
+from feedback_pipeline.served_policy import OUTPUT_COLUMNS
 from feedback_pipeline.serving.server import (
     BadRequest,
     checked_rows,

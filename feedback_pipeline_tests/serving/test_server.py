@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from feedback_pipeline.ingest.landing_files import ingest_kind
 from feedback_pipeline.labels.outcomes import build_labeled_outcomes
 from feedback_pipeline.registry.mlflow_registry import CHAMPION, Registry, local_registry
-from feedback_pipeline.registry.served_policy import default_policy
+from feedback_pipeline.served_policy import ServingPolicy
 from feedback_pipeline.settings import LabelingSettings, Settings
 from feedback_pipeline.training.dataset import Split
 from feedback_pipeline.training.families import fit
@@ -377,23 +377,23 @@ def test_alias_move_and_policy_publish_are_served_without_restart(served):
     np.testing.assert_allclose(frame["probability"], expected, rtol=1e-9)
 
     old_version = registry.active_policy_version()
-    policy = {**default_policy(threshold=0.93), "version": old_version + 1}
+    policy = ServingPolicy(version=old_version + 1, threshold=0.93)
     registry.publish_policy(policy)
     wait_until(
-        lambda: get_json(f"{url}/health")["policy_version"] == policy["version"],
+        lambda: get_json(f"{url}/health")["policy_version"] == policy.version,
         30,
         "the server to load the published policy",
         served.main,
     )
     status, answer = post(f"{url}/predict", {"dataframe_split": rows.to_dict("split")})
     frame = served_frame(answer)
-    assert (frame["policy_version"] == policy["version"]).all()
+    assert (frame["policy_version"] == policy.version).all()
     blended = frame["blended_confidence"]
     assert frame["decision"].tolist() == (blended >= 0.93).tolist()
     assert ((blended >= 0.5) & (blended < 0.93)).any()  # rows the old threshold accepted
     assert metric(url, "feedback_serving_reloads_total") - reloads_before >= 2
     assert metric(url, "feedback_serving_champion_version") == float(other)
-    assert metric(url, "feedback_serving_policy_version") == float(policy["version"])
+    assert metric(url, "feedback_serving_policy_version") == float(policy.version)
 
 
 def test_served_rows_land_at_sigterm_ingest_and_meet_their_feedback(served):

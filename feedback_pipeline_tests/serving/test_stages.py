@@ -8,14 +8,14 @@ import pytest
 from sklearn.metrics import confusion_matrix
 
 from feedback_pipeline.metrics import calibration_error
-from feedback_pipeline.registry.served_policy import calibrate, default_policy, serve
-from feedback_pipeline.serving.stages import (
-    PolicyRows,
+from feedback_pipeline.served_policy import ServingPolicy, calibrate, serve
+from feedback_pipeline.serving.policy.fit import (
     blend_step,
     fit_calibration,
-    propose_policy,
     threshold_for_tp_retention,
 )
+from feedback_pipeline.serving.policy.proposal import PolicyRows
+from feedback_pipeline.serving.policy.stages import propose_policy
 from feedback_pipeline.settings import ServingSettings
 
 RUN_ID = "run-of-the-champion"
@@ -60,7 +60,7 @@ def test_the_threshold_keeps_95_percent_of_true_positives_with_the_fewest_false_
 def test_a_stage_below_its_minimum_says_so_and_changes_nothing():
     rows = overconfident_rows(30)  # the threshold is picked on a quarter: 7 rows
     settings = ServingSettings()
-    current = default_policy()
+    current = ServingPolicy()
 
     proposal = propose_policy(rows, current, RUN_ID, settings)
 
@@ -69,8 +69,8 @@ def test_a_stage_below_its_minimum_says_so_and_changes_nothing():
     assert stages["threshold"].reason.startswith("7 labels to pick it on, fewer than 10")
     assert not stages["rule_weights"].ran
     assert "fewer than 50" in stages["rule_weights"].reason
-    assert proposal.policy["threshold"] == current["threshold"]
-    assert proposal.policy["rule_weights"] is None
+    assert proposal.policy.threshold == current.threshold
+    assert proposal.policy.rule_weights is None
 
 
 @pytest.mark.parametrize("method", ["isotonic", "sigmoid"])
@@ -87,14 +87,14 @@ def test_recalibration_lowers_the_calibration_error_on_held_out_rows(method):
 
 
 def test_the_recalibration_stage_picks_isotonic_from_200_labels_and_improves_held_out_rows():
-    proposal = propose_policy(overconfident_rows(1000, seed=2), default_policy(), RUN_ID,
+    proposal = propose_policy(overconfident_rows(1000, seed=2), ServingPolicy(), RUN_ID,
                               ServingSettings())  # fmt: skip
     stage = {s.stage: s for s in proposal.stages}["recalibration"]
     assert stage.changed and stage.reason.startswith("isotonic")
     assert stage.after["calibration_error"] < stage.before["calibration_error"]
-    assert proposal.policy["calibration"]["method"] == "isotonic"
+    assert proposal.policy.calibration.method == "isotonic"
 
-    small = propose_policy(overconfident_rows(120, seed=2), default_policy(), RUN_ID,
+    small = propose_policy(overconfident_rows(120, seed=2), ServingPolicy(), RUN_ID,
                            ServingSettings())  # fmt: skip
     assert {s.stage: s for s in small.stages}["recalibration"].reason.startswith("sigmoid")
 
@@ -120,7 +120,7 @@ def test_the_blend_rule_steps_and_clamps(current, ml, rule, expected):
 
 def test_a_row_missing_a_feature_falls_back_to_rule_confidence():
     frame = pd.DataFrame({"momentum": [0.2, np.nan], "rule_confidence": [0.3, 0.8]})
-    served = serve(frame, np.array([0.9, np.nan]), np.array([True, False]), default_policy(), None)
+    served = serve(frame, np.array([0.9, np.nan]), np.array([True, False]), ServingPolicy(), None)
     assert served["fallback"].tolist() == [False, True]
     assert served["blended_confidence"].tolist() == pytest.approx([0.6 * 0.9 + 0.4 * 0.3, 0.8])
     assert served["decision"].tolist() == [True, True]

@@ -7,9 +7,9 @@ from datetime import timedelta
 
 import pytest
 
-from feedback_pipeline.evaluation.report import evaluate
 from feedback_pipeline.labels.outcomes import build_labeled_outcomes
 from feedback_pipeline.promotion.apply import apply_decision
+from feedback_pipeline.promotion.judge import evaluate_and_judge
 from feedback_pipeline.registry.mlflow_registry import local_registry
 from feedback_pipeline.settings import Settings, with_overrides
 from feedback_pipeline.training.challengers import (
@@ -64,7 +64,7 @@ def test_a_weekly_round_fits_one_candidate_and_a_full_round_all(simulated_dir):
 
     cold = round_at(SIMULATED_AS_OF - timedelta(days=14), search=False)
     assert candidates_tried(registry, cold.best.version) == 2
-    report = evaluate(con, registry, cold, settings.gate, settings.models.seed, quiet)
+    report = evaluate_and_judge(con, registry, cold, settings.gate, settings.models.seed, quiet)
     assert apply_decision(con, registry, report, "test", None, settings, quiet).promoted
     incumbent = champion_half_life(registry)
     assert incumbent in (7.0, 60.0)

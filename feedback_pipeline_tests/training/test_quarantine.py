@@ -6,12 +6,14 @@ from datetime import datetime
 
 import duckdb
 import numpy as np
+import pytest
 
 from feedback_pipeline.cli import main
 from feedback_pipeline.registry.mlflow_registry import MODEL_NAME
 from feedback_pipeline.training.quarantine import (
     ContradictingWeek,
     contradicting_weeks,
+    persisting_weeks,
     quarantined_weeks,
     record_quarantine,
     week_starts,
@@ -74,3 +76,34 @@ def test_an_operator_lists_and_releases_a_quarantined_week(data_dir, con, capsys
             "SELECT reason FROM ops.retraining_events WHERE action = 'release_quarantine'"
         ).fetchall()[0]
     assert reason == "week of 2026-03-09: the broker fixed its feed"
+
+
+def contradiction(week: str) -> ContradictingWeek:
+    return ContradictingWeek(datetime.fromisoformat(week), 500, 0.4, 1e-6)
+
+
+@pytest.mark.parametrize(
+    ("found", "quarantined", "max_weeks", "persisting"),
+    [
+        (["2026-03-16"], [], 1, []),  # one week: a broken feed
+        (["2026-03-23"], ["2026-03-16"], 1, ["2026-03-16", "2026-03-23"]),  # it went on
+        (["2026-03-23"], ["2026-03-16"], 2, []),  # two weeks may still be an episode
+        (
+            ["2026-03-30"],
+            ["2026-03-16", "2026-03-23"],
+            2,
+            ["2026-03-16", "2026-03-23", "2026-03-30"],
+        ),
+        (["2026-03-30"], ["2026-03-16"], 1, []),  # a clean week between: two episodes
+        ([], ["2026-03-16", "2026-03-23"], 1, []),  # nothing new found: nothing to decide
+    ],
+)
+def test_a_contradiction_that_lasts_is_the_world_changing(
+    found, quarantined, max_weeks, persisting
+):
+    weeks = persisting_weeks(
+        [contradiction(week) for week in found],
+        [datetime.fromisoformat(week) for week in quarantined],
+        max_weeks,
+    )
+    assert weeks == [datetime.fromisoformat(week) for week in persisting]

@@ -11,12 +11,12 @@ from feedback_pipeline.defs.metadata import png_markdown
 from feedback_pipeline.defs.resources import MlflowRegistryResource, WarehouseResource
 from feedback_pipeline.defs.run_context import WAREHOUSE_POOL, RunContextResource
 from feedback_pipeline.registry.mlflow_registry import RegistryUnavailable
-from feedback_pipeline.serving.stages import propose_policy
-from feedback_pipeline.serving.store import (
+from feedback_pipeline.serving.policy.rows import load_policy_rows
+from feedback_pipeline.serving.policy.stages import propose_policy
+from feedback_pipeline.serving.policy.store import (
     PolicyError,
     active_policy,
     apply_policy,
-    load_policy_rows,
     record_proposal,
 )
 from feedback_pipeline.warehouse.summaries import markdown
@@ -152,7 +152,7 @@ def serving_policy(
                     ).reset_index()
                 )
             ),
-            "policy": dg.MetadataValue.json(proposal.policy),
+            "policy": dg.MetadataValue.json(proposal.policy.to_dict()),
             **(
                 {
                     "reliability": png_markdown(

@@ -4,12 +4,9 @@ import dagster as dg
 
 from feedback_pipeline.defs.resources import MlflowRegistryResource, WarehouseResource
 from feedback_pipeline.defs.run_context import WAREHOUSE_POOL, RunContextResource
-from feedback_pipeline.evaluation.report import (
-    EvaluationReport,
-    StaleChallengersError,
-    evaluate,
-)
+from feedback_pipeline.evaluation.report import StaleChallengersError
 from feedback_pipeline.promotion.apply import apply_decision
+from feedback_pipeline.promotion.judge import EvaluationReport, evaluate_and_judge
 from feedback_pipeline.registry.mlflow_registry import CHAMPION, MODEL_NAME, RegistryUnavailable
 from feedback_pipeline.training.challengers import ChallengerRound
 
@@ -22,11 +19,11 @@ def evaluation_report(
     run_context: RunContextResource,
     mlflow_registry: MlflowRegistryResource,
 ) -> dg.Output[EvaluationReport]:
-    """Challengers and the champion on the same holdout, with the gate's decision."""
+    """Challengers and the champion on the same holdout, then the gate's decision on them."""
     settings = run_context.settings()
     with warehouse.connect(read_only=True) as con:
         try:
-            report = evaluate(
+            report = evaluate_and_judge(
                 con,
                 mlflow_registry.get_registry(),
                 challenger_models,

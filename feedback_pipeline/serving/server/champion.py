@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from feedback_pipeline.registry.mlflow_registry import Registry
-from feedback_pipeline.registry.served_policy import OUTPUT_COLUMNS
+from feedback_pipeline.served_policy import OUTPUT_COLUMNS
 from feedback_pipeline.serving.server.config import ServerConfig
 from feedback_pipeline.serving.server.protocol import RULE_CONFIDENCE
 
@@ -54,6 +54,15 @@ class Champion:
         frame = pd.DataFrame({name: columns.get(name, missing) for name in self.input_columns})
         served = self.model.predict(frame, params=params or None)
         return {name: served[name].to_numpy() for name in OUTPUT_COLUMNS}
+
+
+def _policy_version(python_model: Any) -> int:
+    """The version of the policy a loaded model serves: its ``ServingPolicy`` (the policy code
+    logged with it), or a plain dict in versions logged before the policy was typed."""
+    policy = getattr(python_model, "policy", None)
+    if isinstance(policy, dict):
+        return int(policy.get("version", 0))
+    return int(getattr(policy, "version", 0))
 
 
 def rule_fallback(rule: np.ndarray) -> dict[str, np.ndarray]:
@@ -153,12 +162,11 @@ class Reloader:
         model = mlflow.pyfunc.load_model(f"models:/{self.config.model_name}/{version}")
         inputs = tuple(model.metadata.get_input_schema().input_names())
         python_model = model.unwrap_python_model()
-        policy = getattr(python_model, "policy", None) or {}
         champion = Champion(
             model=model,
             python_model=python_model,
             version=str(version),
-            policy_version=int(policy.get("version", 0)),
+            policy_version=_policy_version(python_model),
             features=tuple(name for name in inputs if name != RULE_CONFIDENCE),
             input_columns=inputs,
             loaded_at=datetime.now(UTC),

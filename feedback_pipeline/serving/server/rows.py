@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from feedback_pipeline.registry.served_policy import OUTPUT_COLUMNS
+from feedback_pipeline.served_policy import OUTPUT_COLUMNS
 from feedback_pipeline.serving.server.protocol import (
     PASS_THROUGH,
     RULE_CONFIDENCE,

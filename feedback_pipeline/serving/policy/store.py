@@ -9,39 +9,19 @@ fresh load of ``models:/feedback_model@champion`` serves it, and appends to the 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
 import duckdb
-import numpy as np
 import pandas as pd
 
 from feedback_pipeline.promotion import ledger
-from feedback_pipeline.registry.mlflow_registry import CHAMPION, Registry
-from feedback_pipeline.registry.served_policy import default_policy
-from feedback_pipeline.serving.stages import PolicyProposal, PolicyRows, StageResult, stage_table
-from feedback_pipeline.vocabulary import HOLDOUT_SOURCES, OUTCOMES
+from feedback_pipeline.registry.mlflow_registry import Registry
+from feedback_pipeline.served_policy import ServingPolicy
+from feedback_pipeline.serving.policy.proposal import PolicyProposal, StageResult, stage_table
+from feedback_pipeline.warehouse import summaries
 from feedback_pipeline.warehouse.connection import transaction
-from feedback_pipeline.warehouse.tables import LABELED_OUTCOMES, SERVING_POLICIES
-
-DDL = f"""
-CREATE TABLE IF NOT EXISTS {SERVING_POLICIES} (
-    policy_version INTEGER PRIMARY KEY,
-    created_at TIMESTAMP NOT NULL,
-    status VARCHAR NOT NULL,          -- proposed | active | superseded | rolled_back
-    model_version VARCHAR,            -- the champion it was fitted for
-    policy JSON NOT NULL,             -- the values, as the served model reads them
-    reason VARCHAR NOT NULL,
-    stages JSON,                      -- per stage: ran, changed, reason, before, after
-    metrics_before JSON,              -- the policy it would replace, on held-out rows
-    metrics_after JSON,               -- this policy on the same rows
-    applied_at TIMESTAMP,
-    mlflow_run_id VARCHAR,            -- the run holding serving_policy.json once applied
-    rolled_back_at TIMESTAMP,
-    rollback_reason VARCHAR,
-    dagster_run_id VARCHAR
-);
-"""
+from feedback_pipeline.warehouse.tables import SERVING_POLICIES
 
 
 class PolicyError(ValueError):
@@ -59,19 +39,13 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def ensure_table(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute(DDL)
-
-
-def active_policy(con: duckdb.DuckDBPyConnection) -> dict:
+def active_policy(con: duckdb.DuckDBPyConnection) -> ServingPolicy:
     """The policy being served (the default, version 0, when none was applied)."""
-    ensure_table(con)
     rows = con.execute(f"SELECT policy FROM {SERVING_POLICIES} WHERE status = 'active'").fetchall()
-    return json.loads(rows[0][0]) if rows else default_policy()
+    return ServingPolicy.from_dict(json.loads(rows[0][0])) if rows else ServingPolicy()
 
 
 def history(con: duckdb.DuckDBPyConnection, limit: int = 20) -> pd.DataFrame:
-    ensure_table(con)
     return con.execute(
         f"""
         SELECT policy_version, status, model_version,
@@ -101,7 +75,6 @@ class ProposalSummary:
 
 
 def latest_proposal(con: duckdb.DuckDBPyConnection) -> ProposalSummary | None:
-    ensure_table(con)
     rows = con.execute(
         f"""SELECT policy_version, status, reason, stages, metrics_before, metrics_after
             FROM {SERVING_POLICIES} WHERE stages IS NOT NULL
@@ -116,63 +89,6 @@ def latest_proposal(con: duckdb.DuckDBPyConnection) -> ProposalSummary | None:
     )
 
 
-def load_policy_rows(
-    con: duckdb.DuckDBPyConnection,
-    registry: Registry,
-    as_of: datetime,
-    lookback_days: int,
-) -> tuple[PolicyRows, str, str]:
-    """Matured outcome and explicit labels the champion's procedure never trained on, with
-    its probability; returns (rows, champion version, champion run id).
-
-    A refit champion has trained on every matured label, so its rows are scored by the
-    candidate it is a refit of (the same procedure, without the newest rows): the policy is
-    fitted on that candidate's out-of-sample scores and applied to the refit."""
-    champion = registry.alias_version(CHAMPION)
-    if champion is None:
-        raise PolicyError("no champion yet: run retrain_job first; a policy is for a model")
-    tags = registry.version_tags(champion)
-    scorer = tags.get("refit_of") or champion
-    scorer_tags = tags if scorer == champion else registry.version_tags(scorer)
-    watermark = scorer_tags.get("data_watermark")
-    features = json.loads(tags["features"])
-    structure = json.dumps({name: "DOUBLE" for name in features})
-    frame = con.execute(
-        f"""
-        SELECT unnest(json_transform(features, '{structure}')), rule_confidence,
-               ml_enhanced::DOUBLE AS ml_enhanced, label,
-               CASE WHEN list_contains($outcomes, deciding_signal)
-                    THEN (deciding_signal = 'win')::DOUBLE END AS won
-        FROM {LABELED_OUTCOMES}
-        WHERE list_contains($sources, label_source) AND labeled_at <= $as_of
-          AND predicted_at > $since
-          AND ($watermark IS NULL OR labeled_at > $watermark::TIMESTAMP)
-        ORDER BY predicted_at, prediction_id
-        """,
-        {
-            "outcomes": list(OUTCOMES),
-            "sources": list(HOLDOUT_SOURCES),
-            "as_of": as_of,
-            "since": as_of - timedelta(days=lookback_days),
-            "watermark": None if watermark in (None, "None") else watermark,
-        },
-    ).df()
-    probability = (
-        registry.predict_probability(scorer, frame[features]).to_numpy(dtype=float)
-        if len(frame)
-        else np.array([])
-    )
-    rows = PolicyRows(
-        frame=frame[[*features, "rule_confidence"]],
-        probability=probability,
-        y=frame["label"].to_numpy(dtype=int),
-        ml_enhanced=frame["ml_enhanced"].to_numpy(dtype=float),
-        won=frame["won"].to_numpy(dtype=float),
-        features=features,
-    )
-    return rows, champion, registry.run_id(champion)
-
-
 def record_proposal(
     con: duckdb.DuckDBPyConnection,
     proposal: PolicyProposal,
@@ -180,7 +96,6 @@ def record_proposal(
     dagster_run_id: str | None = None,
 ) -> int:
     """Store ``proposal`` as the next version, status ``proposed``; returns its version."""
-    ensure_table(con)
     with transaction(con):
         version = con.execute(
             f"SELECT coalesce(max(policy_version), 0) + 1 FROM {SERVING_POLICIES}"
@@ -194,7 +109,7 @@ def record_proposal(
                 version,
                 _now(),
                 model_version,
-                json.dumps({**proposal.policy, "version": version}),
+                json.dumps(replace(proposal.policy, version=int(version)).to_dict()),
                 reason,
                 json.dumps(proposal.as_dict()["stages"], default=float),
                 json.dumps(proposal.before),
@@ -205,7 +120,7 @@ def record_proposal(
     return int(version)
 
 
-def _version_row(con: duckdb.DuckDBPyConnection, version: int) -> tuple[str, dict]:
+def _version_row(con: duckdb.DuckDBPyConnection, version: int) -> tuple[str, ServingPolicy]:
     rows = con.execute(
         f"SELECT status, policy FROM {SERVING_POLICIES} WHERE policy_version = ?", [version]
     ).fetchall()
@@ -213,7 +128,7 @@ def _version_row(con: duckdb.DuckDBPyConnection, version: int) -> tuple[str, dic
         raise PolicyError(
             f"no serving policy version {version}: see `feedback-pipeline policy history`"
         )
-    return rows[0][0], json.loads(rows[0][1])
+    return rows[0][0], ServingPolicy.from_dict(json.loads(rows[0][1]))
 
 
 def apply_policy(
@@ -226,7 +141,6 @@ def apply_policy(
 ) -> PolicyChange:
     """Serve policy ``version`` (default: the newest proposal): publish it to the registry,
     mark it active (the previous one superseded) and append to the ledger."""
-    ensure_table(con)
     if version is None:
         rows = con.execute(
             f"SELECT max(policy_version) FROM {SERVING_POLICIES} WHERE status = 'proposed'"
@@ -237,7 +151,7 @@ def apply_policy(
     status, policy = _version_row(con, version)
     if status == "active":
         raise PolicyError(f"serving policy v{version} is already active")
-    old = int(active_policy(con)["version"])
+    old = int(active_policy(con).version)
     with transaction(con):
         run_id = registry.publish_policy(policy)  # MLflow first: if it fails, nothing changes
         con.execute(f"UPDATE {SERVING_POLICIES} SET status = 'superseded' WHERE status = 'active'")
@@ -265,8 +179,7 @@ def rollback_policy(
 ) -> PolicyChange:
     """Stop serving the active policy: the one applied before it is served again (or the
     default, version 0), without a retrain."""
-    ensure_table(con)
-    current = int(active_policy(con)["version"])
+    current = int(active_policy(con).version)
     if current == 0:
         raise PolicyError("no serving policy is applied: nothing to roll back")
     previous = con.execute(
@@ -276,7 +189,7 @@ def rollback_policy(
     ).fetchall()
     with transaction(con):
         if previous:
-            run_id = registry.publish_policy(json.loads(previous[0][1]))
+            run_id = registry.publish_policy(ServingPolicy.from_dict(json.loads(previous[0][1])))
             con.execute(
                 f"UPDATE {SERVING_POLICIES} SET status = 'active', mlflow_run_id = ? "
                 "WHERE policy_version = ?",
@@ -301,3 +214,27 @@ def rollback_policy(
             metrics={"policy_before": current, "policy_after": new},
         )
     return PolicyChange(current, new, reason)
+
+
+def describe(active: dict, served: int | None, proposal: ProposalSummary | None) -> str:
+    """For people: the active policy, the version the champion serves and the newest proposal
+    with its stages and held-out figures (what ``feedback-pipeline policy show`` prints)."""
+    calibration = (active["calibration"] or {}).get("method", "none")
+    text = (
+        f"active serving policy: v{active['version']} (the champion serves v{served}): "
+        f"threshold {active['threshold']:.4g}, blend weight {active['blend_weight']:g}, "
+        f"calibration {calibration}, rule weights "
+        f"{'learned' if active['rule_weights'] else 'none (rule_confidence)'}"
+    )
+    if proposal is None:
+        return f"{text}\nno proposal yet: materialize serving_policy (analytics_job)"
+    return (
+        f"{text}\n\nnewest proposal: v{proposal.version} ({proposal.status}; {proposal.reason})"
+        f"\n\n{summaries.markdown(proposal.stages)}\n\non held-out rows: current "
+        f"{_metrics_line(proposal.metrics_before)}\n                  proposed "
+        f"{_metrics_line(proposal.metrics_after)}"
+    )
+
+
+def _metrics_line(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.4g}" for name, value in metrics.items())
