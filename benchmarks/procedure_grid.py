@@ -38,11 +38,9 @@ from feedback_pipeline.metrics import mcnemar_exact, weighted_log_loss
 from feedback_pipeline.settings import Settings
 from feedback_pipeline.training.challengers import REFIT_SPLITS
 from feedback_pipeline.training.dataset import (
-    Split,
     TrainingSetError,
     build_training_set,
     discover_features,
-    load_split,
 )
 from feedback_pipeline.training.families import (
     HALF_LIFE,
@@ -51,6 +49,7 @@ from feedback_pipeline.training.families import (
     predict_probability,
     recency_weights,
 )
+from feedback_pipeline.training.splits import Split, load_split
 from feedback_pipeline.warehouse.connection import connect
 from feedback_pipeline.warehouse.tables import LABELED_OUTCOMES
 

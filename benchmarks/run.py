@@ -36,13 +36,9 @@ from feedback_pipeline.monitoring.triggers import count_new_labels
 from feedback_pipeline.registry.mlflow_registry import local_registry
 from feedback_pipeline.settings import Settings
 from feedback_pipeline.training.challengers import REFIT_SPLITS
-from feedback_pipeline.training.dataset import (
-    build_training_set,
-    discover_features,
-    load_info,
-    load_split,
-)
+from feedback_pipeline.training.dataset import build_training_set, discover_features, load_info
 from feedback_pipeline.training.families import build_estimator
+from feedback_pipeline.training.splits import load_split
 from feedback_pipeline.warehouse import connection as warehouse
 from feedback_pipeline.warehouse.schema import KINDS, SQL_TYPES
 

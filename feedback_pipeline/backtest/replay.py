@@ -40,13 +40,13 @@ from feedback_pipeline.registry.mlflow_registry import CHALLENGER, CHAMPION, MOD
 from feedback_pipeline.retrain import retrain_on, training_set_as_of
 from feedback_pipeline.settings import Settings, with_overrides
 from feedback_pipeline.training.dataset import (
-    Split,
     TrainingSetError,
     build_training_set,
     discover_features,
 )
 from feedback_pipeline.training.families import fit
 from feedback_pipeline.training.quarantine import quarantined_weeks
+from feedback_pipeline.training.splits import Split
 from feedback_pipeline.warehouse.connection import connect, transaction
 from feedback_pipeline.warehouse.schema import KINDS
 from feedback_pipeline.warehouse.tables import (
@@ -284,7 +284,7 @@ def run_backtest(
                 ids, X = period_predictions(con, start, end, registry_features(registry, version))
                 p = registry.predict_probability(version, X).to_numpy() if len(ids) else []
             if len(ids):
-                scored.append(frame(run_id, name, ids, start, version, p))
+                scored.append(backtest_frame(run_id, name, ids, start, version, p))
             # what one policy costs: the shared labels and training set plus its own work
             spent = shared_seconds + time.perf_counter() - policy_began
             rows.append((name, version, promoted, reason, len(ids), spent))
@@ -300,7 +300,7 @@ def run_backtest(
             p = predict_probability(model, X) if len(ids) else []
             reason = "refit on all past labels"
         if len(ids):
-            scored.append(frame(run_id, REFIT_EVERYTHING, ids, start, None, p))
+            scored.append(backtest_frame(run_id, REFIT_EVERYTHING, ids, start, None, p))
         seconds = labels_seconds + time.perf_counter() - baseline_began
         rows.append((REFIT_EVERYTHING, None, model is not None, reason, len(ids), seconds))
         seconds = time.perf_counter() - began
@@ -332,7 +332,7 @@ def registry_features(registry: ReplayRegistry, version: str) -> list[str]:
     return json.loads(registry.version_tags(version)["features"])
 
 
-def frame(
+def backtest_frame(
     run_id: str, policy: str, ids: np.ndarray, start: datetime, version: str | None, p: np.ndarray
 ) -> pd.DataFrame:
     return pd.DataFrame(
@@ -389,7 +389,7 @@ def score_no_retrain(
     if not len(ids):
         return
     p = registry.predict_probability(version, X).to_numpy()
-    scored = frame(run_id, NO_RETRAIN, ids, since, version, p)
+    scored = backtest_frame(run_id, NO_RETRAIN, ids, since, version, p)
     with transaction(con):
         con.register("scored_chunk", scored)
         con.execute(

@@ -27,8 +27,6 @@ from feedback_pipeline.training.dataset import (
     TrainingSetError,
     TrainingSetInfo,
     load_info,
-    load_split,
-    selection_sample,
     split_counts,
 )
 from feedback_pipeline.training.families import fit
@@ -38,6 +36,7 @@ from feedback_pipeline.training.quarantine import (
     persisting_weeks,
     quarantined_weeks,
 )
+from feedback_pipeline.training.splits import load_split, selection_sample
 
 
 class StaleChallengersError(ValueError):

@@ -20,11 +20,8 @@ from feedback_pipeline.progress import Progress
 from feedback_pipeline.registry.mlflow_registry import CHAMPION, ModelRegistry
 from feedback_pipeline.settings import Settings
 from feedback_pipeline.training.dataset import (
-    Split,
     TrainingSetInfo,
     load_info,
-    load_split,
-    selection_sample,
     split_counts,
     training_set_table,
 )
@@ -37,6 +34,7 @@ from feedback_pipeline.training.families import (
     fit,
     train_family,
 )
+from feedback_pipeline.training.splits import Split, load_split, selection_sample
 from feedback_pipeline.vocabulary import BASELINE_SOURCE
 from feedback_pipeline.warehouse.summaries import markdown
 

@@ -20,7 +20,7 @@ from feedback_pipeline.metrics import (
     predict_probability,
     weighted_log_loss,
 )
-from feedback_pipeline.training.dataset import Split
+from feedback_pipeline.training.splits import Split
 
 HALF_LIFE = "half_life_days"
 

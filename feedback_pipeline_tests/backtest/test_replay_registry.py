@@ -12,7 +12,8 @@ from feedback_pipeline.promotion.judge import evaluate_and_judge
 from feedback_pipeline.registry.mlflow_registry import CHAMPION, ModelRegistry, local_registry
 from feedback_pipeline.settings import Settings
 from feedback_pipeline.training.challengers import train_challengers
-from feedback_pipeline.training.dataset import build_training_set, discover_features, load_split
+from feedback_pipeline.training.dataset import build_training_set, discover_features
+from feedback_pipeline.training.splits import load_split
 from feedback_pipeline.warehouse import connection as warehouse
 from feedback_pipeline_tests.conftest import SIMULATED_AS_OF
 

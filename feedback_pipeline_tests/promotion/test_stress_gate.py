@@ -16,9 +16,7 @@ from feedback_pipeline.registry.mlflow_registry import CHAMPION, local_registry
 from feedback_pipeline.retrain import retrain as retrain_as_of
 from feedback_pipeline.settings import Settings, with_overrides
 from feedback_pipeline.simulator.feedback_stream import SimulationConfig, simulate
-from feedback_pipeline.training.dataset import (
-    training_set_table,
-)
+from feedback_pipeline.training.dataset import training_set_table
 from feedback_pipeline.training.quarantine import quarantined_weeks, week_starts
 from feedback_pipeline.warehouse import connection
 

@@ -13,8 +13,8 @@ import pandas as pd
 
 from feedback_pipeline.registry.mlflow_registry import local_registry
 from feedback_pipeline.settings import Settings
-from feedback_pipeline.training.dataset import Split
 from feedback_pipeline.training.families import fit
+from feedback_pipeline.training.splits import Split
 
 FEATURES = ["momentum", "rsi", "gap"]
 

@@ -13,7 +13,7 @@ from feedback_pipeline.served_policy import OUTPUT_COLUMNS
 from feedback_pipeline.serving.server import (
     BadRequest,
     checked_rows,
-    numbers,
+    parse_float_column,
     parse_request,
     predictions_json,
     rule_fallback,
@@ -50,8 +50,12 @@ def test_every_format_gives_the_same_rows(fmt):
     assert params is None and table.rows == len(ROWS)
     assert list(table.columns) == list(ROWS.columns)
     for name in ("momentum", "rsi", "rule_confidence"):
-        np.testing.assert_array_equal(numbers(table, name), ROWS[name].to_numpy(dtype=float))
-    assert np.isnan(numbers(table, "gap")).all()  # an absent column is missing, not an error
+        np.testing.assert_array_equal(
+            parse_float_column(table, name), ROWS[name].to_numpy(dtype=float)
+        )
+    assert np.isnan(
+        parse_float_column(table, "gap")
+    ).all()  # an absent column is missing, not an error
     checked = checked_rows(table, "prod")
     assert checked.entity_id.tolist() == ["AAPL", None, "MSFT"]
     assert checked.environment.tolist() == ["prod"] * 3
@@ -90,15 +94,17 @@ def test_bad_values_name_the_column_and_the_row():
         json.dumps({"dataframe_records": [{"rsi": 1.0}, {"rsi": "high"}]}).encode(), None
     )
     with pytest.raises(BadRequest, match=r"'rsi' must hold numbers or null; row 1 holds 'high'"):
-        numbers(table, "rsi")
+        parse_float_column(table, "rsi")
     for value in ("NaN", 10**400, [0.5], {"x": 1}):  # not numbers, though float() may read them
         table, _ = parse_request(
             json.dumps({"dataframe_records": [{"rsi": None}, {"rsi": value}]}).encode(), None
         )
         with pytest.raises(BadRequest, match=r"'rsi' must hold numbers or null; row 1 holds"):
-            numbers(table, "rsi")
+            parse_float_column(table, "rsi")
     table, _ = parse_request(b'{"dataframe_records": [{"rsi": NaN}, {"rsi": "0.5"}]}', None)
-    np.testing.assert_array_equal(numbers(table, "rsi"), [np.nan, 0.5])  # NaN literal: missing
+    np.testing.assert_array_equal(
+        parse_float_column(table, "rsi"), [np.nan, 0.5]
+    )  # NaN literal: missing
     for row, says in [
         ({"rule_confidence": 1.5}, r"within \[0, 1\]; row 0 holds 1.5"),
         ({"environment": "staging"}, "environment must be one of"),

@@ -26,8 +26,8 @@ from feedback_pipeline.labels.outcomes import build_labeled_outcomes
 from feedback_pipeline.registry.mlflow_registry import CHAMPION, Registry, local_registry
 from feedback_pipeline.served_policy import ServingPolicy
 from feedback_pipeline.settings import LabelingSettings, Settings
-from feedback_pipeline.training.dataset import Split
 from feedback_pipeline.training.families import fit
+from feedback_pipeline.training.splits import Split
 from feedback_pipeline.warehouse import connection as warehouse
 from feedback_pipeline.warehouse.tables import LABELED_OUTCOMES
 from feedback_pipeline_tests.servers import (

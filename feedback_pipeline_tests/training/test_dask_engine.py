@@ -11,13 +11,9 @@ from feedback_pipeline.metrics import classification_metrics, predict_probabilit
 from feedback_pipeline.registry.mlflow_registry import local_registry
 from feedback_pipeline.settings import Settings, parse_settings
 from feedback_pipeline.training.challengers import train_challengers
-from feedback_pipeline.training.dataset import (
-    build_training_set,
-    discover_features,
-    load_info,
-    load_split,
-)
+from feedback_pipeline.training.dataset import build_training_set, discover_features, load_info
 from feedback_pipeline.training.families import fit
+from feedback_pipeline.training.splits import load_split
 from feedback_pipeline.warehouse import connection as warehouse
 from feedback_pipeline_tests.conftest import SIMULATED_AS_OF
 

@@ -19,11 +19,10 @@ from feedback_pipeline.training.dataset import (
     build_training_set,
     discover_features,
     load_info,
-    load_split,
-    selection_sample,
     training_set_table,
 )
 from feedback_pipeline.training.families import fit, train_family
+from feedback_pipeline.training.splits import load_split, selection_sample
 from feedback_pipeline.warehouse import connection as warehouse
 from feedback_pipeline.warehouse.tables import TRAINING_SET
 from feedback_pipeline_tests.conftest import SIMULATED_AS_OF

@@ -16,8 +16,9 @@ from sklearn.pipeline import Pipeline
 from feedback_pipeline.registry.mlflow_registry import local_registry
 from feedback_pipeline.settings import load_settings
 from feedback_pipeline.training.challengers import train_challengers
-from feedback_pipeline.training.dataset import build_training_set, discover_features, load_split
+from feedback_pipeline.training.dataset import build_training_set, discover_features
 from feedback_pipeline.training.families import FAMILIES, ModelFamily, register_family
+from feedback_pipeline.training.splits import load_split
 from feedback_pipeline.warehouse import connection as warehouse
 from feedback_pipeline_tests.conftest import SIMULATED_AS_OF
 

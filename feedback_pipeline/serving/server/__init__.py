@@ -33,7 +33,7 @@ from feedback_pipeline.serving.server.config import (
     config_from_args,
 )
 from feedback_pipeline.serving.server.protocol import BadRequest, json_depth, parse_request
-from feedback_pipeline.serving.server.rows import checked_rows, numbers, predictions_json
+from feedback_pipeline.serving.server.rows import checked_rows, parse_float_column, predictions_json
 from feedback_pipeline.serving.server.state import ServingState
 from feedback_pipeline.serving.server.writeback import prune_request_logs
 
@@ -45,7 +45,7 @@ __all__ = [
     "checked_rows",
     "config_from_args",
     "json_depth",
-    "numbers",
+    "parse_float_column",
     "parse_request",
     "predictions_json",
     "prune_request_logs",

@@ -21,7 +21,7 @@ from feedback_pipeline.serving.server.protocol import (
 from feedback_pipeline.vocabulary import ENVIRONMENTS
 
 
-def numbers(table: Table, column: str) -> np.ndarray:
+def parse_float_column(table: Table, column: str) -> np.ndarray:
     """A column as float64 (absent or null: NaN); a value that is not a number (a string that
     does not read as one, "NaN" included, an object, a list) is a 400."""
     if column not in table:
@@ -114,7 +114,7 @@ def checked_rows(table: Table, environment: str) -> Rows:
         bad = env[~allowed][0]
         raise BadRequest(f"environment must be one of {', '.join(ENVIRONMENTS)}, not {bad!r}")
     ml = optional(table, "ml_enhanced", ("boolean",), "true, false")
-    rule = numbers(table, RULE_CONFIDENCE)
+    rule = parse_float_column(table, RULE_CONFIDENCE)
     with np.errstate(invalid="ignore"):
         out_of_range = ~np.isnan(rule) & ((rule < 0.0) | (rule > 1.0))
     if out_of_range.any():

@@ -27,7 +27,7 @@ from feedback_pipeline.serving.server.records import Served, utc_iso
 from feedback_pipeline.serving.server.rows import (
     Rows,
     checked_rows,
-    numbers,
+    parse_float_column,
     predictions_json,
     sent_numbers,
 )
@@ -188,7 +188,7 @@ class ServingState:
         champion = self.champion  # read once: the whole request sees one champion
         # No model: record the numeric columns the caller sent as its features.
         names = champion.features if champion is not None else sent_numbers(table)
-        columns = {name: numbers(table, name) for name in names}
+        columns = {name: parse_float_column(table, name) for name in names}
         features = np.column_stack(list(columns.values())) if names else np.empty((table.rows, 0))
         if champion is None:
             return rule_fallback(checked.rule_confidence), None, names, features
