@@ -79,3 +79,17 @@ def test_a_held_warehouse_lock_is_an_error_that_says_what_to_do(data_dir, con, c
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_every_command_explains_itself(capsys):
+    """``--help`` of every command prints its usage (a ``%`` in a help text once crashed it)."""
+    from feedback_pipeline.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert {"simulate", "stream", "backtest", "serve", "policy", "quarantine"} <= set(commands)
+    for name in commands:
+        try:
+            main([name, "--help"])
+        except SystemExit as done:
+            assert done.code == 0, name
+        assert f"usage: feedback-pipeline {name}" in capsys.readouterr().out, name

@@ -108,7 +108,7 @@ def add_stream(commands: argparse._SubParsersAction) -> None:
     streams.add_argument(
         "name",
         choices=list(STREAMS),
-        help="; ".join(f"{s.name}: {s.description}" for s in STREAMS.values()),
+        help="; ".join(f"{s.name}: {s.description}" for s in STREAMS.values()).replace("%", "%%"),
     )
     streams.add_argument(
         "--out", type=Path, default=None, help="landing dir (default: DATA/landing)"

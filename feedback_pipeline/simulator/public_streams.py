@@ -362,9 +362,9 @@ class PublicStream:
     description: str
     load: Callable[[Path], pd.DataFrame]  # cache folder -> features and ``label``
     rows_per_day: int
-    label_delay: timedelta
-    first_day: date
-    file_days: int  # days of predictions per landing file
+    label_delay: timedelta = timedelta(days=1)
+    first_day: date = date(2020, 1, 6)
+    file_days: int = 7  # days of predictions per landing file
 
 
 STREAMS = {
@@ -384,45 +384,30 @@ STREAMS = {
             "forest cover type: 581,012 cells, 54 features, lodgepole pine or not",
             load_covtype,
             4_000,
-            timedelta(days=1),
-            date(2020, 1, 6),
-            7,
         ),
         PublicStream(
             "sea",
             "SEA concepts: 60,000 rows, 3 features, 4 abrupt concepts, 10% noise",
             load_sea,
             500,
-            timedelta(days=1),
-            date(2020, 1, 6),
-            7,
         ),
         PublicStream(
             "hyperplane",
             "rotating hyperplane: 100,000 rows, 10 features, 2 drifting, 5% noise",
             load_hyperplane,
             1_000,
-            timedelta(days=1),
-            date(2020, 1, 6),
-            7,
         ),
         PublicStream(
             "agrawal",
             "Agrawal loans: 100,000 rows, 9 features, 4 abrupt concepts, perturbation 0.05",
             load_agrawal,
             1_000,
-            timedelta(days=1),
-            date(2020, 1, 6),
-            7,
         ),
         PublicStream(
             "mixed",
             "MIXED: 80,000 rows, 4 features, the label reversed every 20,000 rows",
             load_mixed,
             1_000,
-            timedelta(days=1),
-            date(2020, 1, 6),
-            7,
         ),
     )
 }
