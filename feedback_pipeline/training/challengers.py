@@ -128,7 +128,22 @@ def train_challengers(
 
     ``info``: the training set this run built (its rows are read by its hash, never whatever
     another run built since); None: the newest set. ``half_life_search``: whether this round
-    searches the half-lives (None: when it searches hyperparameters, a full retrain)."""
+    searches the half-lives (None: when it searches hyperparameters, a full retrain).
+
+    Args:
+        con: the warehouse holding the training set.
+        registry: where each challenger is logged and registered.
+        settings: the run's settings (families' hyperparameters, engine, seed, half-lives).
+        families: the model families to fit, one challenger each.
+        search: draw ``models.search_budget`` candidates per family (the full retrain).
+        tags: added to every registered version (trigger, run id).
+        progress: where the progress lines go.
+        info: the training set to read, by its hash; None: the newest.
+        half_life_search: whether the half-lives are searched; None: when ``search`` is.
+
+    Returns:
+        The round: the set's hash and ``as_of``, the registered challengers, the best on
+        validation, and how the candidates were sampled."""
     for family in families:
         family_named(family)  # an unknown name fails before any data is read
     for name in settings.models.hyperparameters.extra_families():
