@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from scipy.stats import binomtest
-from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    brier_score_loss,
+    f1_score,
+    log_loss,
+    precision_score,
+    roc_auc_score,
+)
 
 from feedback_pipeline.metrics import (
     _bootstrap_metric,
@@ -124,3 +132,25 @@ def test_metrics_and_baselines():
     assert majority_accuracy(np.array([1, 1, 1, 0])) == 0.75
     assert calibration_error(np.array([1, 0]), np.array([1.0, 0.0])) == 0.0
     assert np.isclose(calibration_error(np.array([0, 0]), np.array([0.9, 0.9])), 0.9)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_classification_metrics_are_scikit_learns(weighted):
+    """Every metric against scikit-learn's own, with and without sample weights."""
+    w = np.random.default_rng(7).uniform(0.2, 3.0, len(Y)) if weighted else None
+    got = classification_metrics(Y, GOOD, 0.5, weights=w)
+    predicted = (GOOD >= 0.5).astype(int)
+    negatives = Y == 0
+    weights = np.ones(len(Y)) if w is None else w
+    expected = {
+        "accuracy": accuracy_score(Y, predicted, sample_weight=w),
+        "f1_weighted": f1_score(Y, predicted, average="weighted", sample_weight=w),
+        "roc_auc": roc_auc_score(Y, GOOD, sample_weight=w),
+        "log_loss": log_loss(Y, np.clip(GOOD, 1e-7, 1 - 1e-7), sample_weight=w),
+        "brier": brier_score_loss(Y, GOOD, sample_weight=w),
+        "precision": precision_score(Y, predicted, sample_weight=w),
+        # the false-positive rate: weighted false positives over weighted negatives
+        "fp_rate": weights[negatives & (predicted == 1)].sum() / weights[negatives].sum(),
+    }
+    for name, value in expected.items():
+        assert np.isclose(got[name], value, rtol=1e-9, atol=1e-12), name
