@@ -110,10 +110,14 @@ def backtest_id(plan: BacktestPlan, settings: Settings, data_fingerprint: str) -
 
 
 def data_fingerprint(con: duckdb.DuckDBPyConnection) -> str:
-    rows = con.execute(
-        f"SELECT count(*), max(predicted_at) FROM {RAW_PREDICTIONS} UNION ALL "
-        f"SELECT count(*), max(as_of) FROM {RAW_BASELINE_EXAMPLES}"
-    ).fetchall()
+    """What the replay reads, by content: per raw table, its row count and an order-free hash
+    of every row (one set-based pass each), so another stream of the same size and dates, or
+    one changed outcome, is another backtest."""
+    parts = []
+    for spec in KINDS.values():
+        columns = ", ".join(spec.columns)
+        parts.append(f"SELECT '{spec.kind}', count(*), bit_xor(hash({columns})) FROM {spec.table}")
+    rows = con.execute(" UNION ALL ".join(parts) + " ORDER BY 1").fetchall()
     return json.dumps(rows, default=str)
 
 
