@@ -77,6 +77,20 @@ def checked(data: bytes, expected: str, where: str, fix: str) -> bytes:
     return data
 
 
+def checked_generator(
+    frame: pd.DataFrame, expected: str, where: str, constant: str
+) -> pd.DataFrame:
+    """A generated stream, refused unless its CSV rendering has the sha256 it was measured with."""
+    checked(
+        frame.to_csv(index=False).encode(),
+        expected,
+        where,
+        "numpy's generator changed its stream; regenerate with this module's seed and update "
+        f"{constant} only after rerunning the backtests",
+    )
+    return frame
+
+
 def load_weather(path: Path = WEATHER_CSV) -> pd.DataFrame:
     """The weather stream as shipped (8 measurements and ``target``, 1 = it rained)."""
     data = checked(
@@ -193,15 +207,12 @@ def rotating_hyperplane(
 
 
 def load_hyperplane(cache: Path | None = None) -> pd.DataFrame:
-    frame = rotating_hyperplane()
-    checked(
-        frame.to_csv(index=False).encode(),
+    return checked_generator(
+        rotating_hyperplane(),
         HYPERPLANE_SHA256,
         "the rotating-hyperplane generator's output",
-        "numpy's generator changed its stream; regenerate with this module's seed and update "
-        "HYPERPLANE_SHA256 only after rerunning the backtests",
+        "HYPERPLANE_SHA256",
     )
-    return frame
 
 
 AGRAWAL_FUNCTIONS = (0, 1, 2, 3)  # scikit-multiflow's numbering of the paper's functions 1-4
@@ -295,15 +306,9 @@ def agrawal(
 
 
 def load_agrawal(cache: Path | None = None) -> pd.DataFrame:
-    frame = agrawal()
-    checked(
-        frame.to_csv(index=False).encode(),
-        AGRAWAL_SHA256,
-        "the Agrawal generator's output",
-        "numpy's generator changed its stream; regenerate with this module's seed and update "
-        "AGRAWAL_SHA256 only after rerunning the backtests",
+    return checked_generator(
+        agrawal(), AGRAWAL_SHA256, "the Agrawal generator's output", "AGRAWAL_SHA256"
     )
-    return frame
 
 
 MIXED_ROWS_PER_CONCEPT = 20_000
@@ -333,27 +338,11 @@ def mixed(
 
 
 def load_mixed(cache: Path | None = None) -> pd.DataFrame:
-    frame = mixed()
-    checked(
-        frame.to_csv(index=False).encode(),
-        MIXED_SHA256,
-        "the MIXED generator's output",
-        "numpy's generator changed its stream; regenerate with this module's seed and update "
-        "MIXED_SHA256 only after rerunning the backtests",
-    )
-    return frame
+    return checked_generator(mixed(), MIXED_SHA256, "the MIXED generator's output", "MIXED_SHA256")
 
 
 def load_sea(cache: Path | None = None) -> pd.DataFrame:
-    frame = sea_concepts()
-    checked(
-        frame.to_csv(index=False).encode(),
-        SEA_SHA256,
-        "the SEA generator's output",
-        "numpy's generator changed its stream; regenerate with this module's seed and update "
-        "SEA_SHA256 only after rerunning the backtests",
-    )
-    return frame
+    return checked_generator(sea_concepts(), SEA_SHA256, "the SEA generator's output", "SEA_SHA256")
 
 
 @dataclass(frozen=True)
