@@ -103,6 +103,7 @@ def label_maturity(
 class TrainingSetSummary:
     info: TrainingSetInfo
     counts: pd.DataFrame  # rows per source and split with the positive rate
+    quarantined: tuple[datetime, ...] = ()  # weeks whose feedback was left out
 
 
 class TrainingSetError(ValueError):
@@ -300,7 +301,7 @@ def _build(
         maturity.data_clock,
         maturity.horizon_days,
     )
-    return TrainingSetSummary(info, counts)
+    return TrainingSetSummary(info, counts, tuple(quarantined))
 
 
 INFO_COLUMNS = (

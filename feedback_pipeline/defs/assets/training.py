@@ -13,7 +13,6 @@ from feedback_pipeline.retrain import training_set_as_of
 from feedback_pipeline.settings import with_overrides
 from feedback_pipeline.training.challengers import ChallengerRound, train_challengers
 from feedback_pipeline.training.dataset import TrainingSetError, TrainingSetInfo
-from feedback_pipeline.training.quarantine import quarantined_weeks
 from feedback_pipeline.warehouse.summaries import markdown
 
 
@@ -42,7 +41,6 @@ def training_set(
             summary = training_set_as_of(con, settings, as_of, MODEL_NAME, labels=False)
         except TrainingSetError as error:
             raise dg.Failure(description=str(error)) from None
-        quarantined = quarantined_weeks(con, MODEL_NAME, as_of)
     features = summary.info.features
     info = summary.info
     context.log.info(f"training set as of {as_of}: {info.rows} rows, {len(features)} features")
@@ -56,7 +54,7 @@ def training_set(
             "data_watermark": str(info.data_watermark),
             "features": ", ".join(features),
             "outcome_weight": training.outcome_weight,
-            "quarantined_weeks": ", ".join(f"{w:%Y-%m-%d}" for w in quarantined) or "none",
+            "quarantined_weeks": ", ".join(f"{w:%Y-%m-%d}" for w in summary.quarantined) or "none",
             "rows_by_split_and_source": dg.MetadataValue.md(markdown(summary.counts)),
         },
     )
