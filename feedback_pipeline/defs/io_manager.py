@@ -91,10 +91,9 @@ def prune_finished_runs(
     if not finished:
         return []
     asset_keys = {
-        dg.AssetKey(list(path.relative_to(folder).parts))
+        dg.AssetKey(list(path.relative_to(stored[run_id]).parts))
         for run_id in finished
-        for folder in [stored[run_id]]
-        for path in folder.rglob("*")
+        for path in stored[run_id].rglob("*")
         if path.is_file() and not path.name.startswith(".")
     }
     latest = instance.get_latest_materialization_events(list(asset_keys))
