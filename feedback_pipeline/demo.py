@@ -49,7 +49,7 @@ def show_analytics(data_dir: Path) -> None:
         print(stats.markdown())
         print("$ feedback-pipeline policy show")
         served = local_registry(data_dir).active_policy_version()
-        active = policies.active_policy(con).to_dict()
+        active = policies.active_policy(con)
         print(policies.describe(active, served, policies.latest_proposal(con)))
         print("\n$ feedback-pipeline ab --control A --treatment B --metric accept_rate")
         try:

@@ -53,13 +53,13 @@ def _policy(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace, con: duckdb.DuckDBPyConnection) -> int:
     """The active policy, the version the champion serves and the newest proposal."""
-    active = policies.active_policy(con).to_dict()
+    active = policies.active_policy(con)
     proposal = policies.latest_proposal(con)
     served = local_registry(args.data_dir).active_policy_version()
     if args.json:
         print_json(
             {
-                "active": active,
+                "active": active.to_dict(),
                 "served_by_champion": served,
                 "latest_proposal": None
                 if proposal is None

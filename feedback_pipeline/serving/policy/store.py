@@ -216,15 +216,15 @@ def rollback_policy(
     return PolicyChange(current, new, reason)
 
 
-def describe(active: dict, served: int | None, proposal: ProposalSummary | None) -> str:
+def describe(active: ServingPolicy, served: int | None, proposal: ProposalSummary | None) -> str:
     """For people: the active policy, the version the champion serves and the newest proposal
     with its stages and held-out figures (what ``feedback-pipeline policy show`` prints)."""
-    calibration = (active["calibration"] or {}).get("method", "none")
+    calibration = active.calibration.method if active.calibration else "none"
     text = (
-        f"active serving policy: v{active['version']} (the champion serves v{served}): "
-        f"threshold {active['threshold']:.4g}, blend weight {active['blend_weight']:g}, "
+        f"active serving policy: v{active.version} (the champion serves v{served}): "
+        f"threshold {active.threshold:.4g}, blend weight {active.blend_weight:g}, "
         f"calibration {calibration}, rule weights "
-        f"{'learned' if active['rule_weights'] else 'none (rule_confidence)'}"
+        f"{'learned' if active.rule_weights else 'none (rule_confidence)'}"
     )
     if proposal is None:
         return f"{text}\nno proposal yet: materialize serving_policy (analytics_job)"
