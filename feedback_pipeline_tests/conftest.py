@@ -8,16 +8,27 @@ import shutil
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import dagster as dg
 import duckdb
 import pytest
 
+from feedback_pipeline.defs.definitions import build_defs
+from feedback_pipeline.defs.run_context import run_context_config
 from feedback_pipeline.ingest.landing_files import ingest_kind
 from feedback_pipeline.labels.outcomes import build_labeled_outcomes
+from feedback_pipeline.registry.mlflow_registry import CHAMPION, local_registry
 from feedback_pipeline.settings import LabelingSettings
 from feedback_pipeline.simulator.feedback_stream import SimulationConfig, simulate
 from feedback_pipeline.warehouse import connection as warehouse
+from feedback_pipeline_tests.servers import write_dagster_home
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """End-to-end files first: `pytest -n 2 --dist loadfile` hands out files in this order, and
+    a minutes-long file handed out last would leave one worker idle while it runs."""
+    items.sort(key=lambda item: item.get_closest_marker("end_to_end") is None)
 
 
 @pytest.fixture
@@ -138,6 +149,48 @@ def simulated_dir(simulated_source: Path, tmp_path: Path) -> Path:
     """A private copy of the simulated data directory (warehouse and landing files)."""
     target = tmp_path / "data"
     shutil.copytree(simulated_source, target)
+    return target
+
+
+class Championed(NamedTuple):
+    """A data directory after one weekly retrain_job, that run's id and its Dagster home."""
+
+    data_dir: Path
+    run_id: str
+    home: Path
+
+
+@pytest.fixture(scope="session")
+def championed(simulated_source: Path, tmp_path_factory) -> Championed:
+    """The simulated data with a champion: retrain_job as of ``SIMULATED_AS_OF`` (trigger
+    "weekly") in an instance of the project's dagster.yaml, once per test session. Read it;
+    tests that change it take ``championed_dir``."""
+    folder = tmp_path_factory.mktemp("championed")
+    data_dir = folder / "data"
+    shutil.copytree(simulated_source, data_dir)
+    home = folder / "home"
+    write_dagster_home(home)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        result = (
+            build_defs(data_dir)
+            .resolve_job_def("retrain_job")
+            .execute_in_process(
+                instance=instance,
+                run_config=run_context_config(SIMULATED_AS_OF.isoformat()),
+                tags={"trigger": "weekly"},
+            )
+        )
+    assert result.success
+    assert local_registry(data_dir).alias_version(CHAMPION) is not None
+    return Championed(data_dir, result.run_id, home)
+
+
+@pytest.fixture
+def championed_dir(championed: Championed, tmp_path: Path) -> Path:
+    """A private copy of the championed data directory. Its registry keeps the session's
+    artifact store, which new runs only add their own folders to."""
+    target = tmp_path / "championed"
+    shutil.copytree(championed.data_dir, target)
     return target
 
 

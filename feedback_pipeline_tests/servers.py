@@ -4,6 +4,7 @@ on loopback ports of a temp instance, stopped with their whole process group."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,6 +18,8 @@ BIN = Path(sys.executable).parent
 
 
 def free_port() -> int:
+    """A port free now. Another test worker can take it before the caller binds it: uvicorn
+    servers bind port 0 themselves (``listening_url``), the others use ``start_on_free_port``."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -100,3 +103,58 @@ def http_ok(url: str) -> bool:
             return response.status == 200
     except OSError:
         return False
+
+
+UVICORN_STARTED = re.compile(r"Uvicorn running on (http://127\.0\.0\.1:\d+)")
+
+
+def listening_url(server: Server, timeout: float = 120) -> str:
+    """The URL of ``server``, a uvicorn server started with ``--port 0``: the port the kernel
+    picked, read from uvicorn's start line (no other process can take it first)."""
+
+    def started() -> str | None:
+        found = UVICORN_STARTED.search(server.tail(10**6))
+        return found.group(1) if found else None
+
+    return wait_until(started, timeout, "uvicorn's start line", server)
+
+
+def start_on_port_zero(
+    command: list[str], env: dict[str, str], log: Path, ready: str, timeout: float = 120
+) -> tuple[Server, str]:
+    """``command`` (a uvicorn server, given ``--port 0``) started and answering ``ready``."""
+    server = Server(command, env, log)
+    try:
+        url = listening_url(server, timeout)
+        wait_until(lambda: http_ok(url + ready), timeout, f"{url}{ready}", server)
+    except BaseException:
+        server.stop()
+        raise
+    return server, url
+
+
+def start_on_free_port(
+    command: Callable[[int], list[str]],
+    env: dict[str, str],
+    log: Path,
+    ready: str,
+    timeout: float = 180,
+    attempts: int = 3,
+) -> tuple[Server, str]:
+    """``command(port)`` on a port from ``free_port``, until ``ready`` answers; started again on
+    another port when another process took the first one meanwhile (the server exits saying its
+    address is in use)."""
+    for attempt in range(1, attempts + 1):
+        port = free_port()
+        server = Server(command(port), env, log)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and server.process.poll() is None:
+            if http_ok(url + ready) and server.process.poll() is None:
+                return server, url
+            time.sleep(0.2)
+        server.stop()
+        if attempt < attempts and "address already in use" in server.tail().lower():
+            continue
+        raise AssertionError(f"{command(port)[0]} did not answer {url}{ready}\n{server.tail()}")
+    raise AssertionError("unreachable")

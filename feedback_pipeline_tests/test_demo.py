@@ -9,8 +9,11 @@ import sys
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from feedback_pipeline.registry.mlflow_registry import CHALLENGER, CHAMPION, local_registry
+
+pytestmark = pytest.mark.end_to_end
 
 DAGSTER = Path(sys.executable).with_name("dagster")
 

@@ -5,7 +5,9 @@ tables and plots, and a serving policy reaches consumers of the champion through
 from __future__ import annotations
 
 import json
+import shutil
 
+import dagster as dg
 import duckdb
 import mlflow
 import numpy as np
@@ -20,10 +22,13 @@ from feedback_pipeline_tests.defs.test_retrain_job import run
 CHAMPION_URI = "models:/feedback_model@champion"
 
 
-@pytest.fixture
-def analysed(simulated_dir, instance):
-    run(simulated_dir, instance, "retrain_job")
-    return simulated_dir, run(simulated_dir, instance, "analytics_job")
+@pytest.fixture(scope="module")
+def analysed(championed, tmp_path_factory):
+    """The championed data after analytics_job, once per module: read it, or copy it."""
+    data_dir = tmp_path_factory.mktemp("analysed") / "data"
+    shutil.copytree(championed.data_dir, data_dir)
+    with dg.instance_for_test(temp_dir=str(tmp_path_factory.mktemp("home"))) as instance:
+        return data_dir, run(data_dir, instance, "analytics_job")
 
 
 def metadata(result, asset: str) -> dict:
@@ -80,8 +85,11 @@ def cli_json(data_dir, capsys, *args: str):
     return json.loads(capsys.readouterr().out)
 
 
-def test_apply_then_rollback_changes_and_restores_what_the_champion_serves(analysed, capsys):
-    data_dir, _ = analysed
+def test_apply_then_rollback_changes_and_restores_what_the_champion_serves(
+    analysed, tmp_path, capsys
+):
+    data_dir = tmp_path / "data"
+    shutil.copytree(analysed[0], data_dir)
     rows = served_rows(data_dir)
     _, before = serve_fresh(data_dir, rows)
     assert list(before.columns) == [

@@ -1,13 +1,15 @@
-"""A drift episode retrains by itself: `dagster dev` (webserver + daemon) runs monitoring_sensor
-on real time, which asks for one retrain once k of the last n windows drifted, and that run
-moves the champion. Bounded waits; the server listens on 127.0.0.1 and is stopped at the end."""
+"""A drift episode retrains by itself: the Dagster daemon runs monitoring_sensor on real time,
+which asks for one retrain once k of the last n windows drifted, and that run moves the
+champion; the ticks after it ask for nothing. Waits are on recorded runs and ticks, bounded;
+the daemon is stopped at the end."""
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
+import pytest
+from dagster._core.scheduler.instigation import InstigatorTick, TickStatus
 
 from feedback_pipeline.defs.definitions import build_defs
 from feedback_pipeline.defs.run_context import run_context_config
@@ -17,12 +19,12 @@ from feedback_pipeline_tests.defs.test_operations import finished_runs
 from feedback_pipeline_tests.servers import (
     BIN,
     Server,
-    free_port,
-    http_ok,
     project_env,
     wait_until,
     write_dagster_home,
 )
+
+pytestmark = pytest.mark.end_to_end
 
 
 def test_the_daemon_retrains_once_when_drift_holds_and_the_champion_moves(tmp_path, monkeypatch):
@@ -58,28 +60,45 @@ def test_the_daemon_retrains_once_when_drift_holds_and_the_champion_moves(tmp_pa
     registry = local_registry(data_dir)
     before = registry.alias_version(CHAMPION)
 
-    port = free_port()
-    server = Server(
-        [str(BIN / "dagster"), "dev", "-m", "feedback_pipeline.definitions",
-         "-h", "127.0.0.1", "-p", str(port)],
+    daemon = Server(
+        [str(BIN / "dagster-daemon"), "run", "-m", "feedback_pipeline.definitions"],
         project_env(home, data_dir, settings_file),
-        tmp_path / "dagster_dev.log",
-    )  # fmt: skip
+        tmp_path / "daemon.log",
+    )
     try:
-        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/server_info"), 180, "Dagster", server)
         with dg.DagsterInstance.from_config(str(home)) as instance:
             runs = wait_until(
                 lambda: finished_runs(instance, "retrain_job", "monitoring"),
                 420,
                 "a retrain run started by monitoring_sensor",
-                server,
+                daemon,
             )
-            assert runs[0].is_success, server.tail()
+            assert runs[0].is_success, daemon.tail()
             after = registry.alias_version(CHAMPION)
             assert after != before
             assert registry.version_tags(after)["trigger"] == "monitoring"
             assert registry.version_tags(after)["dagster_run_id"] == runs[0].run_id
-            time.sleep(15)  # three more ticks: the episode does not ask again
+            # The episode does not ask again: three ticks after the run, each skipped.
+            ended = instance.get_run_record_by_id(runs[0].run_id).end_time
+
+            def three_later_ticks():
+                ticks = ticks_after(instance, "monitoring_sensor", ended)
+                return ticks if len(ticks) >= 3 else None
+
+            later = wait_until(
+                three_later_ticks,
+                120,
+                "three monitoring_sensor ticks after the retrain",
+                daemon,
+            )
+            assert all(tick.status == TickStatus.SKIPPED for tick in later), later
             assert len(instance.get_runs(dg.RunsFilter(tags={"trigger": "monitoring"}))) == 1
     finally:
-        server.stop()
+        daemon.stop()
+
+
+def ticks_after(instance: dg.DagsterInstance, sensor: str, after: float) -> list[InstigatorTick]:
+    """The recorded, completed ticks of ``sensor`` that began after ``after`` (a timestamp)."""
+    (state,) = [s for s in instance.all_instigator_state() if s.instigator_name == sensor]
+    ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, after=after)
+    return [tick for tick in ticks if tick.status != TickStatus.STARTED]

@@ -9,7 +9,6 @@ import dagster as dg
 import duckdb
 import mlflow
 import pandas as pd
-import pytest
 
 from feedback_pipeline.cli import main
 from feedback_pipeline.defs.definitions import build_defs
@@ -48,14 +47,8 @@ def ledger(data_dir: Path) -> list[tuple]:
         con.close()
 
 
-@pytest.fixture
-def retrained(simulated_dir, instance):
-    result = run(simulated_dir, instance, "retrain_job", trigger="weekly")
-    return simulated_dir, result
-
-
-def test_retrain_job_leaves_a_loadable_champion_and_a_ledger_row(retrained):
-    data_dir, result = retrained
+def test_retrain_job_leaves_a_loadable_champion_and_a_ledger_row(championed):
+    data_dir, run_id, home = championed
     mlflow.set_tracking_uri(default_tracking_uri(data_dir))
     champion = mlflow.pyfunc.load_model("models:/feedback_model@champion")
     columns = champion.metadata.get_input_schema().input_names()
@@ -68,18 +61,21 @@ def test_retrain_job_leaves_a_loadable_champion_and_a_ledger_row(retrained):
 
     (event,) = ledger(data_dir)
     assert event[:2] == ("retrain", "weekly")
-    assert event[4] is True and event[6] == result.run_id
+    assert event[4] is True and event[6] == run_id
 
     registry = local_registry(data_dir)
     champion = registry.alias_version(CHAMPION)
     version = registry.alias_version(CHALLENGER)  # the evaluated candidate
     assert registry.version_tags(champion)["refit_of"] == version  # the champion is its refit
     tags = registry.version_tags(version)
-    assert tags["trigger"] == "weekly" and tags["dagster_run_id"] == result.run_id
+    assert tags["trigger"] == "weekly" and tags["dagster_run_id"] == run_id
     assert tags["training_set_hash"] and tags["data_watermark"] != "None"
-    assert registry.version_tags(champion)["dagster_run_id"] == result.run_id
+    assert registry.version_tags(champion)["dagster_run_id"] == run_id
 
-    report = result.asset_materializations_for_node("evaluation_report")[0].metadata
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey("evaluation_report"))
+    assert event.run_id == run_id
+    report = event.asset_materialization.metadata
     assert "| model" in report["holdout_metrics"].value
     assert "**PROMOTE**" in report["decision"].value
     artifacts = {
@@ -93,8 +89,8 @@ def test_retrain_job_leaves_a_loadable_champion_and_a_ledger_row(retrained):
     } <= artifacts
 
 
-def test_second_retrain_on_same_data_is_ledgered_and_moves_no_alias(retrained, instance):
-    data_dir, _ = retrained
+def test_second_retrain_on_same_data_is_ledgered_and_moves_no_alias(championed_dir, instance):
+    data_dir = championed_dir
     registry = local_registry(data_dir)
     before = (
         registry.alias_version(CHAMPION),
@@ -111,8 +107,8 @@ def test_second_retrain_on_same_data_is_ledgered_and_moves_no_alias(retrained, i
     assert [e[4] for e in events] == [True, False], events
 
 
-def test_full_retrain_then_forced_promotion_then_rollback(retrained, instance, capsys):
-    data_dir, _ = retrained
+def test_full_retrain_then_forced_promotion_then_rollback(championed_dir, instance, capsys):
+    data_dir = championed_dir
     registry = local_registry(data_dir)
     champion = registry.alias_version(CHAMPION)
     result = run(data_dir, instance, "full_retrain_job", trigger="monthly")
@@ -138,8 +134,8 @@ def test_full_retrain_then_forced_promotion_then_rollback(retrained, instance, c
     assert "## Last decisions" in out
 
 
-def test_promote_needs_an_existing_version_and_a_reason(retrained, capsys):
-    data_dir, _ = retrained
+def test_promote_needs_an_existing_version_and_a_reason(championed_dir, capsys):
+    data_dir = championed_dir
     assert main(["--data-dir", str(data_dir), "promote", "999", "--reason", "x"]) == 2
     assert "no version 999" in capsys.readouterr().err
     assert main(["--data-dir", str(data_dir), "promote", "1", "--reason", " "]) == 2

@@ -9,7 +9,6 @@ import dagster as dg
 import duckdb
 import pytest
 
-from feedback_pipeline.cli import main
 from feedback_pipeline.defs.definitions import build_defs
 from feedback_pipeline.defs.resources import MlflowRegistryResource, local_resources
 from feedback_pipeline.defs.run_context import run_context_config
@@ -198,13 +197,3 @@ def test_mlflow_unreachable_fails_the_sensor_tick_loudly(
     }
     with pytest.raises(Exception, match=f"MLflow at {UNREACHABLE} did not answer"):
         sensor(dg.build_sensor_context(instance=instance, resources=resources))
-
-
-def test_mlflow_unreachable_status_says_what_to_do(
-    simulated_dir, capsys, monkeypatch, mlflow_fails_fast
-):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", UNREACHABLE)
-    assert main(["--data-dir", str(simulated_dir), "status"]) == 3
-    error = capsys.readouterr().err
-    assert f"MLflow at {UNREACHABLE} did not answer" in error
-    assert "MLFLOW_TRACKING_URI" in error

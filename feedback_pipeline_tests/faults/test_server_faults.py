@@ -27,7 +27,7 @@ from feedback_pipeline.serving.server import (
     json_depth,
     prune_request_logs,
 )
-from feedback_pipeline_tests.servers import BIN, Server, free_port, http_ok, wait_until
+from feedback_pipeline_tests.servers import BIN, Server, start_on_port_zero, wait_until
 from feedback_pipeline_tests.serving.test_server import (
     fit_logistic,
     get_json,
@@ -40,6 +40,8 @@ from feedback_pipeline_tests.serving.test_server import (
     subprocess_env,
 )
 
+pytestmark = pytest.mark.end_to_end
+
 MAX_BODY = 1 << 20  # the test server's --max-body-bytes
 MAX_ROWS = 500  # and --max-rows
 RETENTION_DAYS, RETENTION_BYTES = 7, 100_000
@@ -51,22 +53,8 @@ LOG_LINE = (
 
 
 def start_server(command: list[str], env: dict[str, str], log: Path) -> tuple[Server, str]:
-    """``command`` plus ``--port``, answering /health; started again once on another port when
-    the first was taken in the meantime."""
-    for attempt in range(2):
-        port = free_port()
-        server = Server([*command, "--port", str(port)], env, log)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and server.process.poll() is None:
-            if http_ok(f"{url}/health"):
-                return server, url
-            time.sleep(0.1)
-        server.stop()
-        if attempt == 0 and "address already in use" in server.tail().lower():
-            continue
-        raise AssertionError(f"serve did not answer /health on {url}\n{server.tail()}")
-    raise AssertionError("unreachable")
+    """``command`` on a port the kernel picks, answering /health."""
+    return start_on_port_zero([*command, "--port", "0"], env, log, "/health", timeout=90)
 
 
 def serve_command(data_dir: Path, *options: str) -> list[str]:

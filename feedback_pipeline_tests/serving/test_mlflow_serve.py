@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from feedback_pipeline.registry.mlflow_registry import CHAMPION, local_registry
-from feedback_pipeline_tests.servers import BIN, Server, free_port, http_ok, wait_until
+from feedback_pipeline_tests.servers import BIN, http_ok, start_on_free_port
 from feedback_pipeline_tests.serving.test_server import (
     FEATURES,
     POLICY_COLUMNS,
@@ -22,16 +22,16 @@ def test_mlflow_models_serve_scores_the_champion_with_the_policy_columns(tmp_pat
     registry = local_registry(tmp_path)
     estimator = fit_logistic(1.0, 5)
     registry.set_alias(CHAMPION, register(registry, estimator))
-    port = free_port()
-    server = Server(
-        [str(BIN / "mlflow"), "models", "serve", "-m", "models:/feedback_model@champion"]
-        + ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+    server, url = start_on_free_port(
+        lambda port: [
+            *(str(BIN / "mlflow"), "models", "serve", "-m", "models:/feedback_model@champion"),
+            *("--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)),
+        ],
         subprocess_env(MLFLOW_TRACKING_URI=registry.tracking_uri),
         tmp_path / "mlflow-serve.log",
+        "/ping",
     )
     try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: http_ok(f"{url}/ping"), 120, "mlflow models serve /ping", server)
         assert http_ok(f"{url}/health")
         rows = pd.DataFrame(
             {

@@ -33,8 +33,8 @@ from feedback_pipeline.warehouse.tables import LABELED_OUTCOMES
 from feedback_pipeline_tests.servers import (
     BIN,
     Server,
-    free_port,
     http_ok,
+    listening_url,
     wait_until,
     without_mlflow_env,
 )
@@ -179,11 +179,10 @@ def served(tmp_path_factory) -> Iterator[Running]:
     estimators = [fit_logistic(1.0, 1), fit_logistic(-1.0, 2)]
     versions = [register(registry, estimators[0])]
     registry.set_alias(CHAMPION, versions[0])
-    main_port, writeback_port = free_port(), free_port()
     # The front door, `feedback-pipeline serve`, and the module's own entry point.
     main = Server(
         [str(BIN / "feedback-pipeline"), "--data-dir", str(main_dir), "serve"]
-        + ["--port", str(main_port)]
+        + ["--port", "0"]
         + ["--reload-interval", "0.5", "--flush-seconds", "0.5"],
         subprocess_env(),
         main_dir / "server.log",
@@ -191,7 +190,7 @@ def served(tmp_path_factory) -> Iterator[Running]:
     # The registry through $MLFLOW_TRACKING_URI, its own data directory, no flush before exit.
     writeback = Server(
         [sys.executable, "-m", "feedback_pipeline.serving.server"]
-        + ["--data-dir", str(writeback_dir), "--port", str(writeback_port)]
+        + ["--data-dir", str(writeback_dir), "--port", "0"]
         + ["--alias", SHADOW, "--reload-interval", "0.5", "--flush-seconds", "600"]
         + ["--flush-rows", "100000", "--environment", "dev"],
         subprocess_env(MLFLOW_TRACKING_URI=registry.tracking_uri),
@@ -199,10 +198,7 @@ def served(tmp_path_factory) -> Iterator[Running]:
     )
     try:
         versions.append(register(registry, estimators[1]))  # while the servers start
-        main_url, writeback_url = (
-            f"http://127.0.0.1:{main_port}",
-            f"http://127.0.0.1:{writeback_port}",
-        )
+        main_url, writeback_url = listening_url(main), listening_url(writeback)
         wait_until(lambda: http_ok(f"{main_url}/health"), 120, "serve /health", main)
         # Its first load may have met the registration above in sqlite: the next poll retries.
         wait_until(lambda: get_json(f"{main_url}/health")["status"] == "ok", 30, "ok", main)
