@@ -18,6 +18,7 @@ filesystem; a deployment on several machines swaps it for a database advisory lo
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from pathlib import Path
 import duckdb
 
 DEFAULT_TIMEOUT_SECONDS = 120.0
+LOG = logging.getLogger(__name__)
 
 
 class PromotionLockTimeout(TimeoutError):
@@ -51,14 +53,23 @@ def promotion_lock(
     path = lock_path(con)
     with open(path, "a+") as file:
         deadline = time.monotonic() + timeout
+        waiting = False
         while True:
             try:
                 fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                file.seek(0)
+                holder = file.read().strip() or "unknown"
+                if not waiting:  # say so once: a promote that waits silently looks hung
+                    LOG.warning(
+                        "waiting up to %.0f s for the promotion lock %s (held by %s)",
+                        timeout,
+                        path,
+                        holder,
+                    )
+                    waiting = True
                 if time.monotonic() >= deadline:
-                    file.seek(0)
-                    holder = file.read().strip() or "unknown"
                     raise PromotionLockTimeout(
                         f"the promotion lock {path} was held for over {timeout:.0f} s (by "
                         f"{holder}): another promotion is running or hung; wait for it, or "

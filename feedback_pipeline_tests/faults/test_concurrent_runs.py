@@ -6,7 +6,6 @@ champion alias, the ledger, the registered versions and the warehouse must agree
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 
 import dagster as dg
@@ -32,7 +31,7 @@ from feedback_pipeline_tests.faults.runs import (
     materializations,
     python,
 )
-from feedback_pipeline_tests.servers import BIN, wait_until, without_mlflow_env
+from feedback_pipeline_tests.servers import BIN, Server, wait_until, without_mlflow_env
 
 pytestmark = pytest.mark.end_to_end
 
@@ -152,20 +151,24 @@ def test_a_promoter_waits_for_the_lock_and_a_killed_holder_releases_it(workspace
     try:
         wait_until(lambda: (tmp_path / "held").exists() or holder.poll() is not None, 60, "lock")
         assert holder.poll() is None, holder.communicate()[1][-3000:]
-        environment = without_mlflow_env()
-        promote = subprocess.Popen(
+        promote = Server(
             [str(BIN / "feedback-pipeline"), "--data-dir", str(data_dir), "promote", other,
              "--reason", "waits for the lock"],
-            env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            without_mlflow_env(), tmp_path / "promote.log",
         )  # fmt: skip
-        time.sleep(8)  # long enough for an unlocked promote to have finished
-        assert promote.poll() is None, promote.communicate()
+        wait_until(
+            lambda: "waiting up to 120 s for the promotion lock" in promote.tail(),
+            120,
+            "promote to wait for the lock",
+            promote,
+        )
+        assert promote.process.poll() is None, promote.tail()
         assert registry.alias_version(CHAMPION) == champion
         holder.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
-        out, err = promote.communicate(timeout=60)
-        assert promote.returncode == 0, err
+        assert promote.process.wait(timeout=60) == 0, promote.tail()
         assert time.monotonic() - killed_at < 30
+        promote.stop()
     finally:
         holder.kill()
         holder.wait()
