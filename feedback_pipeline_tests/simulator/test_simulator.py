@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import re
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,7 @@ def digest(folder: Path) -> dict[str, str]:
     }
 
 
+LATE_FILE = re.compile(r"late_(\d{4}-\d{2}-\d{2})_landed_(\d{4}-\d{2}-\d{2})\.jsonl")
 SMALL = SimulationConfig(days=6, predictions_per_day=80, baseline_per_day=40, bad_rate=0.05)
 
 
@@ -70,11 +74,38 @@ def test_bad_records_of_every_kind_land_in_rejected_records(con, landing):
     assert crlf, "one file per rotation is written with CRLF line endings"
 
 
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def test_late_predictions_arrive_after_their_feedback(landing):
-    simulate(landing, SimulationConfig(days=8, predictions_per_day=300, bad_rate=0.0))
-    late = sorted((landing / "predictions").glob("late_*"))
-    assert late
+    config = SimulationConfig(days=8, predictions_per_day=300, bad_rate=0.0, rating_rate=0.3)
+    simulate(landing, config)
     assert not list(landing.rglob("*.txt"))  # no deliberate junk without a bad rate
+    events = [e for path in (landing / "feedback").glob("*.jsonl") for e in records(path)]
+    late = sorted((landing / "predictions").glob("late_*"))
+    assert len(late) == config.days  # 2% of 300 a day: some every day
+    early, late_ids = set(), set()  # late predictions, those with feedback before they land
+    for path in late:
+        made, landed = LATE_FILE.fullmatch(path.name).groups()
+        landed_at = datetime.fromisoformat(landed)  # the file lands at midnight, UTC
+        predictions = records(path)
+        ids = {p["prediction_id"] for p in predictions}
+        late_ids |= ids
+        assert {p["predicted_at"][:10] for p in predictions} == {made}
+        on_time = records(landing / "predictions" / f"predictions_{made}.jsonl")
+        assert not ids & {p["prediction_id"] for p in on_time}  # they are only in the late file
+        # The human signals and ratings (hours to two days after a prediction) all happen
+        # before their prediction lands: their feedback is an orphan until then. Only trade
+        # outcomes (1-10 days) may come later.
+        for event in events:
+            if event["prediction_id"] in ids and event["event_type"] != "outcome":
+                occurred_at = datetime.fromisoformat(event["occurred_at"].removesuffix("Z"))
+                assert occurred_at < landed_at, (path.name, event)
+                early.add(event["prediction_id"])
+    # a human signal (half of them) or a rating (30%): about 65% of them
+    assert len(late_ids) > config.days and len(early) > 0.5 * len(late_ids)
+    assert {"reject", "rate", "undo"} <= {e["event_type"] for e in events}
 
 
 def test_other_formats(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -112,13 +113,32 @@ def test_a_prediction_labeled_both_ways_keeps_the_feedback_label(sim_con):
 
 
 def test_point_in_time_and_lookback_bound_every_input(sim_con):
-    summary = build(sim_con, lookback_days=14)
-    earliest, latest_label = sim_con.execute(
-        f"SELECT min(event_time), max(labeled_at) FROM {TRAINING_SET}"
+    build(sim_con, lookback_days=14)
+    earliest, latest_label, holdout_start = sim_con.execute(
+        f"""SELECT min(event_time), max(labeled_at), min(event_time) FILTER (split = 'holdout')
+            FROM {TRAINING_SET}"""
     ).fetchall()[0]
     assert earliest > SIMULATED_AS_OF - timedelta(days=14)
     assert latest_label <= SIMULATED_AS_OF
-    assert summary.info.window_start == SIMULATED_AS_OF - timedelta(days=14)
+    # The window's rows, straight from the inputs: labeled predictions made in the 14 days up to
+    # as_of whose label is known by then, and baseline examples of those days.
+    window = [SIMULATED_AS_OF - timedelta(days=14), SIMULATED_AS_OF]
+    in_window = dict(
+        sim_con.execute(
+            """SELECT prediction_id, predicted_at FROM labeled.labeled_outcomes
+               WHERE predicted_at > $1 AND predicted_at <= $2 AND labeled_at <= $2
+               UNION ALL
+               SELECT example_id, as_of FROM raw.baseline_examples
+               WHERE as_of > $1 AND as_of <= $2""",
+            window,
+        ).fetchall()
+    )
+    rows = dict(sim_con.execute(f"SELECT row_id, event_time FROM {TRAINING_SET}").fetchall())
+    assert len(rows) > 1000 and rows.keys() <= in_window.keys()
+    # every one of them before the holdout starts is in the set (newer ones wait for maturity)
+    before = {row for row, at in in_window.items() if at < holdout_start}
+    assert {row for row, at in rows.items() if at < holdout_start} == before
+    assert min(in_window.values()) < SIMULATED_AS_OF - timedelta(days=13)  # the window's edge
 
 
 def test_same_data_and_settings_give_the_same_hash(sim_con):
@@ -157,8 +177,11 @@ def test_a_split_loads_in_time_order_with_missing_features_as_nan(sim_con):
     assert split.X.fillna(0).equals(expected[summary.info.features].astype("float64").fillna(0))
 
 
-def thirty_minute_stream(con, landing, write_landing, days: int = 30) -> datetime:
-    """One prediction an hour, each with its outcome 30 minutes later; returns the last hour."""
+def thirty_minute_stream(
+    con, landing, write_landing, days: int = 30, turn: datetime | None = None
+) -> datetime:
+    """One prediction an hour, each with its outcome 30 minutes later (a win when x > 3, a loss
+    when x > 3 from ``turn`` on); returns the last hour."""
     start = datetime(2026, 3, 1)
     hours = [start + timedelta(hours=h) for h in range(days * 24)]
     write_landing(
@@ -182,7 +205,7 @@ def thirty_minute_stream(con, landing, write_landing, days: int = 30) -> datetim
                 f"p{i}",
                 "outcome",
                 f"{t + timedelta(minutes=30):%Y-%m-%dT%H:%M:%S}Z",
-                outcome="win" if (i % 7) > 3 else "loss",
+                outcome="win" if ((i % 7) > 3) != (turn is not None and t >= turn) else "loss",
             )
             for i, t in enumerate(hours)
         ],
@@ -203,8 +226,20 @@ def test_maturity_comes_from_the_observed_label_delay(con, landing, write_landin
         f"SELECT max(event_time) FROM {TRAINING_SET} WHERE split = 'holdout'"
     ).fetchall()[0][0]
     assert newest_holdout == last
-    override = build_training_set(con, TrainingSettings(maturity_days=3), ["x", "y"], as_of)
-    assert override.info.maturity_days == 3
+    # Overridden: the holdout is the newest fifth of the rows at least 3 days older than the
+    # data's clock (the last outcome, 30 minutes after the last hour); the newer rows are left
+    # to the refit.
+    build_training_set(con, TrainingSettings(maturity_days=3), ["x", "y"], as_of)
+    hours = [last - timedelta(hours=h) for h in reversed(range(30 * 24))]  # p0, p1, ...
+    clock = last + timedelta(minutes=30)
+    matured = [f"p{i}" for i, t in enumerate(hours) if t <= clock - timedelta(days=3)]
+    unmatured = {f"p{i}" for i, t in enumerate(hours) if t > clock - timedelta(days=3)}
+    by_split = dict(
+        con.execute(f"SELECT split, list(row_id) FROM {TRAINING_SET} GROUP BY split").fetchall()
+    )
+    assert len(unmatured) == 72
+    assert set(by_split["holdout"]) == set(matured[-math.floor(len(matured) * 0.2 + 0.5) :])
+    assert unmatured <= set(by_split.get("refit_only", []))
 
 
 def test_half_life_halves_the_weight_every_half_life_days(con, landing, write_landing):
@@ -222,18 +257,28 @@ def test_half_life_halves_the_weight_every_half_life_days(con, landing, write_la
     assert (recency_weights(rows, None) == rows.weight / rows.weight.mean()).all()
 
 
-def test_the_half_life_is_chosen_on_validation_like_a_hyperparameter(sim_con):
-    build(sim_con)
-    features = discover_features(sim_con, None)
-    train, validation = (load_split(sim_con, s, features) for s in ("train", "validation"))
-    params = Settings().models.hyperparameters.for_family("xgboost")
-    fitted = train_family(
-        "xgboost", params, train, validation, seed=42, half_lives=[None, 7.0, 60.0]
-    )
-    assert fitted.candidates_tried == 3
-    assert fitted.params["half_life_days"] in (None, 7.0, 60.0)
-    alone = train_family("xgboost", params, train, validation, seed=42, half_lives=[7.0])
-    assert fitted.validation_metrics["log_loss"] <= alone.validation_metrics["log_loss"]
+def test_the_half_life_is_chosen_on_validation_like_a_hyperparameter(con, landing, write_landing):
+    # The world turns on day 15: x > 3 wins before, loses after. Train spans days 0 to ~19 and
+    # validation ~19 to ~24, so only a short half-life (1 day) learns the world validation sees.
+    last = thirty_minute_stream(con, landing, write_landing, turn=datetime(2026, 3, 16))
+    as_of = last + timedelta(hours=1)
+    build_labeled_outcomes(con, LabelingSettings(), as_of)
+    build_training_set(con, TrainingSettings(), ["x", "y"], as_of)
+    train, validation = (load_split(con, s, ["x", "y"]) for s in ("train", "validation"))
+    assert train.event_time.min() < np.datetime64("2026-03-16") < train.event_time.max()
+    assert validation.event_time.min() > np.datetime64("2026-03-16")
+    params = Settings().models.hyperparameters.for_family("logistic_regression")
+
+    def fitted(half_lives):
+        return train_family(
+            "logistic_regression", params, train, validation, seed=42, half_lives=half_lives
+        )
+
+    losses = {h: fitted([h]).validation_metrics["log_loss"] for h in (None, 1.0, 60.0)}
+    assert losses[1.0] < 0.5 < np.log(2) < min(losses[None], losses[60.0])  # clearly better
+    chosen = fitted([None, 60.0, 1.0])  # the best one last: not the first or the default
+    assert chosen.params["half_life_days"] == 1.0
+    assert chosen.validation_metrics["log_loss"] == pytest.approx(losses[1.0])
 
 
 def test_candidates_are_compared_on_a_seeded_sample_of_train_rows(sim_con):
