@@ -6,10 +6,13 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from feedback_pipeline.defs.definitions import build_defs
+from feedback_pipeline.defs.run_context import run_context_config
 from feedback_pipeline.ingest.landing_files import ingest_kind
-from feedback_pipeline.labels.outcomes import build_labeled_outcomes
+from feedback_pipeline.labels.outcomes import build_labeled_outcomes, label_problems
+from feedback_pipeline.registry.mlflow_registry import local_registry
 from feedback_pipeline.settings import LabelingSettings, parse_settings
-from feedback_pipeline_tests.conftest import feedback, prediction
+from feedback_pipeline_tests.conftest import SIMULATED_AS_OF, feedback, prediction
 
 T0 = datetime(2026, 1, 5, 10, 0)
 FAR_FUTURE = datetime(2030, 1, 1)
@@ -167,3 +170,80 @@ def test_rebuild_is_idempotent_and_matches_late_predictions(con, landing, write_
     ingest_kind(con, landing, "predictions")
     assert build_labeled_outcomes(con, LabelingSettings(), FAR_FUTURE) == 1
     assert build_labeled_outcomes(con, LabelingSettings(), FAR_FUTURE) == 1
+
+
+# -- the labels guard (labels_are_valid): invalid labels must trip it and stop a retrain ------
+
+
+def write_labels(con, rows: list[tuple]) -> None:
+    """``labeled.labeled_outcomes`` as given: (prediction_id, label, strength) per row."""
+    con.execute(
+        "CREATE OR REPLACE TABLE labeled.labeled_outcomes "
+        "(prediction_id VARCHAR, label INTEGER, strength DOUBLE)"
+    )
+    con.executemany("INSERT INTO labeled.labeled_outcomes VALUES (?, ?, ?)", rows)
+
+
+def test_label_problems_counts_each_kind_of_invalid_label(con):
+    write_labels(con, [("ok-0", 0, 1.0), ("ok-1", 1, 0.25)])
+    assert label_problems(con) == dict.fromkeys(
+        ("null_labels", "labels_not_binary", "bad_strengths", "repeated_predictions"), 0
+    )
+
+    write_labels(
+        con,
+        [
+            ("ok", 1, 1.0),
+            ("null-label", None, 1.0),
+            ("two", 2, 1.0),
+            ("minus-one", -1, 1.0),
+            ("zero-strength", 1, 0.0),
+            ("negative-strength", 0, -0.5),
+            ("null-strength", 0, None),
+            ("twice", 1, 1.0),
+            ("twice", 0, 1.0),
+        ],
+    )
+    assert label_problems(con) == {
+        "null_labels": 1,
+        "labels_not_binary": 2,
+        "bad_strengths": 3,
+        "repeated_predictions": 1,
+    }
+
+
+def test_invalid_labels_fail_the_blocking_check_and_stop_the_retrain(simulated_dir, instance):
+    """A policy that gives accept labels no strength: the settings allow it, the labels guard
+    does not, and nothing downstream of labeled_outcomes runs."""
+    zero_strength = {"labeling": {"policy": {"accept": {"strength": 0.0}}}}
+    result = (
+        build_defs(simulated_dir)
+        .resolve_job_def("retrain_job")
+        .execute_in_process(
+            instance=instance,
+            run_config=run_context_config(
+                SIMULATED_AS_OF.isoformat(), settings_overrides=zero_strength
+            ),
+            raise_on_error=False,
+        )
+    )
+    assert not result.success
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert not checks["labels_are_valid"].passed
+    assert checks["labels_are_valid"].metadata["bad_strengths"].value > 0
+    assert checks["labels_are_valid"].metadata["labels_not_binary"].value == 0
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert "labeled_outcomes" in materialized  # the check runs on what was written ...
+    # ... and its step fails the run before any step downstream of it starts
+    assert [e.step_key for e in result.all_events if e.is_step_failure] == [
+        "labeled_outcomes_labels_are_valid"
+    ]
+    started = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
+    assert not started & {
+        "training_set",
+        "challenger_models",
+        "evaluation_report",
+        "champion_model",
+    }
+    assert "training_set_is_usable" not in checks
+    assert local_registry(simulated_dir).versions() == []

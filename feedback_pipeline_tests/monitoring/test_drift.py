@@ -1,12 +1,17 @@
-"""Drift: flagged on a shifted feature, not on a stable stream (over several seeds)."""
+"""Drift: flagged on a shifted feature, not on a stable stream (over several seeds); an accuracy
+drop alone also asks for a retrain; the serving-health checks fail outside the SLA."""
 
 from __future__ import annotations
 
+import json
 from datetime import date, datetime, timedelta
 
+import dagster as dg
 import numpy as np
 import pytest
 
+from feedback_pipeline.defs.definitions import build_defs
+from feedback_pipeline.defs.run_context import run_context_config
 from feedback_pipeline.labels.outcomes import build_labeled_outcomes
 from feedback_pipeline.monitoring.drift import (
     Reference,
@@ -106,3 +111,73 @@ def test_windows_the_champion_trained_on_are_not_judged(tmp_path):
 )
 def test_an_accuracy_drop_must_be_large_and_significant(labeled, accuracy, dropped):
     assert accuracy_dropped(labeled, accuracy, 2000, 0.80, SETTINGS) is dropped
+
+
+def test_an_accuracy_drop_alone_asks_for_a_retrain(tmp_path):
+    """Feedback that turns against the served decisions from day 18 (the features and the
+    served confidence unchanged): no window drifts, each degrades, and that alone is due."""
+    con = stream(tmp_path, 1, label_noise_day=18)
+    reference = reference_of(15)
+    verdicts, reference_accuracy = judge_windows(con, reference, NOW, SETTINGS)
+    con.close()
+    assert len(verdicts) == 3
+    assert [v.drifted_columns for v in verdicts] == [[], [], []], [v.line() for v in verdicts]
+    assert all(v.max_psi < SETTINGS.psi_threshold for v in verdicts)
+    assert all(v.degraded and v.alarming for v in verdicts), [v.line() for v in verdicts]
+    assert all(v.labeled >= SETTINGS.min_labeled_rows for v in verdicts)
+    assert all(v.accuracy < reference_accuracy - 0.2 for v in verdicts)
+    due = retrain_due(verdicts, reference, SETTINGS)
+    assert due.due and due.run_key == f"monitoring:1:{NOW.isoformat()}"
+    assert due.reason.startswith("3 of the last 3 windows drifted or degraded")
+    assert due.reason.count("(drifted: none)") == 3 and due.reason.count("DEGRADED") == 3
+
+
+def request_log(folder, latencies: list[float], fallbacks: int) -> None:
+    """Requests the server logged on 2026-04-03, 10 rows each, ``fallbacks`` of them in all."""
+    folder.mkdir(parents=True)
+    lines = [
+        {
+            "at": f"2026-04-03T10:00:{i:02d}",
+            "latency_ms": ms,
+            "rows": 10,
+            "fallbacks": min(10, max(0, fallbacks - 10 * i)),
+            "status": 200,
+            "model_version": "2",
+            "policy_version": 0,
+        }
+        for i, ms in enumerate(latencies)
+    ]
+    (folder / "requests-20260403.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+@pytest.mark.parametrize(
+    ("latencies", "fallbacks", "latency_ok", "fallback_ok"),
+    [
+        ([70.0, 80.0], 2, True, True),  # mean 75 ms, 10% of rows: both at the SLA, within it
+        ([70.0, 81.0], 2, False, True),  # mean 75.5 ms
+        ([70.0, 80.0], 3, True, False),  # 15% fell back
+        ([300.0, 500.0], 20, False, False),
+    ],
+)
+def test_the_serving_health_checks_fail_outside_the_sla(
+    tmp_path, instance, latencies, fallbacks, latency_ok, fallback_ok
+):
+    request_log(tmp_path / "serving", latencies, fallbacks)
+    result = (
+        build_defs(tmp_path)
+        .resolve_job_def("monitoring_job")
+        .execute_in_process(
+            instance=instance,
+            run_config=run_context_config("2026-04-04T00:00:00Z"),
+            asset_selection=[dg.AssetKey("serving_health")],
+        )
+    )
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    latency, fallback = checks["mean_latency_within_sla"], checks["fallback_rate_within_sla"]
+    assert (latency.passed, fallback.passed) == (latency_ok, fallback_ok)
+    assert latency.severity == fallback.severity == dg.AssetCheckSeverity.WARN
+    mean = sum(latencies) / len(latencies)
+    assert latency.description.startswith(f"mean {mean:.1f} ms, p99 ")
+    assert latency.description.endswith("(SLA: mean <= 75 ms)")
+    rate = fallbacks / (10 * len(latencies))
+    assert fallback.description == (f"fallback rate {rate:.1%} (SLA: <= 10%); error rate 0.0%")

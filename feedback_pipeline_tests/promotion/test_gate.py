@@ -336,3 +336,73 @@ def test_the_floor_keeps_a_champion_only_while_it_still_ranks_the_newest_labels(
     )
     assert reason in decision.reason
     assert decision.promote is promote
+
+
+# -- the fair holdout (rows the champion never trained on) and the gate switched off ----------
+
+WINNER = scored(0.80, 0.85, 0.40)  # beats CHAMPION_PROCEDURE on every count
+CHAMPION_PROCEDURE = scored(0.70, 0.75, 0.53)
+FAIR_NOTE = "champion v3's data watermark 2026-02-10 00:00:00"
+
+
+def judged_on_fair_rows(fair_rows: int, **gate) -> Decision:
+    """A clear winner, judged on a holdout of which ``fair_rows`` rows are new to the champion;
+    with too few, the caller passes no champion (the challenger may only be judged alone)."""
+    few = fair_rows < GateSettings(**gate).min_holdout_rows
+    return decide(
+        GateSettings(**gate),
+        500,
+        WINNER,
+        None if few else CHAMPION_PROCEDURE,
+        None if few else deltas(),
+        fair_rows=fair_rows,
+        fair_note=FAIR_NOTE,
+        procedure_compared=not few,
+    )
+
+
+@pytest.mark.parametrize("small_fair_holdout", ["block", "judge_alone"])
+def test_no_fair_row_keeps_the_champion_whatever_the_challenger(small_fair_holdout):
+    decision = judged_on_fair_rows(0, small_fair_holdout=small_fair_holdout)
+    assert (decision.promote, decision.applied, decision.refresh) == (False, False, False)
+    assert decision.reason == (
+        f"no holdout row is newer than {FAIR_NOTE}: no new evidence, the champion has already "
+        "learned from everything the challenger saw"
+    )
+    assert decision.checks == {"fair_holdout_size": False}
+
+
+def test_too_few_fair_rows_block_promotion_when_the_gate_says_block():
+    decision = judged_on_fair_rows(50, small_fair_holdout="block")
+    assert (decision.promote, decision.applied) == (False, False)
+    assert decision.reason == (
+        f"only 50 holdout rows are newer than {FAIR_NOTE} (rows it never trained on), fewer "
+        "than min_holdout_rows=200: blocked (gate.small_fair_holdout=block)"
+    )
+    assert decision.checks == {"fair_holdout_size": False}
+    # the same challenger judged alone qualifies: it is the setting that blocks it
+    alone = judged_on_fair_rows(50, small_fair_holdout="judge_alone")
+    assert alone.promote is True and "judged alone" in alone.reason
+
+
+@pytest.mark.parametrize("small_fair_holdout", ["block", "judge_alone"])
+def test_enough_fair_rows_compare_with_the_champion(small_fair_holdout):
+    decision = judged_on_fair_rows(200, small_fair_holdout=small_fair_holdout)  # exactly enough
+    assert decision.promote is True
+    assert decision.reason.startswith("challenger's procedure is not worse: holdout log loss")
+
+
+@pytest.mark.parametrize(
+    ("rows", "fair_rows", "challenger"),
+    [
+        (500, None, scored(0.3, 0.2, 2.0)),  # far below the floor, no champion
+        (10, None, WINNER),  # a holdout too small to judge on
+        (500, 0, WINNER),  # nothing new to judge on
+        (500, 50, scored(0.3, 0.2, 2.0)),  # too few fair rows, and below the floor
+    ],
+)
+def test_mode_always_promotes_every_candidate(rows, fair_rows, challenger):
+    gate = GateSettings(mode="always", small_fair_holdout="block")
+    decision = decide(gate, rows, challenger, None, None, fair_rows=fair_rows, fair_note="v1")
+    assert (decision.promote, decision.applied, decision.refresh) == (True, True, False)
+    assert decision.reason == "gate off (mode=always): every candidate is promoted"

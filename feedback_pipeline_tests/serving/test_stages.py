@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import dagster as dg
+import duckdb
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import confusion_matrix
 
+from feedback_pipeline.defs.definitions import build_defs
+from feedback_pipeline.defs.run_context import run_context_config
 from feedback_pipeline.metrics import calibration_error
-from feedback_pipeline.served_policy import ServingPolicy, calibrate, serve
+from feedback_pipeline.registry.mlflow_registry import local_registry
+from feedback_pipeline.served_policy import ServingPolicy, calibrate, rule_score, serve
 from feedback_pipeline.serving.policy.fit import (
     blend_step,
     fit_calibration,
+    fit_rule_weights,
     threshold_for_tp_retention,
 )
-from feedback_pipeline.serving.policy.proposal import PolicyRows
+from feedback_pipeline.serving.policy.proposal import PolicyProposal, PolicyRows, StageResult
 from feedback_pipeline.serving.policy.stages import propose_policy
+from feedback_pipeline.serving.policy.store import active_policy
 from feedback_pipeline.settings import ServingSettings
+from feedback_pipeline_tests.conftest import SIMULATED_AS_OF
 
 RUN_ID = "run-of-the-champion"
 
@@ -125,3 +133,137 @@ def test_a_row_missing_a_feature_falls_back_to_rule_confidence():
     assert served["blended_confidence"].tolist() == pytest.approx([0.6 * 0.9 + 0.4 * 0.3, 0.8])
     assert served["decision"].tolist() == [True, True]
     assert np.isnan(served["probability"].iloc[1])
+
+
+def test_fit_rule_weights_recovers_known_weights_on_the_raw_features():
+    """Labels from a known logistic rule on features of very different scales: the weights come
+    back on the raw features (not the standardised ones), each in its direction."""
+    rng = np.random.default_rng(4)
+    n = 20_000
+    X = pd.DataFrame(
+        {
+            "momentum": rng.normal(0.0, 1.0, n),
+            "volume": rng.normal(1000.0, 200.0, n),
+            "noise": rng.normal(5.0, 3.0, n),
+        }
+    )
+    logit = -0.5 + 1.5 * X["momentum"] - 0.01 * (X["volume"] - 1000.0)
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+
+    weights = fit_rule_weights(X, y.to_numpy())
+
+    coefficients = dict(weights.coefficients)
+    assert list(coefficients) == ["momentum", "volume", "noise"]
+    assert coefficients["momentum"] == pytest.approx(1.5, rel=0.1)
+    assert coefficients["volume"] == pytest.approx(-0.01, rel=0.1)
+    assert abs(coefficients["noise"]) < 0.02
+    assert weights.intercept == pytest.approx(-0.5 + 10.0, abs=1.0)
+    truth = 1 / (1 + np.exp(-logit.to_numpy()))
+    assert np.abs(rule_score(X, weights) - truth).max() < 0.05
+
+
+def test_the_rule_weights_stage_learns_the_feature_the_rule_confidence_misses():
+    """rule_confidence is a coin toss and the label follows momentum: the stage adopts weights
+    that rise with momentum, better than rule_confidence on the held-out rows."""
+    rows = overconfident_rows(2000, seed=5)
+    rows.frame["rule_confidence"] = np.random.default_rng(6).random(len(rows))
+
+    proposal = propose_policy(rows, ServingPolicy(), RUN_ID, ServingSettings())
+
+    stage = {s.stage: s for s in proposal.stages}["rule_weights"]
+    assert stage.ran and stage.changed, stage.reason
+    assert stage.reason == "logistic regression on the features"
+    assert stage.after["log_loss"] < stage.before["log_loss"]
+    ((name, weight),) = proposal.policy.rule_weights.coefficients
+    assert name == "momentum" and weight == pytest.approx(0.8, abs=0.25)
+
+
+def proposal_with(before: tuple[float, float], after: tuple[float, float]) -> PolicyProposal:
+    """A proposal whose held-out (log loss, FP rate) go from ``before`` to ``after``."""
+    return PolicyProposal(
+        policy=ServingPolicy(threshold=0.6),
+        current=ServingPolicy(),
+        stages=(StageResult("threshold", True, True, "picked", 100),),
+        before={"log_loss": before[0], "fp_rate": before[1]},
+        after={"log_loss": after[0], "fp_rate": after[1]},
+        rows=400,
+        held_out_rows=100,
+    )
+
+
+@pytest.mark.parametrize(
+    ("after", "improves"),
+    [
+        ((0.50, 0.20), True),  # better in both
+        ((0.50, 0.30), True),  # better log loss, same FP rate
+        ((0.60, 0.20), True),  # same log loss, lower FP rate
+        ((0.60, 0.30), False),  # the same: no better
+        ((0.50, 0.31), False),  # better log loss bought with more false positives
+        ((0.61, 0.20), False),  # fewer false positives bought with a worse log loss
+        ((0.70, 0.40), False),  # worse in both
+    ],
+)
+def test_a_proposal_improves_only_when_no_worse_in_both_and_better_in_one(after, improves):
+    proposal = proposal_with((0.60, 0.30), after)
+    assert proposal.improves is improves
+    better = "better than" if improves else "not better than"
+    assert proposal.verdict().endswith(f": {better} the active policy")
+
+
+def test_serving_mode_apply_serves_a_proposal_that_improves_and_only_such_a_one(
+    championed_dir, instance
+):
+    """serving_policy in a real run on the championed data: under serving.mode apply the
+    proposal that beats the active policy on held-out rows is applied (published to the
+    registry, ledgered); one that changes a value but is worse is only recorded."""
+
+    def materialize(serving: dict):
+        result = (
+            build_defs(championed_dir)
+            .resolve_job_def("analytics_job")
+            .execute_in_process(
+                instance=instance,
+                run_config=run_context_config(
+                    SIMULATED_AS_OF.isoformat(), settings_overrides={"serving": serving}
+                ),
+                asset_selection=[dg.AssetKey("serving_policy")],
+            )
+        )
+        (materialization,) = result.asset_materializations_for_node("serving_policy")
+        return materialization.metadata["decision"].value
+
+    def state() -> tuple[int, list[tuple]]:
+        con = duckdb.connect(str(championed_dir / "warehouse.duckdb"), read_only=True)
+        try:
+            statuses = con.execute(
+                "SELECT policy_version, status FROM ops.serving_policies ORDER BY 1"
+            ).fetchall()
+            applied = con.execute(
+                "SELECT reason, trigger FROM ops.retraining_events WHERE action = 'policy_applied'"
+            ).fetchall()
+            return active_policy(con).version, statuses, applied
+        finally:
+            con.close()
+
+    decision = materialize({"mode": "apply"})
+    assert decision.startswith("v1 applied: ") and decision.endswith(": better than the active "
+                                                                     "policy")  # fmt: skip
+    version, statuses, applied = state()
+    assert (version, statuses) == (1, [(1, "active")])
+    ((reason, trigger),) = applied
+    assert reason.startswith("serving policy v0 -> v1: serving.mode is apply; ")
+    assert trigger == "serving_policy"
+    assert local_registry(championed_dir).active_policy_version() == 1
+
+    # Only the blend weight may change, and it must go to 1 (the model's probability alone): a
+    # change that is worse on the held-out rows (in log loss and FP rate) is recorded, not served.
+    stages_off = {"threshold": 10**6, "rule_weights": 10**6, "sigmoid": 10**6, "isotonic": 10**6}
+    worse = materialize(
+        {"mode": "apply", "blend_min": 1.0, "blend_max": 1.0, "min_labels": stages_off}
+    )
+    assert worse.startswith("v2 proposed, not applied: blend_weight changed; ")
+    assert worse.endswith(": not better than the active policy")
+    version, statuses, applied = state()
+    assert (version, statuses) == (1, [(1, "active"), (2, "proposed")])
+    assert len(applied) == 1
+    assert local_registry(championed_dir).active_policy_version() == 1
