@@ -151,6 +151,9 @@ def _save_estimator(estimator: Any, folder: Path) -> tuple[Path, str]:
     return path, "pickle"
 
 
+# The variables that name the MLflow stores; MLflow sets them when its global URIs change.
+URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
 # MLflow's HTTP client settings, read from the environment on every request.
 HTTP_ENV = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "http_timeout_seconds",
@@ -206,8 +209,18 @@ class Registry:
         self.artifact_root = artifact_root
         self.model_name = model_name
         self.experiment = experiment
+        # MLflow's fluent calls (log_model) use the global URIs; MLflow also exports them to
+        # the environment, where ``default_tracking_uri`` would then mistake this store for
+        # one the user chose: the next registry of another data directory in this process
+        # would open this one. The user's variables are put back as they were.
+        chosen = {name: os.environ.get(name) for name in URI_ENV}
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
+        for name, value in chosen.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self._package_scan: threading.Thread | None = None
 

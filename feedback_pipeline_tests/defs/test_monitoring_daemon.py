@@ -15,6 +15,7 @@ from feedback_pipeline.defs.definitions import build_defs
 from feedback_pipeline.defs.run_context import run_context_config
 from feedback_pipeline.registry.mlflow_registry import CHAMPION, local_registry
 from feedback_pipeline.simulator.feedback_stream import SimulationConfig, simulate
+from feedback_pipeline_tests.conftest import with_mlflow_store
 from feedback_pipeline_tests.defs.test_operations import finished_runs
 from feedback_pipeline_tests.servers import (
     BIN,
@@ -40,6 +41,7 @@ def test_the_daemon_retrains_once_when_drift_holds_and_the_champion_moves(tmp_pa
             bad_rate=0.0, drift_start_day=33, drift_feature="volatility", drift_shift=1.5,
         ),
     )  # fmt: skip
+    with_mlflow_store(data_dir)  # the registry the runs will share, migrated once
     trained_as_of = datetime.combine(start + timedelta(days=34), datetime.min.time())
     settings_file = tmp_path / "settings.yaml"
     settings_file.write_text(

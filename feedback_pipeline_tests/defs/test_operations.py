@@ -17,6 +17,7 @@ from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 from feedback_pipeline.defs.run_context import run_context_config
 from feedback_pipeline.registry.mlflow_registry import CHAMPION, local_registry
 from feedback_pipeline.simulator.feedback_stream import SimulationConfig, simulate
+from feedback_pipeline_tests.conftest import with_mlflow_store
 from feedback_pipeline_tests.servers import (
     BIN,
     project_env,
@@ -49,6 +50,7 @@ def operating(tmp_path_factory):
             human_accuracy=0.95,
         ),
     )
+    with_mlflow_store(data_dir)  # the registry the runs will share, migrated once
     settings_file = root / "settings.yaml"
     settings_file.write_text(
         "triggers:\n  new_labels_threshold: 300\n  landing_interval_seconds: 5\n"

@@ -49,7 +49,9 @@ def ledger(data_dir: Path) -> list[tuple]:
 
 def test_retrain_job_leaves_a_loadable_champion_and_a_ledger_row(championed):
     data_dir, run_id, home = championed
+    # as a consumer's process does (this one has had other registries: both URIs are set)
     mlflow.set_tracking_uri(default_tracking_uri(data_dir))
+    mlflow.set_registry_uri(default_tracking_uri(data_dir))
     champion = mlflow.pyfunc.load_model("models:/feedback_model@champion")
     columns = champion.metadata.get_input_schema().input_names()
     # the features, sorted, then the caller's rule score (the serving policy's fallback)
@@ -65,6 +67,7 @@ def test_retrain_job_leaves_a_loadable_champion_and_a_ledger_row(championed):
 
     registry = local_registry(data_dir)
     champion = registry.alias_version(CHAMPION)
+    assert (event[2], event[3]) == (None, champion)  # the ledger names the version served
     version = registry.alias_version(CHALLENGER)  # the evaluated candidate
     assert registry.version_tags(champion)["refit_of"] == version  # the champion is its refit
     tags = registry.version_tags(version)

@@ -19,6 +19,7 @@ from feedback_pipeline.simulator.feedback_stream import SimulationConfig, simula
 from feedback_pipeline.training.dataset import training_set_table
 from feedback_pipeline.training.quarantine import quarantined_weeks, week_starts
 from feedback_pipeline.warehouse import connection
+from feedback_pipeline_tests.conftest import with_mlflow_store
 
 START = date(2026, 1, 5)
 FLIPPED_FROM_DAY = 49  # a week of feedback that says the opposite of the truth
@@ -41,7 +42,7 @@ def flipped_stream(tmp_path_factory):
     for kind in ("predictions", "feedback", "baseline"):
         ingest_kind(con, folder / "landing", kind)
     con.close()
-    return folder
+    return with_mlflow_store(folder)
 
 
 @pytest.mark.parametrize("mode", ["enforce", "always"])

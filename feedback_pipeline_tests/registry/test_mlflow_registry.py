@@ -15,6 +15,7 @@ from feedback_pipeline.registry.mlflow_registry import local_registry
 from feedback_pipeline.settings import Settings
 from feedback_pipeline.training.families import fit
 from feedback_pipeline.training.splits import Split
+from feedback_pipeline_tests.conftest import with_mlflow_store
 
 FEATURES = ["momentum", "rsi", "gap"]
 
@@ -51,7 +52,7 @@ def fitted(family: str) -> tuple[Any, Split]:
 
 def test_registered_versions_load_where_feedback_pipeline_is_not_installed(tmp_path):
     """Each family's version, loaded in one fresh process that cannot import this package."""
-    registry = local_registry(tmp_path)
+    registry = local_registry(with_mlflow_store(tmp_path))
     fits = {family: fitted(family) for family in FAMILIES}
     versions = {
         family: registry.log_challenger(
@@ -108,7 +109,7 @@ def test_two_versions_in_one_process_each_run_their_own_policy_code(tmp_path, mo
     from feedback_pipeline.registry import mlflow_registry
 
     estimator, train = fitted("logistic_regression")
-    registry = local_registry(tmp_path)
+    registry = local_registry(with_mlflow_store(tmp_path))
 
     def log() -> str:
         return registry.log_challenger(
@@ -132,7 +133,7 @@ def test_scoring_arrays_serves_what_predict_serves_in_float64(tmp_path):
     the same served columns, in float64 whether or not a row falls back (XGBoost's own
     probabilities are float32)."""
     estimator, train = fitted("xgboost")
-    registry = local_registry(tmp_path)
+    registry = local_registry(with_mlflow_store(tmp_path))
     version = registry.log_challenger(
         estimator, "xgboost", FEATURES, train.X, {}, {}, {}, "# card"
     ).version
@@ -148,3 +149,18 @@ def test_scoring_arrays_serves_what_predict_serves_in_float64(tmp_path):
         for name in ("decision", "fallback", "policy_version"):
             assert arrays[name].tolist() == served[name].tolist(), name
     assert arrays["fallback"].any() and not arrays["fallback"].all()
+
+
+def test_a_registry_never_redirects_the_next_data_directorys_registry(tmp_path, monkeypatch):
+    """MLflow exports its global URIs to the environment, which ``default_tracking_uri`` reads
+    as the user's choice: a second data directory's registry opened the first one's store."""
+    first = local_registry(with_mlflow_store(tmp_path / "first"))
+    second = local_registry(with_mlflow_store(tmp_path / "second"))
+    assert str(tmp_path / "second" / "mlflow.db") in second.tracking_uri
+    assert first.tracking_uri != second.tracking_uri
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+    # A store the user names in the environment is still the one every registry opens.
+    chosen = first.tracking_uri
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", chosen)
+    assert local_registry(tmp_path / "second").tracking_uri == chosen
+    assert os.environ["MLFLOW_TRACKING_URI"] == chosen

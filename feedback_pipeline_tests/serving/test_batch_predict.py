@@ -13,6 +13,7 @@ from feedback_pipeline.cli import main
 from feedback_pipeline.registry.mlflow_registry import CHAMPION, local_registry
 from feedback_pipeline.settings import Settings
 from feedback_pipeline.training.families import fit
+from feedback_pipeline_tests.conftest import with_mlflow_store
 from feedback_pipeline_tests.registry.test_mlflow_registry import FEATURES, training_split
 
 
@@ -24,7 +25,7 @@ def champion_dir(tmp_path):
     estimator = fit(
         family, settings.models.hyperparameters.for_family(family), train, settings.models.seed
     )
-    registry = local_registry(tmp_path)
+    registry = local_registry(with_mlflow_store(tmp_path))
     registered = registry.log_challenger(
         estimator, family, FEATURES, train.X, {"family": family}, {}, {}, "# card"
     )
@@ -81,7 +82,7 @@ def test_bad_rows_get_reasons_and_good_rows_are_scored(champion_dir, capsys, suf
 def test_predict_says_what_to_do_without_a_champion_or_with_a_bad_output(tmp_path, capsys):
     source = tmp_path / "in.jsonl"
     source.write_text(record("a") + "\n")
-    local_registry(tmp_path)  # an empty registry
+    local_registry(with_mlflow_store(tmp_path))  # an empty registry
     args = ["--data-dir", str(tmp_path), "predict", "--input", str(source), "--output"]
     assert main([*args, str(tmp_path / "out.jsonl")]) == 2
     assert "no champion yet" in capsys.readouterr().err

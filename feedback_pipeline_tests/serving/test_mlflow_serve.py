@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from feedback_pipeline.registry.mlflow_registry import CHAMPION, local_registry
+from feedback_pipeline_tests.conftest import with_mlflow_store
 from feedback_pipeline_tests.servers import BIN, http_ok, start_on_free_port
 from feedback_pipeline_tests.serving.test_server import (
     FEATURES,
@@ -19,7 +20,7 @@ from feedback_pipeline_tests.serving.test_server import (
 
 
 def test_mlflow_models_serve_scores_the_champion_with_the_policy_columns(tmp_path):
-    registry = local_registry(tmp_path)
+    registry = local_registry(with_mlflow_store(tmp_path))
     estimator = fit_logistic(1.0, 5)
     registry.set_alias(CHAMPION, register(registry, estimator))
     server, url = start_on_free_port(

@@ -30,6 +30,7 @@ from feedback_pipeline.training.families import fit
 from feedback_pipeline.training.splits import Split
 from feedback_pipeline.warehouse import connection as warehouse
 from feedback_pipeline.warehouse.tables import LABELED_OUTCOMES
+from feedback_pipeline_tests.conftest import with_mlflow_store
 from feedback_pipeline_tests.servers import (
     BIN,
     Server,
@@ -175,7 +176,7 @@ def served(tmp_path_factory) -> Iterator[Running]:
         os.environ.pop(name, None)
     main_dir = tmp_path_factory.mktemp("serve_main")
     writeback_dir = tmp_path_factory.mktemp("serve_writeback")
-    registry = local_registry(main_dir)
+    registry = local_registry(with_mlflow_store(main_dir))
     estimators = [fit_logistic(1.0, 1), fit_logistic(-1.0, 2)]
     versions = [register(registry, estimators[0])]
     registry.set_alias(CHAMPION, versions[0])
