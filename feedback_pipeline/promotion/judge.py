@@ -28,6 +28,11 @@ from feedback_pipeline.warehouse.summaries import markdown
 
 @dataclass(frozen=True)
 class EvaluationReport:
+    """What the ``evaluation_report`` asset stores and every later step reads: the measured
+    fields of an ``Evaluation`` and the gate's decision on them. It copies those fields rather
+    than holding the ``Evaluation``, whose holdout arrays only the plots and model cards need and
+    which would otherwise be pickled with every run's asset value."""
+
     as_of: datetime
     training_set_hash: str
     features: list[str]

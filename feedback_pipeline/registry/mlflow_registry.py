@@ -361,16 +361,24 @@ class Registry:
         self, policy: ServingPolicy, experiment: str = "feedback_pipeline_policies"
     ) -> str:
         """Log ``policy`` as an MLflow run's ``serving_policy.json`` and point the registered
-        model's tags at it: every fresh load of the model serves it. Returns the run id."""
-        experiment_id = self._experiment_id(experiment)
-        run = self.client.create_run(experiment_id, run_name=f"serving-policy-v{policy.version}")
-        self.client.log_dict(run.info.run_id, policy.to_dict(), POLICY_ARTIFACT)
-        self.client.log_param(run.info.run_id, "policy_version", policy.version)
-        self.client.set_terminated(run.info.run_id)
-        self.client.set_registered_model_tag(self.model_name, POLICY_RUN_TAG, run.info.run_id)
-        self.client.set_registered_model_tag(
-            self.model_name, POLICY_VERSION_TAG, str(policy.version)
-        )
+        model's tags at it: every fresh load of the model serves it. Returns the run id.
+
+        An MLflow that fails before the first tag is written leaves what is served as it was
+        (a logged run no tag points at is never read) and raises RegistryUnavailable."""
+        try:
+            experiment_id = self._experiment_id(experiment)
+            run = self.client.create_run(
+                experiment_id, run_name=f"serving-policy-v{policy.version}"
+            )
+            self.client.log_dict(run.info.run_id, policy.to_dict(), POLICY_ARTIFACT)
+            self.client.log_param(run.info.run_id, "policy_version", policy.version)
+            self.client.set_terminated(run.info.run_id)
+            self.client.set_registered_model_tag(self.model_name, POLICY_RUN_TAG, run.info.run_id)
+            self.client.set_registered_model_tag(
+                self.model_name, POLICY_VERSION_TAG, str(policy.version)
+            )
+        except MlflowException as error:
+            raise RegistryUnavailable(self.tracking_uri, error) from error
         return run.info.run_id
 
     def clear_policy(self) -> None:

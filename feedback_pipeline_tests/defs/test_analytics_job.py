@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from feedback_pipeline.cli import main
-from feedback_pipeline.registry.mlflow_registry import default_tracking_uri
+from feedback_pipeline.registry.mlflow_registry import default_tracking_uri, local_registry
 from feedback_pipeline.settings import AB_METRICS
 from feedback_pipeline_tests.defs.test_retrain_job import run
 
@@ -75,6 +75,7 @@ def served_rows(data_dir) -> pd.DataFrame:
 def serve_fresh(data_dir, rows: pd.DataFrame):
     """What a consumer gets from a fresh load of the champion."""
     mlflow.set_tracking_uri(default_tracking_uri(data_dir))
+    mlflow.set_registry_uri(default_tracking_uri(data_dir))
     model = mlflow.pyfunc.load_model(CHAMPION_URI)
     features = model.metadata.get_input_schema().input_names()
     return model, model.predict(rows.reindex(columns=features))
@@ -126,6 +127,37 @@ def test_apply_then_rollback_changes_and_restores_what_the_champion_serves(
 
     assert main(["--data-dir", str(data_dir), "policy", "rollback", "--reason", "again"]) == 2
     assert "nothing to roll back" in capsys.readouterr().err
+
+
+def policy_state(data_dir) -> tuple[list[tuple], list[tuple], int]:
+    """The policies' statuses, the ledger's policy rows, the version the registry serves."""
+    con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)
+    try:
+        statuses = con.execute(
+            "SELECT policy_version, status FROM ops.serving_policies ORDER BY 1"
+        ).fetchall()
+        ledgered = con.execute(
+            "SELECT action FROM ops.retraining_events WHERE action LIKE 'policy%'"
+        ).fetchall()
+    finally:
+        con.close()
+    return statuses, ledgered, local_registry(data_dir).active_policy_version()
+
+
+def test_policy_apply_changes_nothing_when_mlflow_does_not_answer(
+    analysed, tmp_path, capsys, monkeypatch
+):
+    data_dir = tmp_path / "data"
+    shutil.copytree(analysed[0], data_dir)
+    before = policy_state(data_dir)
+    assert (1, "proposed") in before[0] and before[2] == 0
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens there
+    code = main(["--data-dir", str(data_dir), "policy", "apply", "--reason", "outage"])
+    error = capsys.readouterr().err
+    assert code == 3, error
+    assert "MLflow at http://127.0.0.1:9 did not answer" in error
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert policy_state(data_dir) == before  # no status, no ledger row, no registry tag moved
 
 
 def test_a_row_the_champion_cannot_score_falls_back_to_rule_confidence_and_is_counted(analysed):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -27,6 +28,7 @@ from feedback_pipeline.serving.server import (
     json_depth,
     prune_request_logs,
 )
+from feedback_pipeline_tests.conftest import with_mlflow_store
 from feedback_pipeline_tests.servers import BIN, Server, start_on_port_zero, wait_until
 from feedback_pipeline_tests.serving.test_server import (
     fit_logistic,
@@ -452,3 +454,35 @@ def test_write_back_buffer_is_capped_while_writes_fail(tmp_path):
     send("e")  # room again
     assert state.writeback.flush() and dropped() == 20
     assert {f"e-{i}" for i in range(10)} <= set(landed_records(tmp_path)["prediction_id"])
+
+
+def test_a_failed_reload_keeps_serving_the_champion_it_has(tmp_path):
+    """In process: the alias moves to a version whose model files are gone (a failed upload,
+    a pruned artifact store). The poll fails, says why, counts it, and v1 goes on serving."""
+    registry = local_registry(with_mlflow_store(tmp_path))
+    first = register(registry, fit_logistic(1.0, 1))
+    registry.set_alias(CHAMPION, first)
+    state = ServingState(ServerConfig(data_dir=tmp_path))
+    state.reloader.check()
+    assert state.champion is not None and state.champion.version == first
+    assert state.reloader.problem is None
+
+    second = register(registry, fit_logistic(-1.0, 2))
+    source = registry.client.get_model_version(registry.model_name, second).source
+    files = tmp_path / "mlartifacts" / "models" / source.removeprefix("models:/")
+    assert files.is_dir(), source
+    shutil.rmtree(files)
+    registry.set_alias(CHAMPION, second)
+    state.reloader.check()
+
+    assert state.champion.version == first  # still the one that loaded
+    assert "keeping the current champion" in state.reloader.problem
+    assert f"feedback_model@{CHAMPION} failed" in state.reloader.problem
+    errors = state.metrics.registry.get_sample_value(
+        "feedback_serving_errors_total", {"kind": "reload"}
+    )
+    assert errors == 1
+    answer = state.answer(records(row("after-failed-reload")), "application/json", 0.0)
+    assert answer.status == 200
+    (served,) = json.loads(answer.body)["predictions"]
+    assert served["model_version"] == first and served["fallback"] is False
