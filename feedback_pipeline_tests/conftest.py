@@ -29,12 +29,6 @@ from feedback_pipeline.warehouse import connection as warehouse
 from feedback_pipeline_tests.servers import write_dagster_home
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """End-to-end files first: `pytest -n 2 --dist loadfile` hands out files in this order, and
-    a minutes-long file handed out last would leave one worker idle while it runs."""
-    items.sort(key=lambda item: item.get_closest_marker("end_to_end") is None)
-
-
 @functools.cache
 def _empty_mlflow_store() -> Path:
     """An MLflow sqlite store with every migration applied and nothing in it, made by MLflow
