@@ -60,6 +60,22 @@ def trained(source: Path, tmp_path: Path, instance: dg.DagsterInstance) -> Path:
     return data_dir
 
 
+@pytest.fixture(scope="module")
+def drift_champion(drifting_source: Path, tmp_path_factory) -> Path:
+    """The drifting stream with a champion trained as of ``TRAINED``, once per module; the
+    tests that change it work on a copy (``copied``)."""
+    folder = tmp_path_factory.mktemp("drift_champion")
+    (folder / "home").mkdir()
+    with dg.instance_for_test(temp_dir=str(folder / "home")) as instance:
+        return trained(drifting_source, folder, instance)
+
+
+def copied(data_dir: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "data"
+    shutil.copytree(data_dir, target)
+    return target
+
+
 def sense(data_dir: Path, instance: dg.DagsterInstance, now: datetime):
     resources = {
         **local_resources(data_dir),
@@ -75,9 +91,9 @@ def sense(data_dir: Path, instance: dg.DagsterInstance, now: datetime):
 
 
 def test_a_drift_episode_asks_for_one_retrain_which_moves_the_champion(
-    drifting_source, tmp_path, instance
+    drift_champion, tmp_path, instance
 ):
-    data_dir = trained(drifting_source, tmp_path, instance)
+    data_dir = copied(drift_champion, tmp_path)
     registry = local_registry(data_dir)
     before = registry.alias_version(CHAMPION)
 
@@ -113,9 +129,9 @@ def test_a_stable_stream_skips_and_says_why_with_the_numbers(stable_source, tmp_
 
 
 def test_the_monitoring_assets_show_drift_performance_and_health(
-    drifting_source, tmp_path, instance
+    drift_champion, tmp_path, instance
 ):
-    data_dir = trained(drifting_source, tmp_path, instance)
+    data_dir = copied(drift_champion, tmp_path)
     latencies = np.array([5.0, 7.0, 9.0, 120.0, 200.0, 6.0, 8.0, 10.0])
     log = data_dir / "serving" / "requests-20260403.jsonl"
     log.parent.mkdir()
