@@ -172,6 +172,30 @@ def simulated_dir(simulated_source: Path, tmp_path: Path) -> Path:
     return target
 
 
+def run_job(
+    data_dir: Path,
+    instance: dg.DagsterInstance,
+    job: str = "retrain_job",
+    assets: list[str] | None = None,
+    tags: dict[str, str] | None = None,
+    raise_on_error: bool = True,
+    **context: object,
+) -> dg.ExecuteInProcessResult:
+    """``job`` of ``data_dir``'s definitions (or only ``assets`` of it) in process, with one run
+    context: ``context`` are ``run_context_config``'s arguments (as_of, settings_overrides)."""
+    return (
+        build_defs(data_dir)
+        .resolve_job_def(job)
+        .execute_in_process(
+            instance=instance,
+            run_config=run_context_config(**context),
+            asset_selection=[dg.AssetKey(a) for a in assets] if assets else None,
+            tags=tags,
+            raise_on_error=raise_on_error,
+        )
+    )
+
+
 class Championed(NamedTuple):
     """A data directory after one weekly retrain_job, that run's id and its Dagster home."""
 
@@ -191,14 +215,8 @@ def championed(simulated_source: Path, tmp_path_factory) -> Championed:
     home = folder / "home"
     write_dagster_home(home)
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        result = (
-            build_defs(data_dir)
-            .resolve_job_def("retrain_job")
-            .execute_in_process(
-                instance=instance,
-                run_config=run_context_config(SIMULATED_AS_OF.isoformat()),
-                tags={"trigger": "weekly"},
-            )
+        result = run_job(
+            data_dir, instance, tags={"trigger": "weekly"}, as_of=SIMULATED_AS_OF.isoformat()
         )
     assert result.success
     assert local_registry(data_dir).alias_version(CHAMPION) is not None

@@ -14,11 +14,11 @@ import pytest
 
 from feedback_pipeline.defs.definitions import build_defs
 from feedback_pipeline.defs.resources import local_resources
-from feedback_pipeline.defs.run_context import RunContextResource, run_context_config
+from feedback_pipeline.defs.run_context import RunContextResource
 from feedback_pipeline.defs.sensors import monitoring_request
 from feedback_pipeline.registry.mlflow_registry import CHAMPION, local_registry
 from feedback_pipeline.simulator.feedback_stream import SimulationConfig
-from feedback_pipeline_tests.conftest import simulate_and_ingest
+from feedback_pipeline_tests.conftest import run_job, simulate_and_ingest
 
 START = date(2026, 3, 2)
 TRAINED = datetime(2026, 3, 30)  # day 28: the champion's as_of
@@ -51,12 +51,7 @@ def stable_source(tmp_path_factory) -> Path:
 def trained(source: Path, tmp_path: Path, instance: dg.DagsterInstance) -> Path:
     data_dir = tmp_path / "data"
     shutil.copytree(source, data_dir)
-    result = (
-        build_defs(data_dir)
-        .resolve_job_def("retrain_job")
-        .execute_in_process(instance=instance, run_config=run_context_config(TRAINED.isoformat()))
-    )
-    assert result.success
+    assert run_job(data_dir, instance, as_of=TRAINED.isoformat()).success
     return data_dir
 
 
@@ -145,11 +140,7 @@ def test_the_monitoring_assets_show_drift_performance_and_health(
             for i, ms in enumerate(latencies)
         )
     )  # fmt: skip
-    result = (
-        build_defs(data_dir)
-        .resolve_job_def("monitoring_job")
-        .execute_in_process(instance=instance, run_config=run_context_config(NOW.isoformat()))
-    )
+    result = run_job(data_dir, instance, "monitoring_job", as_of=NOW.isoformat())
     assert result.success
     drift = result.asset_materializations_for_node("feature_drift")[0].metadata
     assert "volatility" in drift["drifted"].value

@@ -11,11 +11,9 @@ import dagster as dg
 import pytest
 from dagster._core.scheduler.instigation import InstigatorTick, TickStatus
 
-from feedback_pipeline.defs.definitions import build_defs
-from feedback_pipeline.defs.run_context import run_context_config
 from feedback_pipeline.registry.mlflow_registry import CHAMPION, local_registry
 from feedback_pipeline.simulator.feedback_stream import SimulationConfig, simulate
-from feedback_pipeline_tests.conftest import with_mlflow_store
+from feedback_pipeline_tests.conftest import run_job, with_mlflow_store
 from feedback_pipeline_tests.defs.test_operations import finished_runs
 from feedback_pipeline_tests.servers import (
     BIN,
@@ -51,13 +49,7 @@ def test_the_daemon_retrains_once_when_drift_holds_and_the_champion_moves(tmp_pa
     monkeypatch.setenv("FEEDBACK_PIPELINE_SETTINGS", str(settings_file))
     (tmp_path / "setup_instance").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "setup_instance")) as setup:
-        result = (
-            build_defs(data_dir)
-            .resolve_job_def("retrain_job")
-            .execute_in_process(
-                instance=setup, run_config=run_context_config(trained_as_of.isoformat())
-            )
-        )
+        result = run_job(data_dir, setup, as_of=trained_as_of.isoformat())
     assert result.success
     registry = local_registry(data_dir)
     before = registry.alias_version(CHAMPION)

@@ -18,24 +18,15 @@ from feedback_pipeline.registry.mlflow_registry import (
     Registry,
     local_registry,
 )
-from feedback_pipeline_tests.conftest import SIMULATED_AS_OF
+from feedback_pipeline_tests.conftest import SIMULATED_AS_OF, run_job
 
 AS_OF = SIMULATED_AS_OF.isoformat() + "Z"
 UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing listens, connections are refused
 
 
 def execute(data_dir: Path, instance, job: str = "retrain_job", assets=None, **context):
-    """Run ``job`` (or only ``assets`` of it) with one run context; never raises."""
-    return (
-        build_defs(data_dir)
-        .resolve_job_def(job)
-        .execute_in_process(
-            instance=instance,
-            run_config=run_context_config(**context),
-            asset_selection=[dg.AssetKey(a) for a in assets] if assets else None,
-            raise_on_error=False,
-        )
-    )
+    """``run_job`` that never raises: these tests read the failures."""
+    return run_job(data_dir, instance, job, assets, raise_on_error=False, **context)
 
 
 def failure_messages(result) -> str:

@@ -11,14 +11,13 @@ import time
 import dagster as dg
 import pytest
 
-from feedback_pipeline.defs.definitions import build_defs
-from feedback_pipeline.defs.run_context import run_context_config
 from feedback_pipeline.promotion.apply import apply_decision
 from feedback_pipeline.promotion.judge import evaluate_and_judge
 from feedback_pipeline.registry.mlflow_registry import CHAMPION, local_registry
 from feedback_pipeline.settings import Settings
 from feedback_pipeline.training.challengers import train_challengers
 from feedback_pipeline.warehouse import connection
+from feedback_pipeline_tests.conftest import run_job
 from feedback_pipeline_tests.faults.runs import (
     AS_OF,
     WEEK_EARLIER,
@@ -83,13 +82,7 @@ def test_a_backdated_run_never_replaces_a_newer_champion(workspace):
     registry = local_registry(data_dir)
     champion = registry.alias_version(CHAMPION)
     with dg.DagsterInstance.from_config(str(home)) as instance:  # one run: in this process
-        backdated = (
-            build_defs(data_dir)
-            .resolve_job_def("retrain_job")
-            .execute_in_process(
-                instance=instance, run_config=run_context_config(WEEK_EARLIER.isoformat())
-            )
-        )
+        backdated = run_job(data_dir, instance, as_of=WEEK_EARLIER.isoformat())
     assert backdated.success
     row = ledger_rows(data_dir)[-1]
     assert row["action"] == "retrain" and not row["promoted"], row["reason"]

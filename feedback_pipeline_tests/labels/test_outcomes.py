@@ -6,13 +6,11 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from feedback_pipeline.defs.definitions import build_defs
-from feedback_pipeline.defs.run_context import run_context_config
 from feedback_pipeline.ingest.landing_files import ingest_kind
 from feedback_pipeline.labels.outcomes import build_labeled_outcomes, label_problems
 from feedback_pipeline.registry.mlflow_registry import local_registry
 from feedback_pipeline.settings import LabelingSettings, parse_settings
-from feedback_pipeline_tests.conftest import SIMULATED_AS_OF, feedback, prediction
+from feedback_pipeline_tests.conftest import SIMULATED_AS_OF, feedback, prediction, run_job
 
 T0 = datetime(2026, 1, 5, 10, 0)
 FAR_FUTURE = datetime(2030, 1, 1)
@@ -216,16 +214,12 @@ def test_invalid_labels_fail_the_blocking_check_and_stop_the_retrain(simulated_d
     """A policy that gives accept labels no strength: the settings allow it, the labels guard
     does not, and nothing downstream of labeled_outcomes runs."""
     zero_strength = {"labeling": {"policy": {"accept": {"strength": 0.0}}}}
-    result = (
-        build_defs(simulated_dir)
-        .resolve_job_def("retrain_job")
-        .execute_in_process(
-            instance=instance,
-            run_config=run_context_config(
-                SIMULATED_AS_OF.isoformat(), settings_overrides=zero_strength
-            ),
-            raise_on_error=False,
-        )
+    result = run_job(
+        simulated_dir,
+        instance,
+        raise_on_error=False,
+        as_of=SIMULATED_AS_OF.isoformat(),
+        settings_overrides=zero_strength,
     )
     assert not result.success
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}

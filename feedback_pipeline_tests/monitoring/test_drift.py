@@ -10,8 +10,6 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from feedback_pipeline.defs.definitions import build_defs
-from feedback_pipeline.defs.run_context import run_context_config
 from feedback_pipeline.labels.outcomes import build_labeled_outcomes
 from feedback_pipeline.monitoring.drift import (
     Reference,
@@ -23,7 +21,7 @@ from feedback_pipeline.monitoring.drift import (
 from feedback_pipeline.settings import LabelingSettings, MonitoringSettings
 from feedback_pipeline.simulator.feedback_stream import FEATURES, SimulationConfig
 from feedback_pipeline.warehouse import connection as warehouse
-from feedback_pipeline_tests.conftest import simulate_and_ingest
+from feedback_pipeline_tests.conftest import run_job, simulate_and_ingest
 
 START = date(2026, 3, 2)
 SETTINGS = MonitoringSettings()
@@ -163,14 +161,8 @@ def test_the_serving_health_checks_fail_outside_the_sla(
     tmp_path, instance, latencies, fallbacks, latency_ok, fallback_ok
 ):
     request_log(tmp_path / "serving", latencies, fallbacks)
-    result = (
-        build_defs(tmp_path)
-        .resolve_job_def("monitoring_job")
-        .execute_in_process(
-            instance=instance,
-            run_config=run_context_config("2026-04-04T00:00:00Z"),
-            asset_selection=[dg.AssetKey("serving_health")],
-        )
+    result = run_job(
+        tmp_path, instance, "monitoring_job", ["serving_health"], as_of="2026-04-04T00:00:00Z"
     )
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     latency, fallback = checks["mean_latency_within_sla"], checks["fallback_rate_within_sla"]

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import dagster as dg
 import duckdb
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import confusion_matrix
 
-from feedback_pipeline.defs.definitions import build_defs
-from feedback_pipeline.defs.run_context import run_context_config
 from feedback_pipeline.metrics import calibration_error
 from feedback_pipeline.registry.mlflow_registry import local_registry
 from feedback_pipeline.served_policy import ServingPolicy, calibrate, rule_score, serve
@@ -24,7 +21,7 @@ from feedback_pipeline.serving.policy.proposal import PolicyProposal, PolicyRows
 from feedback_pipeline.serving.policy.stages import propose_policy
 from feedback_pipeline.serving.policy.store import active_policy
 from feedback_pipeline.settings import ServingSettings
-from feedback_pipeline_tests.conftest import SIMULATED_AS_OF
+from feedback_pipeline_tests.conftest import SIMULATED_AS_OF, run_job
 
 RUN_ID = "run-of-the-champion"
 
@@ -218,21 +215,18 @@ def test_serving_mode_apply_serves_a_proposal_that_improves_and_only_such_a_one(
     registry, ledgered); one that changes a value but is worse is only recorded."""
 
     def materialize(serving: dict):
-        result = (
-            build_defs(championed_dir)
-            .resolve_job_def("analytics_job")
-            .execute_in_process(
-                instance=instance,
-                run_config=run_context_config(
-                    SIMULATED_AS_OF.isoformat(), settings_overrides={"serving": serving}
-                ),
-                asset_selection=[dg.AssetKey("serving_policy")],
-            )
+        result = run_job(
+            championed_dir,
+            instance,
+            "analytics_job",
+            ["serving_policy"],
+            as_of=SIMULATED_AS_OF.isoformat(),
+            settings_overrides={"serving": serving},
         )
         (materialization,) = result.asset_materializations_for_node("serving_policy")
         return materialization.metadata["decision"].value
 
-    def state() -> tuple[int, list[tuple]]:
+    def state() -> tuple[int, list[tuple], list[tuple]]:
         con = duckdb.connect(str(championed_dir / "warehouse.duckdb"), read_only=True)
         try:
             statuses = con.execute(

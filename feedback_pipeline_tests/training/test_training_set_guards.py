@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from feedback_pipeline.defs.definitions import build_defs
-from feedback_pipeline.defs.run_context import run_context_config
 from feedback_pipeline.registry.mlflow_registry import local_registry
 from feedback_pipeline.training.dataset import training_set_problems, training_set_table
 from feedback_pipeline.warehouse import connection as warehouse
 from feedback_pipeline.warehouse.tables import RAW_BASELINE_EXAMPLES
-from feedback_pipeline_tests.conftest import SIMULATED_AS_OF
+from feedback_pipeline_tests.conftest import SIMULATED_AS_OF, run_job
 
 HASH = "0123456789abcdef"
 
@@ -83,16 +81,12 @@ def test_a_single_class_training_set_fails_the_blocking_check_and_stops_the_retr
     con.close()
     negative = ("loss", "breakeven", "reject", "undo", "rate_bad")
     good_news_only = {"labeling": {"policy": {signal: {"label": 1} for signal in negative}}}
-    result = (
-        build_defs(simulated_dir)
-        .resolve_job_def("retrain_job")
-        .execute_in_process(
-            instance=instance,
-            run_config=run_context_config(
-                SIMULATED_AS_OF.isoformat(), settings_overrides=good_news_only
-            ),
-            raise_on_error=False,
-        )
+    result = run_job(
+        simulated_dir,
+        instance,
+        raise_on_error=False,
+        as_of=SIMULATED_AS_OF.isoformat(),
+        settings_overrides=good_news_only,
     )
     assert not result.success
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
