@@ -33,7 +33,7 @@ demo: $(STAMP)
 # Two test workers on two cores: one OpenMP thread each, or XGBoost's threads oversubscribe the
 # cores and spin (the suite took 11 minutes instead of 8).
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 # N=10000000 for the large run
 N ?= 1000000
@@ -55,9 +55,11 @@ validate: $(STAMP)
 dev: $(STAMP)
 	$(BIN)/dagster dev -m feedback_pipeline.definitions -h 127.0.0.1 -p 3000
 
+# One user's UI: one worker (MLflow's default starts four copies of itself), and no job runner
+# for MLflow's GenAI jobs (unused here; it starts seven more Python processes).
 mlflow: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(FEEDBACK_PIPELINE_DATA_DIR)/mlflow.db \
-		--default-artifact-root $(FEEDBACK_PIPELINE_DATA_DIR)/mlartifacts --host 127.0.0.1 --port 5000
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(FEEDBACK_PIPELINE_DATA_DIR)/mlflow.db \
+		--default-artifact-root $(FEEDBACK_PIPELINE_DATA_DIR)/mlartifacts --host 127.0.0.1 --port 5000 --workers 1
 
 status: $(STAMP)
 	$(BIN)/feedback-pipeline status

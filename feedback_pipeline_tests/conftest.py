@@ -16,6 +16,7 @@ from typing import NamedTuple
 import dagster as dg
 import duckdb
 import pytest
+from filelock import FileLock
 from mlflow.tracking import MlflowClient
 
 from feedback_pipeline.defs.definitions import build_defs
@@ -27,6 +28,32 @@ from feedback_pipeline.settings import LabelingSettings
 from feedback_pipeline.simulator.feedback_stream import SimulationConfig, simulate
 from feedback_pipeline.warehouse import connection as warehouse
 from feedback_pipeline_tests.servers import write_dagster_home
+
+# Wall seconds of the longest files on two workers (`pytest --durations=0`, 2026-12-04). xdist
+# hands out whole files in collection order (`make test` passes --no-loadscope-reorder, or it
+# would sort them by test count and leave these for last): longest first, so no worker is left
+# alone with a long file at the end while the other idles.
+LONGEST_FILES = {
+    "defs/test_operations.py": 141,
+    "faults/test_killed_processes.py": 91,
+    "defs/test_monitoring_daemon.py": 56,
+    "test_demo.py": 51,
+    "faults/test_concurrent_runs.py": 51,
+    "faults/test_outages.py": 48,
+    "faults/test_server_faults.py": 32,
+    "defs/test_run_context.py": 24,
+    "backtest/test_replay.py": 22,
+    "defs/test_ingest_job.py": 21,
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+
+    def expected_seconds(item: pytest.Item) -> int:
+        return LONGEST_FILES.get(item.path.relative_to(here).as_posix(), 0)
+
+    items.sort(key=expected_seconds, reverse=True)  # stable: the rest keep their order
 
 
 @functools.cache
@@ -149,10 +176,26 @@ def simulate_and_ingest(
     return connection
 
 
-@pytest.fixture(scope="session")
-def simulated_source(tmp_path_factory) -> Path:
-    """Six weeks of simulated, drifting data, ingested and labeled once per test session."""
-    folder = tmp_path_factory.mktemp("simulated")
+def built_once(tmp_path_factory, worker_id: str, name: str, build: Callable[[Path], None]) -> Path:
+    """``build(folder)`` once per test session: with xdist, the first worker to ask builds it
+    while the others wait on a lock, then all read the same folder (pytest-xdist's recipe for
+    session data; every worker building its own cost each of them the same CPU again)."""
+    if worker_id == "master":  # no xdist: this process is the session
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    shared = tmp_path_factory.getbasetemp().parent  # this session's, shared by its workers
+    folder, done = shared / name, shared / f"{name}.done"
+    with FileLock(shared / f"{name}.lock"):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a worker that died halfway
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
+def _simulate_six_weeks(folder: Path) -> None:
     connection = simulate_and_ingest(
         folder,
         SimulationConfig(
@@ -161,7 +204,12 @@ def simulated_source(tmp_path_factory) -> Path:
     )
     build_labeled_outcomes(connection, LabelingSettings(), SIMULATED_AS_OF)
     connection.close()
-    return folder
+
+
+@pytest.fixture(scope="session")
+def simulated_source(tmp_path_factory, worker_id: str) -> Path:
+    """Six weeks of simulated, drifting data, ingested and labeled once per test session."""
+    return built_once(tmp_path_factory, worker_id, "simulated", _simulate_six_weeks)
 
 
 @pytest.fixture
@@ -205,22 +253,27 @@ class Championed(NamedTuple):
 
 
 @pytest.fixture(scope="session")
-def championed(simulated_source: Path, tmp_path_factory) -> Championed:
+def championed(simulated_source: Path, tmp_path_factory, worker_id: str) -> Championed:
     """The simulated data with a champion: retrain_job as of ``SIMULATED_AS_OF`` (trigger
     "weekly") in an instance of the project's dagster.yaml, once per test session. Read it;
     tests that change it take ``championed_dir``."""
-    folder = tmp_path_factory.mktemp("championed")
-    data_dir = folder / "data"
-    shutil.copytree(simulated_source, data_dir)
-    home = folder / "home"
-    write_dagster_home(home)
-    with dg.DagsterInstance.from_config(str(home)) as instance:
-        result = run_job(
-            data_dir, instance, tags={"trigger": "weekly"}, as_of=SIMULATED_AS_OF.isoformat()
-        )
-    assert result.success
-    assert local_registry(data_dir).alias_version(CHAMPION) is not None
-    return Championed(data_dir, result.run_id, home)
+
+    def retrain(folder: Path) -> None:
+        shutil.copytree(simulated_source, folder / "data")
+        write_dagster_home(folder / "home")
+        with dg.DagsterInstance.from_config(str(folder / "home")) as instance:
+            result = run_job(
+                folder / "data",
+                instance,
+                tags={"trigger": "weekly"},
+                as_of=SIMULATED_AS_OF.isoformat(),
+            )
+        assert result.success
+        (folder / "run_id").write_text(result.run_id)
+
+    folder = built_once(tmp_path_factory, worker_id, "championed", retrain)
+    assert local_registry(folder / "data").alias_version(CHAMPION) is not None
+    return Championed(folder / "data", (folder / "run_id").read_text(), folder / "home")
 
 
 @pytest.fixture

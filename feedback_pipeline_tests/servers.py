@@ -30,13 +30,21 @@ PROJECT_DAGSTER_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
 
 def write_dagster_home(home: Path) -> None:
     """The project's own dagster.yaml (run launcher, run monitoring, pools), with every path
-    moved inside ``home``: tests run the instance users run."""
+    moved inside ``home``: tests run the instance users run. Only the daemon's polls are
+    shorter (run monitoring every 2 s, not 10; the run queue every second, not 5), since
+    tests wait on them."""
     home.mkdir(parents=True, exist_ok=True)
     text = PROJECT_DAGSTER_YAML.read_text()
     assert text.count("base_dir: data/dagster/") == 3, "dagster.yaml paths moved: update this"
-    (home / "dagster.yaml").write_text(
-        text.replace("base_dir: data/dagster/", f"base_dir: {home}/")
+    assert "poll_interval_seconds: 10\n" in text, "run monitoring's poll moved: update this"
+    assert "run_coordinator:" not in text, "dagster.yaml sets a run coordinator: update this"
+    text = text.replace("base_dir: data/dagster/", f"base_dir: {home}/")
+    text = text.replace("poll_interval_seconds: 10\n", "poll_interval_seconds: 2\n")
+    text += (
+        "run_coordinator:\n  module: dagster._core.run_coordinator\n"
+        "  class: QueuedRunCoordinator\n  config:\n    dequeue_interval_seconds: 1\n"
     )
+    (home / "dagster.yaml").write_text(text)
 
 
 def without_mlflow_env() -> dict[str, str]:

@@ -6,25 +6,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
+import dagster as dg
 import duckdb
 import pytest
 
+from feedback_pipeline.defs.definitions import build_defs
 from feedback_pipeline.registry.mlflow_registry import CHALLENGER, CHAMPION, local_registry
 
 pytestmark = pytest.mark.end_to_end
 
-DAGSTER = Path(sys.executable).with_name("dagster")
 
-
-def dagster(env: dict, cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    """The Dagster CLI on this project's code location, as a user would run it."""
-    command = [DAGSTER, *args[:2], "-m", "feedback_pipeline.definitions", *args[2:]]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=cwd)
-
-
-def test_demo_then_retrain_job_and_materialize_all_with_no_config_move_no_alias(tmp_path):
+def test_demo_then_retrain_job_and_materialize_all_with_no_config_move_no_alias(
+    tmp_path, monkeypatch
+):
     data_dir, home = tmp_path / "data", tmp_path / "dagster_home"
     home.mkdir()
     env = {**os.environ, "FEEDBACK_PIPELINE_DATA_DIR": str(data_dir), "DAGSTER_HOME": str(home)}
@@ -63,13 +58,26 @@ def test_demo_then_retrain_job_and_materialize_all_with_no_config_move_no_alias(
     versions = registry.versions()
     assert aliases[0] is not None
 
-    again = dagster(env, tmp_path, "job", "execute", "-j", "retrain_job")
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert (registry.alias_version(CHAMPION), registry.alias_version(CHALLENGER)) == aliases
-    assert registry.versions() == versions  # the same data makes the same model: no new one
-    # The UI's "Materialize all": every asset, the backtest included, with no config at all.
-    everything = dagster(env, tmp_path, "asset", "materialize", "--select", "*")
-    assert everything.returncode == 0, everything.stdout[-3000:] + everything.stderr[-3000:]
+    # The weekly schedule's retrain and the UI's "Materialize all" (every asset, the backtest
+    # included), each with no run config at all, in this process on the demo's Dagster home
+    # (`dagster job execute` itself is exercised in test_ingest_job).
+    monkeypatch.delenv("FEEDBACK_PIPELINE_SETTINGS", raising=False)
+    defs = build_defs(data_dir)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        again = defs.resolve_job_def("retrain_job").execute_in_process(instance=instance)
+        assert again.success
+        assert (registry.alias_version(CHAMPION), registry.alias_version(CHALLENGER)) == aliases
+        assert registry.versions() == versions  # the same data makes the same model: no new one
+        everything = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=instance
+        )
+        assert everything.success
+        materialized = {
+            e.asset_key.to_user_string() for e in everything.get_asset_materialization_events()
+        }
+        assert materialized == {
+            spec.key.to_user_string() for spec in defs.resolve_all_asset_specs()
+        }
     assert (registry.alias_version(CHAMPION), registry.alias_version(CHALLENGER)) == aliases
     con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)
     ledger = con.execute(

@@ -12,7 +12,7 @@ from feedback_pipeline.defs.checks import asset_checks
 from feedback_pipeline.defs.jobs import jobs
 from feedback_pipeline.defs.resources import local_resources
 from feedback_pipeline.defs.schedules import build_schedules
-from feedback_pipeline.defs.sensors import build_sensors, retrain_failure_sensor
+from feedback_pipeline.defs.sensors import build_sensors
 from feedback_pipeline.settings import (
     Settings,
     SettingsError,
@@ -43,10 +43,7 @@ def build_defs(data_dir: Path, triggers: TriggerSettings | None = None) -> dg.De
         asset_checks=asset_checks,
         jobs=jobs,
         schedules=build_schedules(triggers),
-        sensors=[
-            *build_sensors(triggers, loaded.monitoring.sensor_interval_seconds),
-            retrain_failure_sensor,
-        ],
+        sensors=build_sensors(triggers, loaded.monitoring.sensor_interval_seconds),
         resources=local_resources(data_dir),
         # One DuckDB file has one writer: steps run in one process, one after another.
         executor=dg.in_process_executor,

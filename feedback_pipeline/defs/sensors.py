@@ -4,6 +4,7 @@ ingest; failed retrain -> ledger."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -15,6 +16,7 @@ from feedback_pipeline.defs.resources import (
     WarehouseResource,
 )
 from feedback_pipeline.defs.run_context import RunContextResource, run_context_config
+from feedback_pipeline.ingest.landing_files import unseen_files
 from feedback_pipeline.monitoring import drift, triggers
 from feedback_pipeline.promotion import ledger
 from feedback_pipeline.promotion.apply import reconcile
@@ -114,9 +116,11 @@ def build_sensors(
         description="Ingest when files are added to or changed in the landing zone.",
     )
     def landing_files_sensor(
-        context: dg.SensorEvaluationContext, landing_zone: LandingZoneResource
+        context: dg.SensorEvaluationContext,
+        landing_zone: LandingZoneResource,
+        warehouse: WarehouseResource,
     ):
-        return landing_files_request(context, landing_zone)
+        return landing_files_request(context, landing_zone, warehouse)
 
     @dg.sensor(
         name="monitoring_sensor",
@@ -134,18 +138,48 @@ def build_sensors(
     ):
         return monitoring_request(context, warehouse, mlflow_registry, run_context)
 
-    return [new_labels_sensor, landing_files_sensor, monitoring_sensor]
+    # Every code location's runs, filtered by job name in ledger_failed_retrain: runs started
+    # outside the daemon (`dagster job execute`, a killed one that run monitoring marked
+    # failed) carry no code location, and a sensor that monitors only its own never sees them.
+    @dg.run_failure_sensor(
+        name="retrain_failure_sensor",
+        monitor_all_code_locations=True,
+        minimum_interval_seconds=triggers_settings.failure_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Records failed retrains in the promotion ledger.",
+    )
+    def retrain_failure_sensor(
+        context: dg.RunFailureSensorContext,
+        warehouse: WarehouseResource,
+        mlflow_registry: MlflowRegistryResource,
+    ):
+        return ledger_failed_retrain(context, warehouse, mlflow_registry)
+
+    return [new_labels_sensor, landing_files_sensor, monitoring_sensor, retrain_failure_sensor]
 
 
 def landing_files_request(
-    context: dg.SensorEvaluationContext, landing_zone: LandingZoneResource
+    context: dg.SensorEvaluationContext,
+    landing_zone: LandingZoneResource,
+    warehouse: WarehouseResource,
 ) -> dg.RunRequest | dg.SkipReason:
-    """An ingest run when files were added to or changed in the landing zone."""
+    """An ingest run when files were added to or changed in the landing zone. With no cursor
+    yet (a new daemon, a reset sensor) the manifest decides: a restart must not queue an
+    ingest of nothing new ahead of the next retrain."""
     signature, files = triggers.landing_signature(landing_zone.root)
     if files == 0:
         return dg.SkipReason(f"no files in {landing_zone.root}")
     if signature == context.cursor:
         return dg.SkipReason(f"no new or changed files among {files}")
+    if context.cursor is None and Path(warehouse.path).exists():
+        try:
+            with warehouse.connect(read_only=True, lock_timeout=0) as con:
+                unseen = unseen_files(con, landing_zone.root)
+        except duckdb.IOException as error:  # a run holds the writer lock: look again next tick
+            return dg.SkipReason(f"warehouse busy, will check again: {error}")
+        if unseen == 0:
+            context.update_cursor(signature)
+            return dg.SkipReason(f"all {files} landing files are already ingested")
     context.update_cursor(signature)
     return dg.RunRequest(run_key=f"landing:{signature}", tags={"trigger": "landing_files"})
 
@@ -153,20 +187,12 @@ def landing_files_request(
 RETRAIN_JOBS = (retrain_job.name, full_retrain_job.name)
 
 
-# Every code location's runs, filtered by job name here: runs started outside the daemon
-# (`dagster job execute`, a killed one that run monitoring marked failed) carry no code
-# location, and a sensor that monitors only its own location never sees them.
-@dg.run_failure_sensor(
-    name="retrain_failure_sensor",
-    monitor_all_code_locations=True,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Records failed retrains in the promotion ledger.",
-)
-def retrain_failure_sensor(
+def ledger_failed_retrain(
     context: dg.RunFailureSensorContext,
     warehouse: WarehouseResource,
     mlflow_registry: MlflowRegistryResource,
-):
+) -> dg.SkipReason | None:
+    """A failed retrain's ledger row (after a repair row, if it died past its alias move)."""
     if context.dagster_run.job_name not in RETRAIN_JOBS:
         return dg.SkipReason(f"{context.dagster_run.job_name} is not a retrain")
     reason = f"run failed: {context.failure_event.message}"

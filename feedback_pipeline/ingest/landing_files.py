@@ -52,8 +52,9 @@ from feedback_pipeline.ingest.validation import (
     stage_batch,
     validate_batch,
 )
-from feedback_pipeline.warehouse.connection import transaction
+from feedback_pipeline.warehouse.connection import table_exists, transaction
 from feedback_pipeline.warehouse.schema import KINDS, KindSpec
+from feedback_pipeline.warehouse.tables import INGESTED_FILES
 
 BATCH_BYTES = 256 * 1024 * 1024
 
@@ -282,6 +283,21 @@ def ingest_kind(
 ) -> list[FileResult]:
     """Ingest every new file of one kind; returns one result per file (skipped ones included)."""
     return ingest_files(con, landing_dir, landing_files(landing_dir, kind), KINDS[kind], progress)
+
+
+def unseen_files(con: duckdb.DuckDBPyConnection, landing_dir: Path) -> int:
+    """How many landing files (every kind) the manifest has not listed with their size and
+    mtime, or refused for the same reason: what an ingest would open. Opens no file; on a
+    warehouse with no manifest yet, every file counts."""
+    if not table_exists(con, INGESTED_FILES):
+        return sum(len(landing_files(landing_dir, kind)) for kind in KINDS)
+    unseen = 0
+    for kind in KINDS:
+        manifest, zone = Manifest.load(con, kind), LandingZone(landing_dir, kind)
+        for path in landing_files(landing_dir, kind):
+            rel_path = path.relative_to(landing_dir).as_posix()
+            unseen += not manifest.unchanged(rel_path, zone.admit(path, rel_path))
+    return unseen
 
 
 def landing_zone_problems(

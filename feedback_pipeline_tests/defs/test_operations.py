@@ -7,6 +7,7 @@ Bounded waits throughout; every server listens on 127.0.0.1 and is stopped at th
 from __future__ import annotations
 
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -57,6 +58,20 @@ def operating(tmp_path_factory):
         "  new_labels_interval_seconds: 5\n"
     )
     env = project_env(home, data_dir, settings_file)
+    # The MLflow UI the browser test reads starts meanwhile, on the same registry.
+    background = ThreadPoolExecutor(max_workers=1)
+    mlflow_ui = background.submit(
+        start_on_free_port,
+        lambda port: [
+            *(str(BIN / "mlflow"), "ui", "--backend-store-uri", f"sqlite:///{data_dir}/mlflow.db"),
+            *("--default-artifact-root", str(data_dir / "mlartifacts")),
+            *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
+        ],
+        # MLflow's job runner (GenAI jobs, unused here) would start seven more processes.
+        {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        root / "mlflow_ui.log",
+        "/health",
+    )
     server, url = start_on_free_port(
         lambda port: [
             *(str(BIN / "dagster"), "dev", "-m", "feedback_pipeline.definitions"),
@@ -77,11 +92,16 @@ def operating(tmp_path_factory):
                 "instance": instance,
                 "env": env,
                 "root": root,
+                "mlflow_ui": mlflow_ui,
             }
     finally:
         # An idle `dagster dev` stops in about 3 s; one with a run in flight can take the whole
         # default grace, and nothing here is kept after the module.
         server.stop(grace=10)
+        try:
+            mlflow_ui.result()[0].stop()
+        finally:
+            background.shutdown()
 
 
 def finished_runs(instance: dg.DagsterInstance, job: str, trigger: str) -> list[dg.DagsterRun]:
@@ -164,16 +184,7 @@ def test_browser_shows_the_asset_graph_and_the_champion(operating):
         "a champion",
         operating["server"],
     )
-    mlflow_ui, mlflow_url = start_on_free_port(
-        lambda port: [
-            *(str(BIN / "mlflow"), "ui", "--backend-store-uri", f"sqlite:///{data_dir}/mlflow.db"),
-            *("--default-artifact-root", str(data_dir / "mlartifacts")),
-            *("--host", "127.0.0.1", "--port", str(port)),
-        ],
-        operating["env"],
-        root / "mlflow_ui.log",
-        "/health",
-    )
+    _, mlflow_url = operating["mlflow_ui"].result()
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for argument in (
@@ -218,4 +229,3 @@ def test_browser_shows_the_asset_graph_and_the_champion(operating):
             driver.save_screenshot(str(SCREENSHOTS / "mlflow_feedback_model.png"))
     finally:
         driver.quit()
-        mlflow_ui.stop()

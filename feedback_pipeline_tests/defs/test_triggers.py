@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -146,6 +148,42 @@ def test_landing_sensor_fires_on_new_files_and_not_on_a_rerun(instance, data_dir
     fired = landing_files_sensor(later)
     assert isinstance(fired, dg.RunRequest)
     assert fired.run_key != first.run_key and later.cursor != cursor
+
+
+HOLD_THE_WAREHOUSE = """
+import sys, time, duckdb
+con = duckdb.connect(sys.argv[1])
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_fresh_sensor_skips_files_the_warehouse_already_ingested(instance, simulated_dir):
+    """A daemon that starts (no cursor yet) must not queue an ingest of nothing new ahead of
+    the next retrain: it asks the manifest first."""
+    context = sensor_context(instance, simulated_dir, 500)
+    skipped = landing_files_sensor(context)
+    assert isinstance(skipped, dg.SkipReason), skipped
+    assert "are already ingested" in skipped.skip_message
+    assert context.cursor  # from now on the signature alone decides
+    late = simulated_dir / "landing" / "predictions" / "late.jsonl"
+    late.write_text(json.dumps(prediction("late-1")) + "\n")
+    assert isinstance(
+        landing_files_sensor(sensor_context(instance, simulated_dir, 500)), dg.RunRequest
+    )
+    holder = subprocess.Popen(  # a run in another process holds the warehouse's write lock
+        [sys.executable, "-c", HOLD_THE_WAREHOUSE, str(simulated_dir / "warehouse.duckdb")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        busy = landing_files_sensor(fresh := sensor_context(instance, simulated_dir, 500))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert isinstance(busy, dg.SkipReason) and "warehouse busy" in busy.skip_message
+    assert fresh.cursor is None  # looked again next tick
 
 
 def test_failed_retrain_is_recorded_in_the_ledger(instance, data_dir):

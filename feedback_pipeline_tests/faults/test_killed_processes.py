@@ -95,9 +95,12 @@ def test_a_kill_between_alias_and_ledger_is_repaired_and_reused_by_the_rerun(
 
 def test_a_killed_run_is_marked_failed_and_ledgered_and_the_queue_moves_on(workspace, tmp_path):
     data_dir, home = workspace
+    settings_file = tmp_path / "settings.yaml"  # the failure sensor looks every 5 s, not 30
+    settings_file.write_text("triggers:\n  failure_interval_seconds: 5\n")
+    env = project_env(home, data_dir, settings_file)
     daemon = Server(
         [str(BIN / "dagster-daemon"), "run", "-m", "feedback_pipeline.definitions"],
-        project_env(home, data_dir),
+        env,
         tmp_path / "daemon.log",
     )
     victim = None
@@ -110,7 +113,7 @@ def test_a_killed_run_is_marked_failed_and_ledgered_and_the_queue_moves_on(works
             "the failure sensor's first tick",
             daemon,
         )
-        victim = launch("retrain_job", home, data_dir, AS_OF)
+        victim = launch("retrain_job", home, data_dir, AS_OF, settings_file)
         with dg.DagsterInstance.from_config(str(home)) as instance:
 
             def worker():
@@ -121,14 +124,13 @@ def test_a_killed_run_is_marked_failed_and_ledgered_and_the_queue_moves_on(works
             pid, _ = run_worker(instance, run.run_id)
             os.kill(pid, signal.SIGKILL)
             victim.process.wait(timeout=30)
-            assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
             config = home / "queued.yaml"
             config.write_text(yaml.safe_dump(run_context_config(AS_OF.isoformat())))
             queued_at = time.monotonic()
             launched = subprocess.run(
                 [str(BIN / "dagster"), "job", "launch", "-m", "feedback_pipeline.definitions",
                  "-j", "ingest_job", "-c", str(config)],
-                env=project_env(home, data_dir), capture_output=True, text=True, timeout=120,
+                env=env, capture_output=True, text=True, timeout=120,
             )  # fmt: skip
             assert launched.returncode == 0, launched.stderr[-3000:]
 
@@ -141,6 +143,9 @@ def test_a_killed_run_is_marked_failed_and_ledgered_and_the_queue_moves_on(works
             waited = time.monotonic() - queued_at
             dead = instance.get_run_by_id(run.run_id)
             assert dead.status == dg.DagsterRunStatus.FAILURE
+            # ... as run monitoring found it: the killed worker could report nothing itself.
+            (failure,) = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+            assert f"the run's process (pid {pid}) is gone" in failure.message, failure.message
             assert waited < 120
 
             def ledgered():

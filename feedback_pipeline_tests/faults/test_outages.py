@@ -1,5 +1,6 @@
 """Outside systems failing: an unreachable MLflow fails every command in seconds and a retrain
-before it trains, and a bad settings file fails a run before any step writes."""
+before it trains, and a bad settings file fails a run before any step writes. The runs run in
+this process, on the workspace's Dagster home."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ import pytest
 from dagster._core.execution.stats import StepEventStatus
 
 from feedback_pipeline.cli import main
+from feedback_pipeline.defs.definitions import build_defs
+from feedback_pipeline.defs.run_context import run_context_config
 from feedback_pipeline.registry.mlflow_registry import local_registry
+from feedback_pipeline_tests.conftest import run_job
 from feedback_pipeline_tests.faults.runs import (
     AS_OF,
     UNREACHABLE_MLFLOW,
     failure_messages,
-    finish,
-    launch,
     materializations,
 )
 
@@ -49,14 +51,19 @@ def test_an_unreachable_mlflow_fails_commands_in_seconds_and_a_retrain_before_tr
         assert f"MLflow at {UNREACHABLE_MLFLOW} did not answer" in error
         assert "MLFLOW_TRACKING_URI" in error  # what to check
     assert not (data_dir / "scored.jsonl").exists()
+    # A retrain whose definitions were loaded with MLflow down (the variable a run worker
+    # would read at its start).
+    defs = build_defs(data_dir)
     monkeypatch.delenv("MLFLOW_TRACKING_URI")  # this process reads the local registry again
-
-    down = {"MLFLOW_TRACKING_URI": UNREACHABLE_MLFLOW}
     versions = local_registry(data_dir).versions()
-    retrain = launch("retrain_job", home, data_dir, AS_OF, extra_env=down)
-    assert finish(retrain) != 0
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        (run,) = instance.get_runs(dg.RunsFilter(job_name="retrain_job"))
+        result = defs.resolve_job_def("retrain_job").execute_in_process(
+            instance=instance,
+            run_config=run_context_config(AS_OF.isoformat()),
+            raise_on_error=False,
+        )
+        assert not result.success
+        run = instance.get_run_by_id(result.run_id)
         steps = {s.step_key: s for s in instance.get_run_step_stats(run.run_id)}
         failed = steps["challenger_models"]
         assert failed.status == StepEventStatus.FAILURE  # before any training started
@@ -69,7 +76,7 @@ def test_an_unreachable_mlflow_fails_commands_in_seconds_and_a_retrain_before_tr
 # -- 9: a bad settings file ---------------------------------------------------------------------
 
 
-def test_a_bad_settings_file_fails_the_run_before_any_step_writes(workspace, tmp_path):
+def test_a_bad_settings_file_fails_the_run_before_any_step_writes(workspace, tmp_path, monkeypatch):
     data_dir, home = workspace
     new_file = data_dir / "landing" / "predictions" / "late-arrival.jsonl"
     new_file.write_text(
@@ -81,7 +88,13 @@ def test_a_bad_settings_file_fails_the_run_before_any_step_writes(workspace, tmp
     con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)
     before = con.execute("SELECT count(*) FROM raw.ingested_files").fetchall()
     con.close()
-    assert finish(launch("retrain_job", home, data_dir, AS_OF, settings)) != 0
+    monkeypatch.setenv("FEEDBACK_PIPELINE_SETTINGS", str(settings))
+    with (
+        dg.DagsterInstance.from_config(str(home)) as instance,
+        pytest.warns(UserWarning, match="gate.mode"),  # the code location says so too
+    ):
+        failed = run_job(data_dir, instance, as_of=AS_OF.isoformat(), raise_on_error=False)
+    assert not failed.success
     con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)
     try:
         assert con.execute("SELECT count(*) FROM raw.ingested_files").fetchall() == before
