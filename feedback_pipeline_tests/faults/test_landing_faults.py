@@ -18,11 +18,10 @@ import pytest
 from feedback_pipeline.ingest.landing_files import ingest_file, ingest_kind, landing_zone_problems
 from feedback_pipeline.warehouse import connection as warehouse
 from feedback_pipeline.warehouse.schema import KINDS
-from feedback_pipeline_tests.conftest import baseline, feedback, prediction
-from feedback_pipeline_tests.servers import BIN, project_env, write_dagster_home
+from feedback_pipeline_tests.conftest import baseline, feedback, prediction, run_job
+from feedback_pipeline_tests.servers import write_dagster_home
 
 PREDICTIONS = KINDS["predictions"]
-REPO = Path(__file__).resolve().parents[2]
 # What a file outside the landing zone holds: it must never reach any table.
 SECRET = "s3cret-passphrase-0f-the-host"
 
@@ -81,10 +80,11 @@ def count(con: duckdb.DuckDBPyConnection, sql: str) -> int:
 
 
 def test_ingest_job_refuses_links_out_of_the_zone_and_ingests_everything_else(tmp_path: Path):
-    """The real ``ingest_job``, in a process of its own, over a zone holding a symlink to a
-    file outside it and a symlinked folder leading outside. Old code: the link was followed
-    (the secret landed in ``raw.predictions`` and ``raw.rejected_records``, the file counted as
-    ``ingested``) and the folder was ignored without a word."""
+    """The real ``ingest_job`` (in process; `dagster job execute` is test_ingest_job's) over a
+    zone holding a symlink to a file outside it and a symlinked folder leading outside. Old
+    code: the link was followed (the secret landed in ``raw.predictions`` and
+    ``raw.rejected_records``, the file counted as ``ingested``) and the folder was ignored
+    without a word."""
     data_dir, home, outside = tmp_path / "data", tmp_path / "home", tmp_path / "outside"
     landing = data_dir / "landing"
     secret = write_secret(outside)
@@ -103,16 +103,8 @@ def test_ingest_job_refuses_links_out_of_the_zone_and_ingests_everything_else(tm
     symlink(landing / "feedback/more", outside)  # a folder leading out of the zone
     write_dagster_home(home)
 
-    run = subprocess.run(
-        [str(BIN / "dagster"), "job", "execute", "-m", "feedback_pipeline.definitions"]
-        + ["-j", "ingest_job"],
-        env=project_env(home, data_dir),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert run_job(data_dir, instance, "ingest_job").success
 
     con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)
     try:
