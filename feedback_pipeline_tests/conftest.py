@@ -29,21 +29,21 @@ from feedback_pipeline.simulator.feedback_stream import SimulationConfig, simula
 from feedback_pipeline.warehouse import connection as warehouse
 from feedback_pipeline_tests.servers import write_dagster_home
 
-# Wall seconds of the longest files on two workers (`pytest --durations=0`, 2026-12-04). xdist
+# Wall seconds of the longest files on two workers (`pytest --durations=0`, 2026-12-05). xdist
 # hands out whole files in collection order (`make test` passes --no-loadscope-reorder, or it
 # would sort them by test count and leave these for last): longest first, so no worker is left
 # alone with a long file at the end while the other idles.
 LONGEST_FILES = {
-    "defs/test_operations.py": 141,
-    "faults/test_killed_processes.py": 91,
-    "defs/test_monitoring_daemon.py": 56,
-    "test_demo.py": 51,
+    "defs/test_operations.py": 100,
+    "faults/test_killed_processes.py": 85,
     "faults/test_concurrent_runs.py": 51,
-    "faults/test_outages.py": 48,
+    "defs/test_monitoring_daemon.py": 50,
     "faults/test_server_faults.py": 32,
+    "test_demo.py": 30,
+    "faults/test_outages.py": 25,
     "defs/test_run_context.py": 24,
     "backtest/test_replay.py": 22,
-    "defs/test_ingest_job.py": 21,
+    "defs/test_ingest_job.py": 20,
 }
 
 
@@ -176,11 +176,11 @@ def simulate_and_ingest(
     return connection
 
 
-def built_once(tmp_path_factory, worker_id: str, name: str, build: Callable[[Path], None]) -> Path:
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
     """``build(folder)`` once per test session: with xdist, the first worker to ask builds it
     while the others wait on a lock, then all read the same folder (pytest-xdist's recipe for
     session data; every worker building its own cost each of them the same CPU again)."""
-    if worker_id == "master":  # no xdist: this process is the session
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # no xdist: this process is the session
         folder = tmp_path_factory.mktemp(name)
         build(folder)
         return folder
@@ -207,9 +207,9 @@ def _simulate_six_weeks(folder: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def simulated_source(tmp_path_factory, worker_id: str) -> Path:
+def simulated_source(tmp_path_factory) -> Path:
     """Six weeks of simulated, drifting data, ingested and labeled once per test session."""
-    return built_once(tmp_path_factory, worker_id, "simulated", _simulate_six_weeks)
+    return built_once(tmp_path_factory, "simulated", _simulate_six_weeks)
 
 
 @pytest.fixture
@@ -253,7 +253,7 @@ class Championed(NamedTuple):
 
 
 @pytest.fixture(scope="session")
-def championed(simulated_source: Path, tmp_path_factory, worker_id: str) -> Championed:
+def championed(simulated_source: Path, tmp_path_factory) -> Championed:
     """The simulated data with a champion: retrain_job as of ``SIMULATED_AS_OF`` (trigger
     "weekly") in an instance of the project's dagster.yaml, once per test session. Read it;
     tests that change it take ``championed_dir``."""
@@ -271,7 +271,7 @@ def championed(simulated_source: Path, tmp_path_factory, worker_id: str) -> Cham
         assert result.success
         (folder / "run_id").write_text(result.run_id)
 
-    folder = built_once(tmp_path_factory, worker_id, "championed", retrain)
+    folder = built_once(tmp_path_factory, "championed", retrain)
     assert local_registry(folder / "data").alias_version(CHAMPION) is not None
     return Championed(folder / "data", (folder / "run_id").read_text(), folder / "home")
 

@@ -23,6 +23,7 @@ from feedback_pipeline.promotion.apply import reconcile
 from feedback_pipeline.promotion.lock import promotion_lock
 from feedback_pipeline.registry.mlflow_registry import RegistryUnavailable
 from feedback_pipeline.settings import TriggerSettings
+from feedback_pipeline.warehouse.connection import is_lock_error
 
 
 def new_labels_request(
@@ -38,8 +39,10 @@ def new_labels_request(
     try:
         with warehouse.connect(read_only=True, lock_timeout=0) as con:
             found = triggers.new_labels(con, registry, threshold, now)
-    except duckdb.IOException as error:  # a run holds the writer lock: look again next tick
-        return dg.SkipReason(f"warehouse busy, will check again: {error}")
+    except duckdb.IOException as error:
+        if not is_lock_error(error):
+            raise  # not a database, unreadable: the tick fails and says so
+        return dg.SkipReason(f"warehouse busy, will check again: {error}")  # a run writes
     watermark = found.watermark.isoformat() if found.watermark else "none (no model yet)"
     if not found.enough:
         return dg.SkipReason(
@@ -174,9 +177,13 @@ def landing_files_request(
     if context.cursor is None and Path(warehouse.path).exists():
         try:
             with warehouse.connect(read_only=True, lock_timeout=0) as con:
-                unseen = unseen_files(con, landing_zone.root)
-        except duckdb.IOException as error:  # a run holds the writer lock: look again next tick
-            return dg.SkipReason(f"warehouse busy, will check again: {error}")
+                unseen: int | None = unseen_files(con, landing_zone.root)
+        except duckdb.Error as error:
+            if is_lock_error(error):  # a run holds the writer lock: look again next tick
+                return dg.SkipReason(f"warehouse busy, will check again: {error}")
+            # An older manifest, a damaged file: the ingest run upgrades or reports it.
+            context.log.warning(f"could not read the ingest manifest ({error}); ingesting")
+            unseen = None
         if unseen == 0:
             context.update_cursor(signature)
             return dg.SkipReason(f"all {files} landing files are already ingested")

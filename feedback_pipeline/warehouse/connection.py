@@ -17,6 +17,12 @@ import duckdb
 from feedback_pipeline.warehouse.schema import ensure_tables
 
 
+def is_lock_error(error: BaseException) -> bool:
+    """Another process holds the file's write lock (DuckDB says so in an IOException, the
+    same class it uses for a file that is not a database or not readable)."""
+    return isinstance(error, duckdb.IOException) and "lock" in str(error).lower()
+
+
 def _open(path: Path, read_only: bool, lock_timeout: float) -> duckdb.DuckDBPyConnection:
     """DuckDB allows one writing process; wait (bounded) while another process holds the file,
     e.g. a sensor's short read-only look while a run starts to write."""
@@ -26,7 +32,7 @@ def _open(path: Path, read_only: bool, lock_timeout: float) -> duckdb.DuckDBPyCo
         try:
             return duckdb.connect(str(path), read_only=read_only)
         except duckdb.IOException as error:
-            if "lock" not in str(error).lower() or time.monotonic() + delay > deadline:
+            if not is_lock_error(error) or time.monotonic() + delay > deadline:
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 2.0)

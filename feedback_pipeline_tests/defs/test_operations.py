@@ -72,16 +72,17 @@ def operating(tmp_path_factory):
         root / "mlflow_ui.log",
         "/health",
     )
-    server, url = start_on_free_port(
-        lambda port: [
-            *(str(BIN / "dagster"), "dev", "-m", "feedback_pipeline.definitions"),
-            *("-h", "127.0.0.1", "-p", str(port)),
-        ],
-        env,
-        root / "dagster_dev.log",
-        "/server_info",
-    )
+    server = None
     try:
+        server, url = start_on_free_port(
+            lambda port: [
+                *(str(BIN / "dagster"), "dev", "-m", "feedback_pipeline.definitions"),
+                *("-h", "127.0.0.1", "-p", str(port)),
+            ],
+            env,
+            root / "dagster_dev.log",
+            "/server_info",
+        )
         with dg.DagsterInstance.from_config(str(home)) as instance:
             yield {
                 "port": int(url.rsplit(":", 1)[1]),
@@ -97,7 +98,8 @@ def operating(tmp_path_factory):
     finally:
         # An idle `dagster dev` stops in about 3 s; one with a run in flight can take the whole
         # default grace, and nothing here is kept after the module.
-        server.stop(grace=10)
+        if server is not None:
+            server.stop(grace=10)
         try:
             mlflow_ui.result()[0].stop()
         finally:

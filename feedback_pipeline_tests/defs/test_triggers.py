@@ -186,6 +186,17 @@ def test_a_fresh_sensor_skips_files_the_warehouse_already_ingested(instance, sim
     assert fresh.cursor is None  # looked again next tick
 
 
+def test_a_fresh_sensor_that_cannot_read_the_manifest_asks_for_an_ingest(
+    instance, data_dir, write_landing
+):
+    """Not a lock: a file that is no database (or a manifest of an older schema) is the ingest
+    run's to upgrade or report, never a "busy" skip on every tick."""
+    write_landing("predictions", "a.jsonl", [prediction("a")])
+    (data_dir / "warehouse.duckdb").write_bytes(b"not a duckdb file" * 64)
+    request = landing_files_sensor(sensor_context(instance, data_dir, 500))
+    assert isinstance(request, dg.RunRequest), request
+
+
 def test_failed_retrain_is_recorded_in_the_ledger(instance, data_dir):
     # No data at all: the retrain fails (nothing to train on).
     result = (

@@ -4,20 +4,19 @@ left holding the queue, and a rerun must finish what the killed process began.""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 
 import dagster as dg
 import duckdb
 import pytest
-import yaml
 
-from feedback_pipeline.defs.run_context import run_context_config
 from feedback_pipeline.defs.run_launcher import run_worker
 from feedback_pipeline.registry.mlflow_registry import CHAMPION, local_registry
+from feedback_pipeline_tests.conftest import prediction
 from feedback_pipeline_tests.faults.runs import (
     AS_OF,
     finish,
@@ -95,8 +94,10 @@ def test_a_kill_between_alias_and_ledger_is_repaired_and_reused_by_the_rerun(
 
 def test_a_killed_run_is_marked_failed_and_ledgered_and_the_queue_moves_on(workspace, tmp_path):
     data_dir, home = workspace
-    settings_file = tmp_path / "settings.yaml"  # the failure sensor looks every 5 s, not 30
-    settings_file.write_text("triggers:\n  failure_interval_seconds: 5\n")
+    settings_file = tmp_path / "settings.yaml"  # the sensors look every 5 s, not 30 or 60
+    settings_file.write_text(
+        "triggers:\n  failure_interval_seconds: 5\n  landing_interval_seconds: 5\n"
+    )
     env = project_env(home, data_dir, settings_file)
     daemon = Server(
         [str(BIN / "dagster-daemon"), "run", "-m", "feedback_pipeline.definitions"],
@@ -124,22 +125,19 @@ def test_a_killed_run_is_marked_failed_and_ledgered_and_the_queue_moves_on(works
             pid, _ = run_worker(instance, run.run_id)
             os.kill(pid, signal.SIGKILL)
             victim.process.wait(timeout=30)
-            config = home / "queued.yaml"
-            config.write_text(yaml.safe_dump(run_context_config(AS_OF.isoformat())))
+            # A new landing file: landing_files_sensor queues an ingest run in the same pool.
             queued_at = time.monotonic()
-            launched = subprocess.run(
-                [str(BIN / "dagster"), "job", "launch", "-m", "feedback_pipeline.definitions",
-                 "-j", "ingest_job", "-c", str(config)],
-                env=env, capture_output=True, text=True, timeout=120,
-            )  # fmt: skip
-            assert launched.returncode == 0, launched.stderr[-3000:]
+            (data_dir / "landing" / "predictions" / "after-the-kill.jsonl").write_text(
+                json.dumps(prediction("after-the-kill-1")) + "\n"
+            )
 
             def ingest_started():
                 runs = instance.get_runs(dg.RunsFilter(job_name="ingest_job"))
                 started = dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.SUCCESS
-                return runs and runs[0].status in started
+                return runs if runs and runs[0].status in started else None
 
-            wait_until(ingest_started, 120, "the queued run to start", daemon)
+            (queued,) = wait_until(ingest_started, 120, "the queued run to start", daemon)
+            assert queued.tags["trigger"] == "landing_files"
             waited = time.monotonic() - queued_at
             dead = instance.get_run_by_id(run.run_id)
             assert dead.status == dg.DagsterRunStatus.FAILURE
