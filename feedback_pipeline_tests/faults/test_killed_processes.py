@@ -16,10 +16,9 @@ import pytest
 
 from feedback_pipeline.defs.run_launcher import run_worker
 from feedback_pipeline.registry.mlflow_registry import CHAMPION, local_registry
-from feedback_pipeline_tests.conftest import prediction
+from feedback_pipeline_tests.conftest import prediction, run_job
 from feedback_pipeline_tests.faults.runs import (
     AS_OF,
-    finish,
     last_recorded_champion,
     launch,
     ledger_rows,
@@ -80,7 +79,8 @@ def test_a_kill_between_alias_and_ledger_is_repaired_and_reused_by_the_rerun(
     assert set(registry.version_tags(champion)) >= VERSION_TAGS  # registered whole
     versions = registry.versions()
 
-    assert finish(launch("retrain_job", home, data_dir, AS_OF)) == 0
+    with dg.DagsterInstance.from_config(str(home)) as instance:  # the rerun, in this process
+        assert run_job(data_dir, instance, as_of=AS_OF.isoformat()).success
     rows = ledger_rows(data_dir)
     assert [r["action"] for r in rows] == ["repair", "retrain"]
     assert rows[0]["old_version"] is None and rows[0]["new_version"] == champion
