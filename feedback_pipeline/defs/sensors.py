@@ -26,6 +26,14 @@ from feedback_pipeline.settings import TriggerSettings
 from feedback_pipeline.warehouse.connection import is_lock_error
 
 
+def warehouse_busy(error: duckdb.IOException) -> dg.SkipReason:
+    """A sensor's read-only look found a run holding the writer lock: skip, look again next
+    tick. Any other error (not a database, unreadable) fails the tick and says so."""
+    if not is_lock_error(error):
+        raise error
+    return dg.SkipReason(f"warehouse busy, will check again: {error}")
+
+
 def new_labels_request(
     context: dg.SensorEvaluationContext,
     warehouse: WarehouseResource,
@@ -40,9 +48,7 @@ def new_labels_request(
         with warehouse.connect(read_only=True, lock_timeout=0) as con:
             found = triggers.new_labels(con, registry, threshold, now)
     except duckdb.IOException as error:
-        if not is_lock_error(error):
-            raise  # not a database, unreadable: the tick fails and says so
-        return dg.SkipReason(f"warehouse busy, will check again: {error}")  # a run writes
+        return warehouse_busy(error)
     watermark = found.watermark.isoformat() if found.watermark else "none (no model yet)"
     if not found.enough:
         return dg.SkipReason(
@@ -79,8 +85,8 @@ def monitoring_request(
     try:
         with warehouse.connect(read_only=True, lock_timeout=0) as con:
             verdicts, _ = drift.judge_windows(con, reference, now, settings)
-    except duckdb.IOException as error:  # a run holds the writer lock: look again next tick
-        return dg.SkipReason(f"warehouse busy, will check again: {error}")
+    except duckdb.IOException as error:
+        return warehouse_busy(error)
     due = drift.retrain_due(verdicts, reference, settings)
     if not due.due:
         return dg.SkipReason(due.reason)
@@ -179,8 +185,8 @@ def landing_files_request(
             with warehouse.connect(read_only=True, lock_timeout=0) as con:
                 unseen: int | None = unseen_files(con, landing_zone.root)
         except duckdb.Error as error:
-            if is_lock_error(error):  # a run holds the writer lock: look again next tick
-                return dg.SkipReason(f"warehouse busy, will check again: {error}")
+            if is_lock_error(error):
+                return warehouse_busy(error)
             # An older manifest, a damaged file: the ingest run upgrades or reports it.
             context.log.warning(f"could not read the ingest manifest ({error}); ingesting")
             unseen = None

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 import pytest
 
 from feedback_pipeline.defs.definitions import build_defs, defs
@@ -195,6 +196,13 @@ def test_a_fresh_sensor_that_cannot_read_the_manifest_asks_for_an_ingest(
     (data_dir / "warehouse.duckdb").write_bytes(b"not a duckdb file" * 64)
     request = landing_files_sensor(sensor_context(instance, data_dir, 500))
     assert isinstance(request, dg.RunRequest), request
+
+
+def test_a_warehouse_that_is_no_database_fails_the_labels_tick_not_skips_it(instance, data_dir):
+    """Only a held lock is "busy": a file that is no database would be skipped on every tick."""
+    (data_dir / "warehouse.duckdb").write_bytes(b"not a duckdb file" * 64)
+    with pytest.raises(duckdb.IOException, match="not a valid DuckDB database"):
+        new_labels_sensor(sensor_context(instance, data_dir, 500))
 
 
 def test_failed_retrain_is_recorded_in_the_ledger(instance, data_dir):
