@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 from feedback_pipeline.monitoring import drift
-from feedback_pipeline.registry.mlflow_registry import CHAMPION, local_registry
+from feedback_pipeline.registry.mlflow_registry import local_registry
+from feedback_pipeline.registry.model_registry import CHAMPION
 from feedback_pipeline.serving.batch import score_file
 from feedback_pipeline.settings import MonitoringSettings
 from feedback_pipeline.warehouse import connection as warehouse

@@ -17,12 +17,8 @@ from feedback_pipeline.defs.launch import run_job
 from feedback_pipeline.ingest.landing_files import landing_files
 from feedback_pipeline.promotion import ledger
 from feedback_pipeline.promotion.status import print_status
-from feedback_pipeline.registry.mlflow_registry import (
-    CHAMPION,
-    MODEL_NAME,
-    default_tracking_uri,
-    local_registry,
-)
+from feedback_pipeline.registry.mlflow_registry import local_registry
+from feedback_pipeline.registry.model_registry import CHAMPION, MODEL_NAME, default_tracking_uri
 from feedback_pipeline.serving.policy import store as policies
 from feedback_pipeline.settings import default_data_dir, load_settings, parse_as_of
 from feedback_pipeline.simulator.feedback_stream import simulate_demo_stream

@@ -5,9 +5,6 @@ use it, and it imports none of them."""
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import norm, rankdata
-from sklearn.metrics import brier_score_loss, f1_score, log_loss, roc_auc_score
-from statsmodels.stats.contingency_tables import mcnemar
 
 METRICS = (
     "accuracy",
@@ -44,12 +41,16 @@ def _clipped(p: np.ndarray) -> np.ndarray:
 
 def weighted_log_loss(y: np.ndarray, p: np.ndarray, weights: np.ndarray | None = None) -> float:
     """Log loss as ``classification_metrics`` reports it (probabilities clipped to 1e-7)."""
+    from sklearn.metrics import log_loss
+
     return float(log_loss(y, _clipped(p), sample_weight=weights, labels=[0, 1]))
 
 
 def classification_metrics(
     y: np.ndarray, p: np.ndarray, threshold: float = 0.5, weights: np.ndarray | None = None
 ) -> dict[str, float]:
+    from sklearn.metrics import brier_score_loss, f1_score, roc_auc_score
+
     y = np.asarray(y)
     p = _clipped(p)
     predicted = (p >= threshold).astype(int)
@@ -108,6 +109,8 @@ def delong_auc_delta(
     Clarke-Pearson 1988, by the midrank algorithm of Sun and Xu 2014): O(n log n), where a
     bootstrap of the AUC re-ranks the holdout once per replicate. No maintained library in our
     stack has it (scikit-learn, scipy and statsmodels do not)."""
+    from scipy.stats import norm, rankdata
+
     positive = y == 1
     m, n = int(positive.sum()), int((~positive).sum())
     if m < 2 or n < 2:
@@ -179,4 +182,6 @@ def mcnemar_exact(a_right: np.ndarray, b_right: np.ndarray) -> tuple[int, int, f
     only_a, only_b = int(np.sum(a_right & ~b_right)), int(np.sum(~a_right & b_right))
     if only_a + only_b == 0:
         return 0, 0, 1.0
+    from statsmodels.stats.contingency_tables import mcnemar
+
     return only_a, only_b, float(mcnemar([[0, only_a], [only_b, 0]], exact=True).pvalue)

@@ -16,7 +16,7 @@ from feedback_pipeline.labels.outcomes import build_labeled_outcomes
 from feedback_pipeline.progress import Progress
 from feedback_pipeline.promotion.apply import ChampionChange, apply_decision
 from feedback_pipeline.promotion.judge import EvaluationReport, evaluate_and_judge
-from feedback_pipeline.registry.mlflow_registry import ModelRegistry
+from feedback_pipeline.registry.model_registry import ModelRegistry
 from feedback_pipeline.settings import Settings
 from feedback_pipeline.training.challengers import ChallengerRound, train_challengers
 from feedback_pipeline.training.dataset import (

@@ -23,7 +23,8 @@ from feedback_pipeline.defs.definitions import build_defs
 from feedback_pipeline.defs.run_context import run_context_config
 from feedback_pipeline.ingest.landing_files import ingest_kind
 from feedback_pipeline.labels.outcomes import build_labeled_outcomes
-from feedback_pipeline.registry.mlflow_registry import CHAMPION, local_registry
+from feedback_pipeline.registry.mlflow_registry import local_registry
+from feedback_pipeline.registry.model_registry import CHAMPION
 from feedback_pipeline.settings import LabelingSettings
 from feedback_pipeline.simulator.feedback_stream import SimulationConfig, simulate
 from feedback_pipeline.warehouse import connection as warehouse

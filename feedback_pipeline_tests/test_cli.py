@@ -15,7 +15,8 @@ from feedback_pipeline.backtest.replay import BacktestPlan, backtest_id, data_fi
 from feedback_pipeline.cli import main
 from feedback_pipeline.ingest.landing_files import ingest_kind
 from feedback_pipeline.labels.outcomes import build_labeled_outcomes
-from feedback_pipeline.registry.mlflow_registry import CHAMPION, local_registry
+from feedback_pipeline.registry.mlflow_registry import local_registry
+from feedback_pipeline.registry.model_registry import CHAMPION
 from feedback_pipeline.served_policy import ServingPolicy
 from feedback_pipeline.serving.policy.proposal import PolicyProposal, StageResult
 from feedback_pipeline.serving.policy.store import record_proposal

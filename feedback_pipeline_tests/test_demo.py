@@ -12,7 +12,8 @@ import duckdb
 import pytest
 
 from feedback_pipeline.defs.definitions import build_defs
-from feedback_pipeline.registry.mlflow_registry import CHALLENGER, CHAMPION, local_registry
+from feedback_pipeline.registry.mlflow_registry import local_registry
+from feedback_pipeline.registry.model_registry import CHALLENGER, CHAMPION
 
 pytestmark = pytest.mark.end_to_end
 

@@ -15,13 +15,6 @@ from typing import Literal
 
 import duckdb
 import numpy as np
-from scipy.stats import false_discovery_control, ttest_ind
-from statsmodels.stats.power import NormalIndPower, TTestIndPower
-from statsmodels.stats.proportion import (
-    confint_proportions_2indep,
-    proportion_effectsize,
-    proportions_ztest,
-)
 
 from feedback_pipeline.analytics.feedback_stats import PREDICTION_FEEDBACK, load_prediction_feedback
 from feedback_pipeline.settings import ABMetric, AnalyticsSettings, LabelingSettings
@@ -114,6 +107,14 @@ def compare_arms(
     names: tuple[str, str] = ("control", "treatment"),
 ) -> ABResult:
     """The A/B statistics of ``treatment`` against ``control`` (per-sample values)."""
+    from scipy.stats import ttest_ind
+    from statsmodels.stats.power import NormalIndPower, TTestIndPower
+    from statsmodels.stats.proportion import (
+        confint_proportions_2indep,
+        proportion_effectsize,
+        proportions_ztest,
+    )
+
     _, kind, higher_is_better = METRICS[metric]
     n_c, n_t = len(control), len(treatment)
     if min(n_c, n_t) < 2:
@@ -239,6 +240,8 @@ def ab_compare(
         raise TooFewSamples("; ".join(skipped.values()))
     if len(results) < 2:
         return ABComparison(results, skipped)
+    from scipy.stats import false_discovery_control
+
     adjusted = false_discovery_control([r.p_value for r in results], method="bh")
     out = []
     for result, p_adjusted in zip(results, adjusted, strict=True):

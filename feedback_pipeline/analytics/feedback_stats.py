@@ -14,8 +14,6 @@ from datetime import datetime, timedelta
 import duckdb
 import numpy as np
 import pandas as pd
-from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-from statsmodels.stats.proportion import proportion_confint
 
 from feedback_pipeline.labels.outcomes import write_labels
 from feedback_pipeline.settings import AnalyticsSettings, LabelingSettings
@@ -190,6 +188,8 @@ def with_wilson_interval(
     frame: pd.DataFrame, successes: str, trials: str, alpha: float, prefix: str
 ) -> pd.DataFrame:
     """``prefix``, ``prefix_low``, ``prefix_high``: the rate and its Wilson interval."""
+    from statsmodels.stats.proportion import proportion_confint
+
     n = frame[trials].to_numpy(dtype=float)
     k = frame[successes].to_numpy(dtype=float)
     low, high = proportion_confint(k, np.maximum(n, 1), alpha=alpha, method="wilson")
@@ -227,6 +227,8 @@ def _segments(con: duckdb.DuckDBPyConnection, settings: AnalyticsSettings) -> pd
 def _note_terms(
     con: duckdb.DuckDBPyConnection, settings: AnalyticsSettings, as_of: datetime
 ) -> pd.DataFrame:
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
     terms = con.execute(
         NOTE_TERMS_SQL,
         {

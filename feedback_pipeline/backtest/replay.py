@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import numpy as np
@@ -36,7 +37,7 @@ from feedback_pipeline.ingest.landing_files import ingest_kind
 from feedback_pipeline.labels.outcomes import build_labeled_outcomes
 from feedback_pipeline.metrics import predict_probability
 from feedback_pipeline.progress import Progress, quiet
-from feedback_pipeline.registry.mlflow_registry import CHALLENGER, CHAMPION, MODEL_NAME, Registry
+from feedback_pipeline.registry.model_registry import CHALLENGER, CHAMPION, MODEL_NAME
 from feedback_pipeline.retrain import retrain_on, training_set_as_of
 from feedback_pipeline.settings import Settings, with_overrides
 from feedback_pipeline.training.dataset import (
@@ -65,6 +66,9 @@ PERIOD_COLUMNS = (
     "(backtest_id, policy, period_start, period_end, champion_version, promoted, reason, rows, "
     "seconds, recorded_at)"
 )
+
+if TYPE_CHECKING:
+    from feedback_pipeline.registry.mlflow_registry import Registry
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from feedback_pipeline.registry.mlflow_registry import RegisteredChallenger
+from feedback_pipeline.registry.model_registry import RegisteredChallenger
 
 ALIASES = "aliases.json"
 LOADED_ESTIMATORS = 4  # a replay period scores the champion, a candidate and its refit

@@ -7,15 +7,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
 
+from feedback_pipeline.analytics.plots import pyplot
 from feedback_pipeline.labels.outcomes import build_labeled_outcomes
 from feedback_pipeline.metrics import mcnemar_exact
-from feedback_pipeline.registry.mlflow_registry import Registry
 from feedback_pipeline.settings import Settings
 from feedback_pipeline.warehouse.connection import transaction
 from feedback_pipeline.warehouse.tables import (
@@ -23,6 +23,9 @@ from feedback_pipeline.warehouse.tables import (
     BACKTEST_PREDICTIONS,
     LABELED_OUTCOMES,
 )
+
+if TYPE_CHECKING:
+    from feedback_pipeline.registry.mlflow_registry import Registry
 
 POLICY = "policy"
 RETRAIN_ALWAYS = "retrain_always"
@@ -71,6 +74,8 @@ def summarize(con: duckdb.DuckDBPyConnection, run_id: str, settings: Settings) -
     )
     scored["false_positive"] = (scored["probability"] >= threshold) & (scored["label"] == 0)
     scored["negative"] = scored["label"] == 0
+
+    from sklearn.metrics import roc_auc_score
 
     def metrics(group: pd.DataFrame) -> pd.Series:
         two = group["label"].nunique() == 2
@@ -144,12 +149,7 @@ def policy_against_baselines(scored: pd.DataFrame) -> pd.DataFrame:
 
 def accuracy_plot(summary: BacktestSummary, path: Path) -> Path:
     """Accuracy per period, one line per policy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, ax = plt.subplots(figsize=(9, 4))
+    figure, ax = pyplot().subplots(figsize=(9, 4))
     for policy, group in summary.periods.groupby("policy"):
         ax.plot(group["period_start"], group["accuracy"], label=policy, linewidth=1)
     ax.set(
@@ -159,7 +159,7 @@ def accuracy_plot(summary: BacktestSummary, path: Path) -> Path:
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
-    plt.close(figure)
+    pyplot().close(figure)
     summary.plot_path = path
     return path
 

@@ -11,7 +11,7 @@ import duckdb
 
 from feedback_pipeline.cli import analytics, backtest, data, models, policy, quarantine, serving
 from feedback_pipeline.promotion.lock import PromotionLockTimeout
-from feedback_pipeline.registry.mlflow_registry import RegistryUnavailable
+from feedback_pipeline.registry.model_registry import RegistryUnavailable
 from feedback_pipeline.settings import SettingsError, default_data_dir
 
 __all__ = ["build_parser", "main"]

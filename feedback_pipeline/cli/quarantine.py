@@ -8,7 +8,7 @@ from datetime import date, datetime
 
 from feedback_pipeline.cli._common import open_warehouse
 from feedback_pipeline.promotion import ledger
-from feedback_pipeline.registry.mlflow_registry import MODEL_NAME
+from feedback_pipeline.registry.model_registry import MODEL_NAME
 from feedback_pipeline.training.quarantine import quarantine_table, release_quarantine
 from feedback_pipeline.warehouse import summaries as reporting
 from feedback_pipeline.warehouse.connection import transaction

@@ -7,7 +7,8 @@ import gc
 from pathlib import Path
 
 from feedback_pipeline.cli._common import print_json
-from feedback_pipeline.registry.mlflow_registry import CHAMPION, local_registry
+from feedback_pipeline.registry.mlflow_registry import local_registry
+from feedback_pipeline.registry.model_registry import CHAMPION
 from feedback_pipeline.serving import server
 from feedback_pipeline.serving.batch import score_file
 

@@ -6,15 +6,19 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import duckdb
 
 from feedback_pipeline.defs.io_manager import RunScopedIOManager
 from feedback_pipeline.defs.run_context import RunContextResource
-from feedback_pipeline.registry.mlflow_registry import Registry, default_tracking_uri
+from feedback_pipeline.registry.model_registry import EXPERIMENT, default_tracking_uri
 from feedback_pipeline.settings import SETTINGS_ENV_VAR
 from feedback_pipeline.warehouse import connection as warehouse
+
+if TYPE_CHECKING:
+    from feedback_pipeline.registry.mlflow_registry import Registry
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -60,8 +64,11 @@ class MlflowRegistryResource(dg.ConfigurableResource):
     tracking_uri: str
     artifact_root: str
 
-    def get_registry(self) -> Registry:
-        return Registry(self.tracking_uri, self.artifact_root)
+    def get_registry(self, experiment: str = EXPERIMENT) -> Registry:
+        """The registry, MLflow imported here: loading the code location does not need it."""
+        from feedback_pipeline.registry.mlflow_registry import Registry
+
+        return Registry(self.tracking_uri, self.artifact_root, experiment=experiment)
 
 
 def local_resources(

@@ -21,7 +21,7 @@ from feedback_pipeline.monitoring import drift, triggers
 from feedback_pipeline.promotion import ledger
 from feedback_pipeline.promotion.apply import reconcile
 from feedback_pipeline.promotion.lock import promotion_lock
-from feedback_pipeline.registry.mlflow_registry import RegistryUnavailable
+from feedback_pipeline.registry.model_registry import RegistryUnavailable
 from feedback_pipeline.settings import TriggerSettings
 from feedback_pipeline.warehouse.connection import is_lock_error
 

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import matplotlib
-import numpy as np
-from sklearn.calibration import CalibrationDisplay
-from sklearn.metrics import RocCurveDisplay
+from typing import TYPE_CHECKING
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import numpy as np
+
+from feedback_pipeline.analytics.plots import pyplot
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def holdout_figures(y: np.ndarray, probabilities: dict[str, np.ndarray]) -> dict[str, Figure]:
     """ROC and calibration curves of every model on the same holdout rows."""
+    from sklearn.calibration import CalibrationDisplay
+    from sklearn.metrics import RocCurveDisplay
+
+    plt = pyplot()
     roc, roc_ax = plt.subplots(figsize=(5, 5))
     calibration, calibration_ax = plt.subplots(figsize=(5, 5))
     for label, p in probabilities.items():
@@ -27,4 +31,4 @@ def holdout_figures(y: np.ndarray, probabilities: dict[str, np.ndarray]) -> dict
 
 def close(figures: dict[str, Figure]) -> None:
     for figure in figures.values():
-        plt.close(figure)
+        pyplot().close(figure)

@@ -20,7 +20,7 @@ from feedback_pipeline.metrics import (
     predict_probability,
 )
 from feedback_pipeline.progress import Progress
-from feedback_pipeline.registry.mlflow_registry import CHAMPION, ModelRegistry
+from feedback_pipeline.registry.model_registry import CHAMPION, ModelRegistry
 from feedback_pipeline.settings import GateSettings
 from feedback_pipeline.training.challengers import Challenger, ChallengerRound
 from feedback_pipeline.training.dataset import (

@@ -12,16 +12,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import duckdb
 import numpy as np
 import pandas as pd
-from scipy.stats import ks_2samp
-from statsmodels.stats.proportion import proportions_ztest
 
-from feedback_pipeline.registry.mlflow_registry import CHAMPION, Registry
+from feedback_pipeline.registry.model_registry import CHAMPION
 from feedback_pipeline.settings import MonitoringSettings
 from feedback_pipeline.warehouse.tables import LABELED_OUTCOMES, RAW_PREDICTIONS
+
+if TYPE_CHECKING:
+    from feedback_pipeline.registry.mlflow_registry import Registry
 
 EPSILON = 1e-4  # the share an empty bin counts as, so PSI stays finite
 # KS on at most this many values per side (a seeded sample): the statistic's sampling error is
@@ -100,6 +102,8 @@ def drift_table(
 ) -> pd.DataFrame:
     """Per column: rows, means, missing shares, PSI, KS statistic and p-value (on at most
     KS_SAMPLE values a side), drifted."""
+    from scipy.stats import ks_2samp
+
     rows = []
     rng = np.random.default_rng(0)
     for column in columns:
@@ -194,6 +198,8 @@ def accuracy_dropped(
         return False
     if accuracy >= reference_accuracy - settings.accuracy_drop:
         return False
+    from statsmodels.stats.proportion import proportions_ztest
+
     counts = [round(accuracy * labeled), round(reference_accuracy * reference_labeled)]
     _, p_value = proportions_ztest(counts, [labeled, reference_labeled], alternative="smaller")
     return bool(p_value < settings.alpha)

@@ -11,13 +11,17 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 
-from feedback_pipeline.registry.mlflow_registry import CHALLENGER, CHAMPION, Registry
+from feedback_pipeline.registry.model_registry import CHALLENGER, CHAMPION
 from feedback_pipeline.warehouse.connection import table_exists
 from feedback_pipeline.warehouse.schema import KINDS
 from feedback_pipeline.warehouse.tables import LABELED_OUTCOMES
+
+if TYPE_CHECKING:
+    from feedback_pipeline.registry.mlflow_registry import Registry
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from feedback_pipeline.progress import Progress
 from feedback_pipeline.promotion import ledger
 from feedback_pipeline.promotion.judge import EvaluationReport
 from feedback_pipeline.promotion.lock import promotion_lock
-from feedback_pipeline.registry.mlflow_registry import CHALLENGER, CHAMPION, ModelRegistry
+from feedback_pipeline.registry.model_registry import CHALLENGER, CHAMPION, ModelRegistry
 from feedback_pipeline.settings import Settings
 from feedback_pipeline.training.challengers import Challenger, refit_candidate
 from feedback_pipeline.training.quarantine import record_quarantine, release_quarantine

@@ -19,7 +19,7 @@ from feedback_pipeline.promotion.gate import (
     refuse_backdated,
     refuse_contradicting_labels,
 )
-from feedback_pipeline.registry.mlflow_registry import ModelRegistry
+from feedback_pipeline.registry.model_registry import ModelRegistry
 from feedback_pipeline.settings import GateSettings
 from feedback_pipeline.training.challengers import ChallengerRound, model_card
 from feedback_pipeline.training.quarantine import ContradictingWeek

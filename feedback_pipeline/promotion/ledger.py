@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import duckdb
 import pandas as pd
 
-from feedback_pipeline.registry.mlflow_registry import MODEL_NAME as LIVE_MODEL
+from feedback_pipeline.registry.model_registry import MODEL_NAME as LIVE_MODEL
 from feedback_pipeline.warehouse.tables import RETRAINING_EVENTS as LEDGER
 
 COLUMNS = (

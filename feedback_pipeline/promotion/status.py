@@ -12,7 +12,8 @@ import pandas as pd
 from feedback_pipeline.labels.outcomes import orphan_feedback_count
 from feedback_pipeline.monitoring.triggers import count_new_labels, data_watermark
 from feedback_pipeline.promotion import ledger
-from feedback_pipeline.registry.mlflow_registry import CHAMPION, local_registry
+from feedback_pipeline.registry.mlflow_registry import local_registry
+from feedback_pipeline.registry.model_registry import CHAMPION
 from feedback_pipeline.warehouse import connection as warehouse
 from feedback_pipeline.warehouse import summaries as reporting
 from feedback_pipeline.warehouse.connection import table_exists

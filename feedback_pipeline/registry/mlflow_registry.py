@@ -14,10 +14,9 @@ import pickle
 import tempfile
 import threading
 import warnings
-from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -27,10 +26,16 @@ from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.utils import requirements_utils
-from xgboost import XGBClassifier
 
 from feedback_pipeline import served_policy
 from feedback_pipeline.metrics import predict_probability
+from feedback_pipeline.registry.model_registry import (
+    EXPERIMENT,
+    MODEL_NAME,
+    RegisteredChallenger,
+    RegistryUnavailable,
+    default_tracking_uri,
+)
 from feedback_pipeline.served_policy import (
     POLICY_ARTIFACT,
     POLICY_RUN_TAG,
@@ -40,69 +45,11 @@ from feedback_pipeline.served_policy import (
 )
 from feedback_pipeline.settings import MlflowSettings, SettingsError, load_settings
 
-MODEL_NAME = "feedback_model"
-EXPERIMENT = "feedback_pipeline"
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-
-
-class RegistryUnavailable(RuntimeError):
-    """MLflow could not answer (server down, store unreadable): never read as "not found"."""
-
-    def __init__(self, tracking_uri: str, error: Exception):
-        super().__init__(
-            f"MLflow at {tracking_uri} did not answer: {str(error).splitlines()[0][:300]}. "
-            "Check that the tracking server is up and MLFLOW_TRACKING_URI is right, then rerun; "
-            "nothing was promoted."
-        )
-
 
 def _not_found(error: MlflowException) -> bool:
     return error.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or (
         error.error_code == "INVALID_PARAMETER_VALUE" and "not found" in str(error).lower()
     )
-
-
-@dataclass(frozen=True)
-class RegisteredChallenger:
-    version: str
-    run_id: str
-    family: str
-
-
-@runtime_checkable
-class ModelRegistry(Protocol):
-    """What the retrain code path (challengers, evaluation, gate, refit, aliases) needs of a
-    registry: MLflow's (``Registry``) live, a backtest's folder (``ReplayRegistry``) in a replay."""
-
-    model_name: str
-    lean: bool  # True: skip model cards, reports and plots (nobody reads them there)
-
-    def start_package_scan(self) -> None: ...
-    def log_challenger(
-        self,
-        estimator: Any,
-        family: str,
-        features: list[str],
-        example: pd.DataFrame,
-        params: dict[str, Any],
-        metrics: dict[str, float],
-        tags: dict[str, str],
-        model_card: str,
-    ) -> RegisteredChallenger: ...
-    def find_version(self, tag: str, value: str) -> RegisteredChallenger | None: ...
-    def alias_version(self, alias: str) -> str | None: ...
-    def set_alias(self, alias: str, version: str) -> None: ...
-    def clear_alias(self, alias: str) -> None: ...
-    def version_tags(self, version: str) -> dict[str, str]: ...
-    def tag_version(self, version: str, key: str, value: str) -> None: ...
-    def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None: ...
-    def run_metrics(self, version: str) -> dict[str, float]: ...
-    def log_text(self, run_id: str, text: str, path: str) -> None: ...
-    def log_report(self, run_id: str, report_json: str, markdown: str, figures: dict) -> None: ...
-    def run_id(self, version: str) -> str: ...
-    def versions(self) -> list[str]: ...
-    def predict_probability(self, version: str, X: pd.DataFrame) -> pd.Series: ...
 
 
 def _requirements() -> list[str]:
@@ -141,6 +88,8 @@ def serving_signature(features: list[str], served: pd.DataFrame) -> ModelSignatu
 
 def _save_estimator(estimator: Any, folder: Path) -> tuple[Path, str]:
     """The fitted estimator as a file: XGBoost in its own JSON format, scikit-learn pickled."""
+    from xgboost import XGBClassifier
+
     if isinstance(estimator, XGBClassifier):
         path = folder / "estimator.json"
         estimator.save_model(path)
@@ -427,13 +376,6 @@ class Registry:
         self.client.log_text(run_id, markdown, "evaluation/report.md")
         for name, figure in figures.items():
             self.client.log_figure(run_id, figure, f"evaluation/{name}.png")
-
-
-def default_tracking_uri(data_dir: Path) -> str:
-    """``$MLFLOW_TRACKING_URI``, else a sqlite store in the data directory."""
-    return (
-        os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(data_dir / 'mlflow.db').resolve()}"
-    )
 
 
 def local_registry(data_dir: Path, **names: str) -> Registry:

@@ -17,7 +17,7 @@ import duckdb
 import pandas as pd
 
 from feedback_pipeline.progress import Progress
-from feedback_pipeline.registry.mlflow_registry import CHAMPION, ModelRegistry
+from feedback_pipeline.registry.model_registry import CHAMPION, ModelRegistry
 from feedback_pipeline.settings import Settings
 from feedback_pipeline.training.dataset import (
     TrainingSetInfo,

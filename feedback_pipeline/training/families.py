@@ -1,19 +1,15 @@
-"""Challenger model families: build, fit with sample weights, search."""
+"""Challenger model families: build, fit with sample weights, search. A family's library
+(scikit-learn, XGBoost) is imported when it builds an estimator, so naming the families does not
+load them."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
-from xgboost import XGBClassifier
 
 from feedback_pipeline.metrics import (
     classification_metrics,
@@ -21,6 +17,10 @@ from feedback_pipeline.metrics import (
     weighted_log_loss,
 )
 from feedback_pipeline.training.splits import Split
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
+    from xgboost import XGBClassifier
 
 HALF_LIFE = "half_life_days"
 
@@ -58,12 +58,19 @@ def family_named(name: str) -> ModelFamily:
 
 
 def _xgboost(params: dict[str, Any], seed: int) -> XGBClassifier:
+    from xgboost import XGBClassifier
+
     return XGBClassifier(
         tree_method="hist", n_jobs=2, random_state=seed, eval_metric="logloss", **params
     )
 
 
 def _logistic_regression(params: dict[str, Any], seed: int) -> Pipeline:
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
     return Pipeline(
         [
             ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
@@ -74,6 +81,10 @@ def _logistic_regression(params: dict[str, Any], seed: int) -> Pipeline:
 
 
 def _random_forest(params: dict[str, Any], seed: int) -> Pipeline:
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+
     return Pipeline(
         [
             ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
@@ -171,6 +182,8 @@ def recency_weights(split: Split, half_life_days: float | None) -> np.ndarray:
 def fit(family: str, params: dict[str, Any], train: Split, seed: int, client: Any = None):
     """Fit one candidate with sample weights (and its ``half_life_days``, a hyperparameter of
     the training procedure, not of the estimator); XGBoost on Dask when a client is given."""
+    from sklearn.pipeline import Pipeline
+
     params = dict(params)
     weight = recency_weights(train, params.pop(HALF_LIFE, None))
     if client is not None and family == "xgboost":

@@ -23,7 +23,6 @@ from datetime import datetime
 import duckdb
 import numpy as np
 import pandas as pd
-from scipy.stats import mannwhitneyu
 
 from feedback_pipeline.warehouse.connection import table_exists
 from feedback_pipeline.warehouse.tables import QUARANTINED_WEEKS
@@ -59,6 +58,8 @@ def contradicting_weeks(
     """The weeks (of ``event_time``) on which the scores ``p`` rank the labels ``y`` backwards:
     AUC below 0.5, one-sided Mann-Whitney p-value below ``max_p``, at least ``min_rows`` rows
     of both classes' worth (weeks with fewer cannot say)."""
+    from scipy.stats import mannwhitneyu
+
     frame = pd.DataFrame({"week": week_starts(event_time), "y": y, "p": p})
     found = []
     for week, rows in frame.groupby("week", sort=True):

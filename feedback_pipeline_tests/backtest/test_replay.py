@@ -13,12 +13,8 @@ from mlflow import MlflowClient
 
 from feedback_pipeline.backtest.replay_registry import ReplayRegistry
 from feedback_pipeline.cli import main
-from feedback_pipeline.registry.mlflow_registry import (
-    CHALLENGER,
-    CHAMPION,
-    default_tracking_uri,
-    local_registry,
-)
+from feedback_pipeline.registry.mlflow_registry import local_registry
+from feedback_pipeline.registry.model_registry import CHALLENGER, CHAMPION, default_tracking_uri
 from feedback_pipeline.settings import Settings
 from feedback_pipeline.training.dataset import build_training_set, discover_features
 from feedback_pipeline.warehouse import connection as warehouse

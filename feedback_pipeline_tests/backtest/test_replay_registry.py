@@ -9,7 +9,8 @@ from mlflow.tracking import MlflowClient
 from feedback_pipeline.backtest.replay_registry import ReplayRegistry
 from feedback_pipeline.promotion.apply import apply_decision
 from feedback_pipeline.promotion.judge import evaluate_and_judge
-from feedback_pipeline.registry.mlflow_registry import CHAMPION, ModelRegistry, local_registry
+from feedback_pipeline.registry.mlflow_registry import local_registry
+from feedback_pipeline.registry.model_registry import CHAMPION, ModelRegistry
 from feedback_pipeline.settings import Settings
 from feedback_pipeline.training.challengers import train_challengers
 from feedback_pipeline.training.dataset import build_training_set, discover_features

@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from feedback_pipeline.cli import main
-from feedback_pipeline.registry.mlflow_registry import default_tracking_uri, local_registry
+from feedback_pipeline.registry.mlflow_registry import local_registry
+from feedback_pipeline.registry.model_registry import default_tracking_uri
 from feedback_pipeline.settings import AB_METRICS
 from feedback_pipeline_tests.defs.test_retrain_job import run
 

@@ -10,7 +10,8 @@ from mlflow import MlflowClient
 
 from feedback_pipeline.defs.definitions import build_defs
 from feedback_pipeline.defs.run_context import run_context_config
-from feedback_pipeline.registry.mlflow_registry import default_tracking_uri, local_registry
+from feedback_pipeline.registry.mlflow_registry import local_registry
+from feedback_pipeline.registry.model_registry import default_tracking_uri
 from feedback_pipeline_tests.defs.test_analytics_job import metadata
 from feedback_pipeline_tests.defs.test_retrain_job import AS_OF
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import dagster as dg
 import pytest
 
@@ -127,3 +130,20 @@ def test_a_bad_settings_file_fails_the_runs_not_the_code_location(tmp_path, inst
     assert not [e for e in result.all_events if e.is_step_start or e.is_step_success]
     (failure,) = [e for e in result.all_events if e.is_resource_init_failure]
     assert "labeling.environmentz" in str(failure.engine_event_data.error)
+
+
+# What a step imports when it runs, never when the code location loads: every sensor tick's code
+# server, every run worker and `dagster dev` load the definitions first (6.2 s with them, 2.6 s
+# without, on this machine).
+STEP_LIBRARIES = ("mlflow", "sklearn", "scipy", "statsmodels", "xgboost", "matplotlib", "dask")
+
+
+def test_the_code_location_loads_without_the_libraries_its_steps_use():
+    script = (
+        "import sys, feedback_pipeline.definitions\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({STEP_LIBRARIES!r})))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr

@@ -16,7 +16,8 @@ from feedback_pipeline.defs.definitions import build_defs
 from feedback_pipeline.defs.resources import local_resources
 from feedback_pipeline.defs.run_context import RunContextResource
 from feedback_pipeline.defs.sensors import monitoring_request
-from feedback_pipeline.registry.mlflow_registry import CHAMPION, local_registry
+from feedback_pipeline.registry.mlflow_registry import local_registry
+from feedback_pipeline.registry.model_registry import CHAMPION
 from feedback_pipeline.simulator.feedback_stream import SimulationConfig
 from feedback_pipeline_tests.conftest import run_job, simulate_and_ingest
 

@@ -11,7 +11,8 @@ import dagster as dg
 import pytest
 from dagster._core.scheduler.instigation import InstigatorTick, TickStatus
 
-from feedback_pipeline.registry.mlflow_registry import CHAMPION, local_registry
+from feedback_pipeline.registry.mlflow_registry import local_registry
+from feedback_pipeline.registry.model_registry import CHAMPION
 from feedback_pipeline.simulator.feedback_stream import SimulationConfig, simulate
 from feedback_pipeline_tests.conftest import run_job, with_mlflow_store
 from feedback_pipeline_tests.defs.test_operations import finished_runs

@@ -16,7 +16,8 @@ import pytest
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 
 from feedback_pipeline.defs.run_context import run_context_config
-from feedback_pipeline.registry.mlflow_registry import CHAMPION, local_registry
+from feedback_pipeline.registry.mlflow_registry import local_registry
+from feedback_pipeline.registry.model_registry import CHAMPION
 from feedback_pipeline.simulator.feedback_stream import SimulationConfig, simulate
 from feedback_pipeline_tests.conftest import with_mlflow_store
 from feedback_pipeline_tests.servers import (

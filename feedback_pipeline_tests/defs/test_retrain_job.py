@@ -13,12 +13,8 @@ import pandas as pd
 from feedback_pipeline.cli import main
 from feedback_pipeline.defs.definitions import build_defs
 from feedback_pipeline.defs.run_context import run_context_config
-from feedback_pipeline.registry.mlflow_registry import (
-    CHALLENGER,
-    CHAMPION,
-    default_tracking_uri,
-    local_registry,
-)
+from feedback_pipeline.registry.mlflow_registry import local_registry
+from feedback_pipeline.registry.model_registry import CHALLENGER, CHAMPION, default_tracking_uri
 from feedback_pipeline.served_policy import OUTPUT_COLUMNS
 from feedback_pipeline_tests.conftest import SIMULATED_AS_OF
 

@@ -12,12 +12,8 @@ import pytest
 from feedback_pipeline.defs.definitions import build_defs
 from feedback_pipeline.defs.resources import MlflowRegistryResource, local_resources
 from feedback_pipeline.defs.run_context import run_context_config
-from feedback_pipeline.registry.mlflow_registry import (
-    CHALLENGER,
-    CHAMPION,
-    Registry,
-    local_registry,
-)
+from feedback_pipeline.registry.mlflow_registry import Registry, local_registry
+from feedback_pipeline.registry.model_registry import CHALLENGER, CHAMPION
 from feedback_pipeline_tests.conftest import SIMULATED_AS_OF, run_job
 
 AS_OF = SIMULATED_AS_OF.isoformat() + "Z"

@@ -20,7 +20,8 @@ from feedback_pipeline.defs.run_context import RunContextResource, run_context_c
 from feedback_pipeline.labels.outcomes import build_labeled_outcomes
 from feedback_pipeline.monitoring.triggers import data_watermark
 from feedback_pipeline.promotion import ledger
-from feedback_pipeline.registry.mlflow_registry import CHAMPION, local_registry
+from feedback_pipeline.registry.mlflow_registry import local_registry
+from feedback_pipeline.registry.model_registry import CHAMPION
 from feedback_pipeline.settings import Settings
 from feedback_pipeline.training.dataset import build_training_set, discover_features
 from feedback_pipeline.warehouse import connection as warehouse

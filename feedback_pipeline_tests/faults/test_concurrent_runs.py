@@ -13,7 +13,8 @@ import pytest
 
 from feedback_pipeline.promotion.apply import apply_decision
 from feedback_pipeline.promotion.judge import evaluate_and_judge
-from feedback_pipeline.registry.mlflow_registry import CHAMPION, local_registry
+from feedback_pipeline.registry.mlflow_registry import local_registry
+from feedback_pipeline.registry.model_registry import CHAMPION
 from feedback_pipeline.settings import Settings
 from feedback_pipeline.training.challengers import train_challengers
 from feedback_pipeline.warehouse import connection

@@ -15,7 +15,8 @@ import duckdb
 import pytest
 
 from feedback_pipeline.defs.run_launcher import run_worker
-from feedback_pipeline.registry.mlflow_registry import CHAMPION, local_registry
+from feedback_pipeline.registry.mlflow_registry import local_registry
+from feedback_pipeline.registry.model_registry import CHAMPION
 from feedback_pipeline_tests.conftest import prediction, run_job
 from feedback_pipeline_tests.faults.runs import (
     AS_OF,
@@ -44,7 +45,8 @@ from dagster._core.execution.stats import StepEventStatus
 
 from feedback_pipeline.defs.definitions import build_defs
 from feedback_pipeline.defs.run_context import run_context_config
-from feedback_pipeline.registry.mlflow_registry import CHAMPION, Registry
+from feedback_pipeline.registry.model_registry import CHAMPION
+from feedback_pipeline.registry.mlflow_registry import Registry
 
 original = Registry.set_alias
 

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from feedback_pipeline.registry.mlflow_registry import CHAMPION, local_registry
+from feedback_pipeline.registry.mlflow_registry import local_registry
+from feedback_pipeline.registry.model_registry import CHAMPION
 from feedback_pipeline.serving.server import (
     ServerConfig,
     ServingState,

@@ -12,7 +12,8 @@ import pytest
 
 from feedback_pipeline.ingest.landing_files import ingest_kind
 from feedback_pipeline.progress import quiet
-from feedback_pipeline.registry.mlflow_registry import CHAMPION, local_registry
+from feedback_pipeline.registry.mlflow_registry import local_registry
+from feedback_pipeline.registry.model_registry import CHAMPION
 from feedback_pipeline.retrain import retrain as retrain_as_of
 from feedback_pipeline.settings import Settings, with_overrides
 from feedback_pipeline.simulator.feedback_stream import SimulationConfig, simulate

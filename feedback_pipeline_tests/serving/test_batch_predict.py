@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from feedback_pipeline.cli import main
-from feedback_pipeline.registry.mlflow_registry import CHAMPION, local_registry
+from feedback_pipeline.registry.mlflow_registry import local_registry
+from feedback_pipeline.registry.model_registry import CHAMPION
 from feedback_pipeline.settings import Settings
 from feedback_pipeline.training.families import fit
 from feedback_pipeline_tests.conftest import with_mlflow_store

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from feedback_pipeline.registry.mlflow_registry import CHAMPION, local_registry
+from feedback_pipeline.registry.mlflow_registry import local_registry
+from feedback_pipeline.registry.model_registry import CHAMPION
 from feedback_pipeline_tests.conftest import with_mlflow_store
 from feedback_pipeline_tests.servers import BIN, http_ok, start_on_free_port
 from feedback_pipeline_tests.serving.test_server import (

@@ -23,7 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from feedback_pipeline.ingest.landing_files import ingest_kind
 from feedback_pipeline.labels.outcomes import build_labeled_outcomes
-from feedback_pipeline.registry.mlflow_registry import CHAMPION, Registry, local_registry
+from feedback_pipeline.registry.mlflow_registry import Registry, local_registry
+from feedback_pipeline.registry.model_registry import CHAMPION
 from feedback_pipeline.served_policy import ServingPolicy
 from feedback_pipeline.settings import LabelingSettings, Settings
 from feedback_pipeline.training.families import fit

@@ -11,7 +11,8 @@ import pytest
 from feedback_pipeline.metrics import classification_metrics, predict_probability
 from feedback_pipeline.progress import quiet
 from feedback_pipeline.promotion.judge import EvaluationReport
-from feedback_pipeline.registry.mlflow_registry import CHALLENGER, CHAMPION, local_registry
+from feedback_pipeline.registry.mlflow_registry import local_registry
+from feedback_pipeline.registry.model_registry import CHALLENGER, CHAMPION
 from feedback_pipeline.retrain import retrain as retrain_as_of_time
 from feedback_pipeline.retrain import retrain_on
 from feedback_pipeline.settings import Settings, TrainingSettings

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from feedback_pipeline.cli import main
-from feedback_pipeline.registry.mlflow_registry import MODEL_NAME
+from feedback_pipeline.registry.model_registry import MODEL_NAME
 from feedback_pipeline.training.quarantine import (
     ContradictingWeek,
     contradicting_weeks,

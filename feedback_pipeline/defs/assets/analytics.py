@@ -10,7 +10,7 @@ from feedback_pipeline.analytics.plots import fp_trend_png, reliability_png
 from feedback_pipeline.defs.metadata import png_markdown
 from feedback_pipeline.defs.resources import MlflowRegistryResource, WarehouseResource
 from feedback_pipeline.defs.run_context import WAREHOUSE_POOL, RunContextResource
-from feedback_pipeline.registry.mlflow_registry import RegistryUnavailable
+from feedback_pipeline.registry.model_registry import RegistryUnavailable
 from feedback_pipeline.serving.policy.rows import load_policy_rows
 from feedback_pipeline.serving.policy.stages import propose_policy
 from feedback_pipeline.serving.policy.store import (

@@ -15,7 +15,6 @@ from feedback_pipeline.backtest.replay import (
 from feedback_pipeline.defs.metadata import png_markdown
 from feedback_pipeline.defs.resources import MlflowRegistryResource, WarehouseResource
 from feedback_pipeline.defs.run_context import WAREHOUSE_POOL, RunContextResource
-from feedback_pipeline.registry.mlflow_registry import Registry
 from feedback_pipeline.settings import SettingsError, parse_as_of
 from feedback_pipeline.warehouse.summaries import markdown
 
@@ -54,9 +53,7 @@ def backtest_report(
         plan = BacktestPlan(start, end, timedelta(days=config.every_days))
     except (SettingsError, ValueError) as error:
         raise dg.Failure(description=f"backtest_report config: {error}") from None
-    summary_registry = Registry(
-        mlflow_registry.tracking_uri, mlflow_registry.artifact_root, experiment=EXPERIMENT
-    )
+    summary_registry = mlflow_registry.get_registry(experiment=EXPERIMENT)
     summary, run_id = backtest_into(
         source.parent / "backtest",
         source,

@@ -7,7 +7,7 @@ from feedback_pipeline.defs.run_context import WAREHOUSE_POOL, RunContextResourc
 from feedback_pipeline.evaluation.report import StaleChallengersError
 from feedback_pipeline.promotion.apply import apply_decision
 from feedback_pipeline.promotion.judge import EvaluationReport, evaluate_and_judge
-from feedback_pipeline.registry.mlflow_registry import CHAMPION, MODEL_NAME, RegistryUnavailable
+from feedback_pipeline.registry.model_registry import CHAMPION, MODEL_NAME, RegistryUnavailable
 from feedback_pipeline.training.challengers import ChallengerRound
 
 

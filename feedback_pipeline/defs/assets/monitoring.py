@@ -15,7 +15,7 @@ from feedback_pipeline.defs.run_context import WAREHOUSE_POOL, RunContextResourc
 from feedback_pipeline.monitoring import drift as drift_logic
 from feedback_pipeline.monitoring import live
 from feedback_pipeline.monitoring.plots import latency_png, live_accuracy_png, psi_png
-from feedback_pipeline.registry.mlflow_registry import RegistryUnavailable
+from feedback_pipeline.registry.model_registry import RegistryUnavailable
 from feedback_pipeline.warehouse.summaries import markdown
 
 MONITORING = "monitoring"

@@ -4,11 +4,7 @@ import dagster as dg
 
 from feedback_pipeline.defs.resources import MlflowRegistryResource, WarehouseResource
 from feedback_pipeline.defs.run_context import WAREHOUSE_POOL, RunContextResource
-from feedback_pipeline.registry.mlflow_registry import (
-    CHAMPION,
-    MODEL_NAME,
-    RegistryUnavailable,
-)
+from feedback_pipeline.registry.model_registry import CHAMPION, MODEL_NAME, RegistryUnavailable
 from feedback_pipeline.retrain import training_set_as_of
 from feedback_pipeline.settings import with_overrides
 from feedback_pipeline.training.challengers import ChallengerRound, train_challengers

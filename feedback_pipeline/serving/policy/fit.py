@@ -1,43 +1,26 @@
 """How each stage of the serving policy fits its value on matured feedback: a calibration map
 (scikit-learn's own calibrators, kept as plain data), learned rule weights, the threshold with
 the fewest false positives at a true-positive retention, and the blend weight's trading rule;
-and the figures a fitted value is judged by on held-out rows."""
+and the figures a fitted value is judged by on held-out rows. scikit-learn is imported in the
+functions that fit, so the code location loads without it."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.calibration import CalibratedClassifierCV
-from sklearn.frozen import FrozenEstimator
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import confusion_matrix_at_thresholds, log_loss
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from feedback_pipeline.metrics import calibration_error
 from feedback_pipeline.served_policy import Calibration, RuleWeights
 from feedback_pipeline.settings import ServingSettings
 
 
-class ScoreAsProbability(ClassifierMixin, BaseEstimator):
-    """A fitted model's probability as a classifier: its one input column is the score, so
-    scikit-learn's calibration tools calibrate scores we already have."""
-
-    def fit(self, X, y):
-        self.classes_ = np.array([0, 1])
-        return self
-
-    def predict_proba(self, X):
-        p = np.asarray(X, dtype=float)[:, 0]
-        return np.column_stack([1.0 - p, p])
-
-    def predict(self, X):
-        return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
-
-
 def fit_calibration(probability: np.ndarray, y: np.ndarray, method: str) -> Calibration:
     """``CalibratedClassifierCV(FrozenEstimator(...))`` on (score, label), as plain data."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.frozen import FrozenEstimator
+
+    from feedback_pipeline.serving.policy.score_classifier import ScoreAsProbability
+
     frozen = FrozenEstimator(ScoreAsProbability().fit(probability[:, None], y))
     calibrated = CalibratedClassifierCV(frozen, method=method).fit(probability[:, None], y)
     calibrator = calibrated.calibrated_classifiers_[0].calibrators[0]
@@ -52,6 +35,10 @@ def fit_calibration(probability: np.ndarray, y: np.ndarray, method: str) -> Cali
 
 def fit_rule_weights(X: pd.DataFrame, y: np.ndarray, seed: int = 0) -> RuleWeights:
     """Logistic regression on the features (standardised), as weights on the raw features."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     model = make_pipeline(StandardScaler(), LogisticRegression(random_state=seed))
     model.fit(X.to_numpy(dtype=float), y)
     scaler, regression = model[0], model[1]
@@ -66,6 +53,8 @@ def threshold_for_tp_retention(
     """The threshold with the fewest false positives among those keeping at least
     ``retention`` of the true positives the ``current`` threshold keeps (the highest such
     threshold on ties). scikit-learn's TunedThresholdClassifierCV has no such objective."""
+    from sklearn.metrics import confusion_matrix_at_thresholds
+
     _, fps, _, tps, thresholds = confusion_matrix_at_thresholds(y, score)
     kept_now = np.sum((score >= current) & (y == 1))
     eligible = tps >= retention * kept_now
@@ -96,6 +85,8 @@ def blend_step(
 
 def fit_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     """Log loss and calibration error of probabilities ``p``."""
+    from sklearn.metrics import log_loss
+
     p = np.clip(p, 1e-6, 1 - 1e-6)
     return {
         "log_loss": float(log_loss(y, p, labels=[0, 1])),
@@ -106,6 +97,8 @@ def fit_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
 def decision_metrics(y: np.ndarray, served: pd.DataFrame) -> dict[str, float]:
     """What the served decisions did on labeled rows: FP rate, true positives kept, precision,
     and the log loss of the blended confidence."""
+    from sklearn.metrics import log_loss
+
     decision = served["decision"].to_numpy(dtype=bool)
     negatives = max(int(np.sum(y == 0)), 1)
     fp = int(np.sum(decision & (y == 0)))

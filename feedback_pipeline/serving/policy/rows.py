@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import duckdb
 import numpy as np
 
-from feedback_pipeline.registry.mlflow_registry import CHAMPION, Registry
+from feedback_pipeline.registry.model_registry import CHAMPION
 from feedback_pipeline.serving.policy.proposal import PolicyRows
 from feedback_pipeline.serving.policy.store import PolicyError
 from feedback_pipeline.vocabulary import HOLDOUT_SOURCES, OUTCOMES
 from feedback_pipeline.warehouse.tables import LABELED_OUTCOMES
+
+if TYPE_CHECKING:
+    from feedback_pipeline.registry.mlflow_registry import Registry
 
 
 def load_policy_rows(

@@ -11,17 +11,20 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import duckdb
 import pandas as pd
 
 from feedback_pipeline.promotion import ledger
-from feedback_pipeline.registry.mlflow_registry import Registry
 from feedback_pipeline.served_policy import ServingPolicy
 from feedback_pipeline.serving.policy.proposal import PolicyProposal, StageResult, stage_table
 from feedback_pipeline.warehouse import summaries
 from feedback_pipeline.warehouse.connection import transaction
 from feedback_pipeline.warehouse.tables import SERVING_POLICIES
+
+if TYPE_CHECKING:
+    from feedback_pipeline.registry.mlflow_registry import Registry
 
 
 class PolicyError(ValueError):

@@ -7,11 +7,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from feedback_pipeline.registry.mlflow_registry import (
-    CHAMPION,
-    MODEL_NAME,
-    default_tracking_uri,
-)
+from feedback_pipeline.registry.model_registry import CHAMPION, MODEL_NAME, default_tracking_uri
 from feedback_pipeline.serving.server.protocol import MIN_DEPTH
 from feedback_pipeline.vocabulary import ENVIRONMENTS
 
