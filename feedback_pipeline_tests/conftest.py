@@ -17,13 +17,11 @@ import dagster as dg
 import duckdb
 import pytest
 from filelock import FileLock
-from mlflow.tracking import MlflowClient
 
 from feedback_pipeline.defs.definitions import build_defs
 from feedback_pipeline.defs.run_context import run_context_config
 from feedback_pipeline.ingest.landing_files import ingest_kind
 from feedback_pipeline.labels.outcomes import build_labeled_outcomes
-from feedback_pipeline.registry.mlflow_registry import local_registry
 from feedback_pipeline.registry.model_registry import CHAMPION
 from feedback_pipeline.settings import LabelingSettings
 from feedback_pipeline.simulator.feedback_stream import SimulationConfig, simulate
@@ -63,6 +61,8 @@ def _empty_mlflow_store() -> Path:
     once per test process: a new store costs about 2.6 s of migrations, a copy 0.05 s."""
     folder = Path(tempfile.mkdtemp(prefix="mlflow-store-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    from mlflow.tracking import MlflowClient  # MLflow loads in the workers, not the controller
+
     MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
     return folder / "mlflow.db"
 
@@ -273,6 +273,8 @@ def championed(simulated_source: Path, tmp_path_factory) -> Championed:
         (folder / "run_id").write_text(result.run_id)
 
     folder = built_once(tmp_path_factory, "championed", retrain)
+    from feedback_pipeline.registry.mlflow_registry import local_registry
+
     assert local_registry(folder / "data").alias_version(CHAMPION) is not None
     return Championed(folder / "data", (folder / "run_id").read_text(), folder / "home")
 
