@@ -91,7 +91,8 @@ class Server:
 
 
 def wait_until(condition: Callable[[], object], timeout: float, what: str, server=None):
-    """Poll ``condition`` until it returns something truthy; bounded by ``timeout`` seconds."""
+    """Poll ``condition`` until it returns something truthy; bounded by ``timeout`` seconds.
+    Four looks a second: each is a query or a file read, and a wait ends soon after its event."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
@@ -99,7 +100,7 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str, serve
             return value
         if server is not None and server.process.poll() is not None:
             raise AssertionError(f"{what}: server exited\n{server.tail()}")
-        time.sleep(1)
+        time.sleep(0.25)
     raise AssertionError(
         f"timed out after {timeout}s waiting for {what}" + (f"\n{server.tail()}" if server else "")
     )

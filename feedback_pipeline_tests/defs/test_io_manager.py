@@ -52,9 +52,21 @@ def materialize_all(instance: dg.DagsterInstance, io_manager, value: int, wait: 
     )
 
 
+# Two runs in threads of one process: Dagster's local compute-log capture redirects the
+# process's stdout and stderr file descriptors per run, and two captures at once left the first
+# run's `tail` processes waiting for an end of file (30 s timeouts, twice; the run outlived the
+# test's join). Captured logs are not what these tests are about: they capture nothing.
+NO_COMPUTE_LOGS = {
+    "compute_logs": {
+        "module": "dagster._core.storage.noop_compute_log_manager",
+        "class": "NoOpComputeLogManager",
+    }
+}
+
+
 @pytest.fixture
 def instance(tmp_path: Path):
-    with dg.instance_for_test(temp_dir=str(tmp_path)) as test_instance:
+    with dg.instance_for_test(temp_dir=str(tmp_path), overrides=NO_COMPUTE_LOGS) as test_instance:
         yield test_instance
 
 

@@ -99,11 +99,12 @@ def operating(tmp_path_factory):
     finally:
         # An idle `dagster dev` stops in about 3 s; one with a run in flight can take the whole
         # default grace, and nothing here is kept after the module.
-        if server is not None:
-            server.stop(grace=10)
+        ui_stopped = background.submit(lambda: mlflow_ui.result()[0].stop())  # meanwhile
         try:
-            mlflow_ui.result()[0].stop()
+            if server is not None:
+                server.stop(grace=10)
         finally:
+            ui_stopped.result()
             background.shutdown()
 
 
