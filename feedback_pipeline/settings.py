@@ -289,9 +289,7 @@ class TriggerSettings(_Strict):
     new_labels_threshold: int = Field(default=500, ge=1)
     landing_interval_seconds: int = Field(default=60, ge=5)
     new_labels_interval_seconds: int = Field(default=300, ge=5)
-    failure_interval_seconds: int = Field(
-        default=30, ge=5, description="how often retrain_failure_sensor ledgers failed retrains"
-    )
+    failure_interval_seconds: int = Field(default=30, ge=5, description="failure sensor interval")
 
     @field_validator("weekly_cron", "monthly_cron", "analytics_cron", "monitoring_cron")
     @classmethod
